@@ -1,0 +1,121 @@
+"""`genssl train | eval | compare | demo | methods` (more sub-commands register themselves in COMMANDS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _cmd_train(args, overrides: list[str]) -> int:
+    from .config import load_run_config
+    from .trainer import Trainer
+
+    cfg = load_run_config(args.config, overrides)
+    results = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).fit()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_eval(args, overrides: list[str]) -> int:
+    from .evaluate import evaluate_run
+
+    results = evaluate_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cmd_compare(args, overrides: list[str]) -> int:
+    from .compare import run_grid
+
+    run_grid(args.grid, overrides=overrides, out=args.out)
+    return 0
+
+
+def _cmd_demo(args, overrides: list[str]) -> int:
+    from .compare import run_grid
+
+    grid = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
+    if not grid.is_file():
+        from importlib.resources import files
+
+        grid = files("genssl").joinpath("demo.yaml")
+    run_grid(grid, overrides=overrides, out=args.out)
+    return 0
+
+
+def _cmd_methods(args, overrides: list[str]) -> int:
+    from .registry import list_methods
+
+    print("\n".join(list_methods()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genssl", description="Generative semi-supervised learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run from a YAML config; extra --a.b=value args override it")
+    p.add_argument("config")
+    p.add_argument("--resume", action="store_true", help="continue the run in its folder from last.pt")
+    p.add_argument("--run-dir", default=None, help="run folder (default: <out_dir>/<name>)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished run's best checkpoint on the test set")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("compare", help="run a grid of methods x label counts x seeds and tabulate")
+    p.add_argument("grid", help="grid YAML (see experiments/)")
+    p.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="a short comparison on Fashion-MNIST with 100 labels")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(func=_cmd_methods)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+EXTRA_COMMANDS: list = []  # (subparsers) -> None; modules such as downstream/export add their commands here
+
+
+def _load_extra_commands() -> None:
+    for module in ("downstream", "export"):
+        try:
+            mod = __import__(f"genssl.{module}", fromlist=["add_cli"])
+        except ModuleNotFoundError as e:
+            if e.name != f"genssl.{module}":
+                raise
+            continue
+        if hasattr(mod, "add_cli") and mod.add_cli not in EXTRA_COMMANDS:
+            EXTRA_COMMANDS.append(mod.add_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args.func(args, rest)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"genssl {args.command}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (ConfigError, FileNotFoundError, FileExistsError)) else 1
+    except KeyboardInterrupt:
+        print(f"genssl {args.command}: interrupted; the last checkpoint is intact, continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

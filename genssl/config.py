@@ -1,0 +1,318 @@
+"""Typed run configuration: dataclasses <-> YAML, with dotted command-line overrides.
+
+A run config has four sections::
+
+    name: fmnist100_supervised      # optional run name (folder under out_dir)
+    out_dir: checkpoints
+    method: {name: supervised, arch: mlp, lr: 0.001}   # `name` picks the registered method,
+                                                         # the rest fills that method's Config
+    data:   {dataset: fashion_mnist, n_labels: 100}
+    train:  {steps: 3000, seed: 0}
+
+Unknown keys are errors that list the valid ones; values are checked against the dataclass field types.
+Overrides use the same dotted paths as the YAML: ``--train.lr=3e-4 --method.arch=conv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names it and the valid choices."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    """mnist | fashion_mnist | svhn | cifar10 (or a registered user dataset)."""
+    root: str | None = None
+    """Folder holding the dataset; None searches $GENSSL_DATA, the cache and /usr/share/datasets."""
+    download: bool = True
+    n_labels: int = 100
+    """Labeled training images, drawn class-balanced."""
+    n_val: int = 5000
+    """Images held out of the training set for model selection (never the test set)."""
+    labeled_in_unlabeled: bool = True
+    """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
+    split_seed: int | None = None
+    """Seed of the labeled/unlabeled/val split; None uses train.seed."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 100
+    """Unlabeled images per step."""
+    labeled_batch_size: int = 100
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling)."""
+    compile: bool = False
+    """torch.compile the method's networks."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    eval_every: int = 500
+    log_every: int = 50
+    ckpt_every: int = 1000
+    eval_batch_size: int = 1000
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: Any
+    """The method's own Config dataclass instance (its registry name is ``method_name``)."""
+    method_name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str | None = None
+    out_dir: str = "checkpoints"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "out_dir": self.out_dir,
+            "method": {"name": self.method_name, **to_dict(self.method)},
+            "data": to_dict(self.data),
+            "train": to_dict(self.train),
+        }
+
+    def digest(self) -> str:
+        """Short hash of the resolved config, recorded with exported encoders."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Keys that may change on --resume without changing what the run computes up to the saved step.
+RESUMABLE_OVERRIDES = frozenset(
+    {"train.steps", "train.eval_every", "train.log_every", "train.ckpt_every", "train.progress",
+     "train.eval_batch_size", "train.threads", "train.device", "data.root", "data.download", "out_dir"}
+)
+
+
+def to_dict(obj) -> dict:
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _plain(v):
+    if dataclasses.is_dataclass(v):
+        return to_dict(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def from_dict(cls, values: dict | None, where: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and ill-typed values."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(_dot(where, k) for k in unknown)}; "
+            f"valid keys{' in ' + where if where else ''}: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], _dot(where, k)) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def _dot(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _coerce(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--train.lr=3e-4", "--method.arch", "conv"]`` -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected an override like --train.steps=100, got {arg!r}")
+        key, eq, raw = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override --{key} has no value")
+            raw, i = args[i + 1], i + 1
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"malformed override key {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override --{key}: cannot parse value {raw!r}: {e}") from e
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key} conflicts with another override")
+        node[leaf] = value
+        i += 1
+    return out
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = _dot(prefix, k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def build_run_config(raw: dict) -> RunConfig:
+    """Resolve a raw mapping (YAML + overrides) into a RunConfig, looking the method up in the registry."""
+    from .registry import get_method_class  # registry imports methods, which import this module
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
+    allowed = {"name", "out_dir", "method", "data", "train"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+    method_raw = raw.get("method")
+    if isinstance(method_raw, str):
+        method_raw = {"name": method_raw}
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise ConfigError("the config needs `method: {name: <method>, ...}`")
+    method_raw = dict(method_raw)
+    method_name = method_raw.pop("name")
+    cls = get_method_class(method_name)
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"name: expected a string, got {name!r}")
+    out_dir = raw.get("out_dir", "checkpoints")
+    if not isinstance(out_dir, str):
+        raise ConfigError(f"out_dir: expected a string, got {out_dir!r}")
+    cfg = RunConfig(
+        method=from_dict(cls.Config, method_raw, "method"),
+        method_name=method_name,
+        data=from_dict(DataConfig, raw.get("data"), "data"),
+        train=from_dict(TrainConfig, raw.get("train"), "train"),
+        name=name,
+        out_dir=out_dir,
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    t, d = cfg.train, cfg.data
+    for key in ("steps", "batch_size", "labeled_batch_size", "eval_every", "log_every", "ckpt_every",
+                "eval_batch_size"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads must be >= 0, got {t.threads}")
+    if d.n_labels <= 0:
+        raise ConfigError(f"data.n_labels must be positive, got {d.n_labels}")
+    if d.n_val < 0:
+        raise ConfigError(f"data.n_val must be >= 0, got {d.n_val}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return {} if raw is None else raw
+
+
+def load_run_config(path: str | Path, overrides: list[str] | dict | None = None) -> RunConfig:
+    raw = load_yaml(path)
+    if overrides:
+        raw = merge(raw, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return build_run_config(raw)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

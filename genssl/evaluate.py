@@ -1,0 +1,47 @@
+"""Re-evaluate a finished run from its folder: the saved config, split and chosen checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .batching import to_float
+from .checkpoint import safe_torch_load
+from .config import build_run_config, load_yaml
+from .datasets import load_dataset
+from .methods.base import DataSpec
+from .registry import create_method
+from .split import Split
+from .trainer import accuracy, resolve_device
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto"):
+    """(method in eval mode with the checkpoint's weights, resolved config, split, (train, test))."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")
+    cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
+    dev = resolve_device(device)
+    train, test = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    split = Split.load(run_dir / "split.pt")
+    split.check_against(len(train), str(run_dir / "split.pt"))
+    spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
+    method = create_method(cfg.method_name, cfg.method, spec).to(dev)
+    ckpt = safe_torch_load(run_dir / checkpoint, map_location=dev)
+    state = ckpt["model"] if "model" in ckpt else ckpt["method_state"]["model"]
+    method.load_state_dict(state)
+    x_l = to_float(train.images[split.labeled].to(dev))
+    method.fit_readout(x_l, train.labels[split.labeled].to(dev))
+    method.eval()
+    return method, cfg, split, (train, test)
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto") -> dict:
+    method, cfg, split, (train, test) = load_run(run_dir, checkpoint, device)
+    dev = next(method.parameters()).device
+    test_acc = accuracy(method, test.images.to(dev), test.labels.to(dev), cfg.train.eval_batch_size,
+                        cfg.train.precision)
+    val = split.val.to(train.images.device)
+    val_acc = accuracy(method, train.images[val].to(dev), train.labels[val].to(dev), cfg.train.eval_batch_size,
+                       cfg.train.precision)
+    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "method": cfg.method_name, "test_acc": test_acc,
+            "val_acc": val_acc}

@@ -1,0 +1,115 @@
+"""The Method contract every semi-supervised method implements.
+
+A Method is an nn.Module that owns its networks, losses and optimizer updates. The Trainer knows nothing
+about what is inside: it calls `setup`, then `train_step(batch, step)` in a loop, and `predict` for
+evaluation. Backward, loss scaling and gradient clipping all happen in `update`, so a GAN's two optimizers
+need no special case anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method may know about its data before training."""
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    n_labeled: int
+    n_unlabeled: int
+
+
+class Method(nn.Module):
+    """Subclasses define a nested ``Config`` dataclass and implement `configure_optimizers`, `train_step`,
+    `predict` and `encode`. Optional: `initialize(batch)` (data-dependent init on a fresh run),
+    `fit_readout(x_l, y_l)` (methods without their own classifier fit one before evaluation),
+    `sample(n, y=None)` and `eval_images(x)` (pictures for TensorBoard)."""
+
+    name: ClassVar[str]  # set by @register_method
+    Config: ClassVar[type]
+
+    def __init__(self, cfg, spec: DataSpec):
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self.total_steps = 1
+        self.grad_clip: float | None = None
+
+    # ------------------------------------------------------------------ set-up, called by the Trainer
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def setup(self, total_steps: int, precision: str = "fp32") -> None:
+        """Create optimizers (after the method is on its device) and per-optimizer loss scalers."""
+        self.total_steps = total_steps
+        self.optimizers = self.configure_optimizers()
+        device_type = next(self.parameters()).device.type
+        self.scalers = {k: torch.amp.GradScaler(device_type, enabled=precision == "fp16") for k in self.optimizers}
+
+    def initialize(self, batch) -> None:
+        """Data-dependent initialization on a fresh run (not on resume)."""
+
+    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
+        """Called before each evaluation with all labeled images; methods whose classifier is trained apart
+        from the model (e.g. a probe on M1's latents) fit it here."""
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
+        """One optimization step. Returns detached scalar tensors named like ``train/sup_loss``; the Trainer
+        reads them only every log_every steps, so a GPU step needs no host synchronisation."""
+        raise NotImplementedError
+
+    def update(self, loss: torch.Tensor, name: str = "main") -> None:
+        opt, scaler = self.optimizers[name], self.scalers[name]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(loss.device.type, enabled=False):  # backward runs outside autocast
+            scaler.scale(loss).backward()
+        if self.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+
+    def set_lr(self, name: str, lr: float) -> None:
+        for group in self.optimizers[name].param_groups:
+            group["lr"] = lr
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float images in [0, 1] -> (B, K) logits."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D) features (latent means for the VAEs)."""
+        raise NotImplementedError
+
+    def eval_images(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named image batches (N, C, H, W) in [0, 1] to show in TensorBoard at each evaluation."""
+        return {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": self.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.scalers.items():
+            if state["scalers"].get(k):
+                s.load_state_dict(state["scalers"][k])
+
+    def compile_networks(self) -> None:
+        """torch.compile each direct sub-network in place (the step's Python stays eager)."""
+        for child in self.children():
+            child.compile()

@@ -1,0 +1,72 @@
+"""Classifier networks shared by the discriminative methods: an MLP and a small conv net.
+Generative networks live beside the methods that own them (vae_nets.py, gan_nets.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> BN? -> ReLU -> Dropout] * len(hidden) -> Linear. `features` is the last hidden layer."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float = 0.0,
+                 batch_norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h)] + ([nn.BatchNorm1d(h)] if batch_norm else []) + [nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(d, out_dim)
+        self.feature_dim = d
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class ConvNet(nn.Module):
+    """Three conv stages (32, 64, 128 channels; BN, ReLU, 2x pooling) -> global average -> linear head.
+    Works for 28x28 and 32x32 inputs of any channel count."""
+
+    def __init__(self, in_channels: int, out_dim: int, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
+                       nn.ReLU(), nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2) if i < 2 else nn.AdaptiveAvgPool2d(1))
+        layers.append(nn.Flatten())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], out_dim)
+        self.feature_dim = chans[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+ARCHS = ("mlp", "conv")
+
+
+def make_classifier(arch: str, image_shape: tuple[int, int, int], num_classes: int, hidden: tuple[int, ...] = (500, 500),
+                    dropout: float = 0.0) -> nn.Module:
+    if arch == "mlp":
+        return MLP(math.prod(image_shape), tuple(hidden), num_classes, dropout)
+    if arch == "conv":
+        return ConvNet(image_shape[0], num_classes, dropout=dropout)
+    raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
