@@ -198,7 +198,8 @@ class Trainer:
                 with torch.no_grad():
                     method.eval()
                     for tag, imgs in method.eval_images(to_float(x_val[:64])).items():
-                        monitor.images(tag, imgs, at_step)
+                        imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
+                        monitor.images(tag, imgs, at_step, nrow)
                     method.train()
             return val_acc
 
@@ -259,6 +260,9 @@ class Trainer:
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
             self._diverged(step, method, ", ".join(f"{k} = {v}" for k, v in bad.items()))
+        problem = method.check_health(means, step)
+        if problem:
+            self._diverged(step, method, problem)
         return means
 
     def _check_weights_finite(self, method: Method, step: int) -> None:

@@ -28,7 +28,7 @@ class Method(nn.Module):
     """Subclasses define a nested ``Config`` dataclass and implement `configure_optimizers`, `train_step`,
     `predict` and `encode`. Optional: `initialize(batch)` (data-dependent init on a fresh run),
     `fit_readout(x_l, y_l)` (methods without their own classifier fit one before evaluation),
-    `sample(n, y=None)` and `eval_images(x)` (pictures for TensorBoard)."""
+    `sample(n, y=None)` and `eval_images(x)` (pictures for TensorBoard), `check_health(means, step)`."""
 
     name: ClassVar[str]  # set by @register_method
     Config: ClassVar[type]
@@ -89,9 +89,15 @@ class Method(nn.Module):
         """(B, C, H, W) -> (B, D) features (latent means for the VAEs)."""
         raise NotImplementedError
 
-    def eval_images(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named image batches (N, C, H, W) in [0, 1] to show in TensorBoard at each evaluation."""
+    def eval_images(self, x: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, int]]:
+        """Named image batches (N, C, H, W) in [0, 1] to show in TensorBoard at each evaluation; a value may be
+        (images, images_per_row) to lay the grid out, e.g. a row per class."""
         return {}
+
+    def check_health(self, means: dict[str, float], step: int) -> str | None:
+        """Given the mean logs of the last interval, return a message if training has failed in a way that
+        finite losses do not show (e.g. a collapsed discriminator); the Trainer then stops the run."""
+        return None
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict:
