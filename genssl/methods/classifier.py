@@ -52,3 +52,11 @@ class ClassifierMethod(Method):
 
     def encode(self, x):
         return self.net.features(x)
+
+    def encoder_module(self):
+        """The feature extractor as an exportable net (shares this method's weights; see genssl.encoders)."""
+        from ..encoders import ClassifierFeatures
+
+        c = self.cfg
+        return ClassifierFeatures(c.arch, self.spec.image_shape, self.spec.num_classes, c.hidden, c.dropout,
+                                  net=self.net)

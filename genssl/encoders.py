@@ -1,0 +1,371 @@
+"""Pretrained encoders: an architecture registry, the export format, and `load_encoder`, the one entry point.
+
+An exported encoder is a folder holding the weights (a state_dict saved by torch.save) and `encoder.yaml`, a
+readable spec in the spirit of diffusers' weights + config.json; never a pickled module::
+
+    format: genssl-encoder
+    format_version: 1
+    arch: vae_mlp_encoder          # a name registered with @register_encoder_arch
+    args: {in_dim: 784, hidden: [500, 500], latent: 50}   # keyword arguments that rebuild the net
+    input_shape: [1, 28, 28]       # (C, H, W); null for a size the net does not fix
+    input_range: [0, 1]            # forward() takes float images in this range ...
+    normalization: null            # ... and applies {mean: [...], std: [...]} (per channel) itself
+    out_dim: 50
+    has_posterior: true            # the net has posterior(x) -> (mu, logvar)
+    source: {method: vae_m1, config_digest: 3f2a..., ...}
+    weights: weights.pt
+    weights_sha256: ...
+
+`load_encoder(source)` accepts an exported folder, a genssl run folder, a released name (under
+checkpoints/released/), ``"torchvision:<arch>"`` with a local weights file, or a raw state_dict with a module
+and a key map (see genssl/foreign.py). Every source returns the same frozen, eval-mode `Encoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
+
+FORMAT = "genssl-encoder"
+FORMAT_VERSION = 1
+SPEC_FILE = "encoder.yaml"
+WEIGHTS_FILE = "weights.pt"
+RELEASED_ROOT = Path(__file__).resolve().parent.parent / "checkpoints" / "released"
+
+_ARCHS: dict[str, type] = {}
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+def register_encoder_arch(name: str):
+    """Class decorator: the nn.Module can be exported and rebuilt from `cls(**instance.spec_args())`."""
+    def deco(cls):
+        if name in _ARCHS:
+            raise ValueError(f"encoder arch {name!r} is already registered (by {_ARCHS[name].__module__})")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not callable(getattr(cls, "spec_args", None)):
+            raise TypeError(f"encoder arch {name!r} must be an nn.Module class with a spec_args() method")
+        cls.encoder_arch = name
+        _ARCHS[name] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import foreign, methods  # noqa: F401  (importing registers the built-in archs)
+
+
+def list_encoder_archs() -> list[str]:
+    _ensure_loaded()
+    return sorted(_ARCHS)
+
+
+def get_encoder_arch(name: str) -> type:
+    _ensure_loaded()
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder arch {name!r}; registered: {', '.join(sorted(_ARCHS))}") from None
+
+
+# ------------------------------------------------------------------------------------------------ the wrapper
+
+def _check_normalization(normalization, channels: int):
+    if normalization is None:
+        return None
+    if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
+        raise ValueError(f"normalization must be None or {{'mean': [...], 'std': [...]}}, got {normalization!r}")
+    mean, std = (list(map(float, normalization[k])) for k in ("mean", "std"))
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"normalization needs {channels} means and {channels} positive stds, got {normalization!r}")
+    return {"mean": mean, "std": std}
+
+
+class Encoder(nn.Module):
+    """A frozen feature extractor: forward((B, C, H, W) float images in [0, 1]) -> (B, out_dim).
+
+    It applies its own `normalization`, stays in eval mode even when a parent module calls .train() (it may sit
+    inside a Method, e.g. M1 under M2), and its parameters never require grad (gradients still flow to x).
+    """
+
+    def __init__(self, net: nn.Module, input_shape, out_dim: int, normalization: dict | None = None,
+                 source: dict | None = None):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W) with H/W None when free, got {input_shape!r}")
+        self.net = net
+        self.input_shape = tuple(None if d is None else int(d) for d in input_shape)
+        self.out_dim = int(out_dim)
+        self.normalization = _check_normalization(normalization, self.input_shape[0])
+        self.source = dict(source or {})
+        if self.normalization is not None:  # non-persistent: the state_dict is exactly the net's weights
+            c = self.input_shape[0]
+            self.register_buffer("_mean", torch.tensor(self.normalization["mean"]).view(1, c, 1, 1), persistent=False)
+            self.register_buffer("_std", torch.tensor(self.normalization["std"]).view(1, c, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def arch(self) -> str | None:
+        return getattr(type(self.net), "encoder_arch", None)
+
+    @property
+    def has_posterior(self) -> bool:
+        return callable(getattr(self.net, "posterior", None))
+
+    def train(self, mode: bool = True) -> "Encoder":
+        return super().train(False)  # frozen: batch norm statistics and dropout never switch to training
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the input shape and apply the normalization."""
+        expected = self.input_shape
+        if x.dim() != 4 or x.shape[1] != expected[0] or any(e is not None and e != s
+                                                            for e, s in zip(expected[1:], x.shape[2:])):
+            shape = "x".join("*" if d is None else str(d) for d in expected)
+            raise ValueError(f"encoder expects (B, {shape}) images, got {tuple(x.shape)}"
+                             + (" (grayscale into an RGB net: x.expand(-1, 3, -1, -1))"
+                                if x.dim() == 4 and x.shape[1] == 1 and expected[0] == 3 else ""))
+        if x.dtype == torch.uint8:
+            raise ValueError("encoder expects float images in [0, 1], got uint8; use x.float() / 255")
+        if self.normalization is not None:
+            x = (x - self._mean) / self._std
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, D)
+        return self.net(self.prepare(x))
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (mu, logvar), each (B, D), for encoders with a Gaussian posterior (VAEs)."""
+        if not self.has_posterior:
+            raise ValueError(f"encoder {self.arch or type(self.net).__name__} has no posterior(x); only "
+                             f"VAE encoders (has_posterior: true in encoder.yaml) provide (mu, logvar)")
+        return self.net.posterior(self.prepare(x))
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, out_dim={self.out_dim}, normalization={self.normalization}"
+
+
+def infer_out_dim(net: nn.Module, input_shape) -> int | None:
+    """Output width from one forward pass on zeros, when the input shape is fully known."""
+    if any(d is None for d in input_shape):
+        return None
+    p = next(iter(net.parameters()), None)
+    with torch.no_grad():
+        was = net.training
+        net.eval()
+        out = net(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+        net.train(was)
+    if out.dim() != 2:
+        raise ValueError(f"an encoder must map images to (B, D) features, {type(net).__name__} gave {tuple(out.shape)}")
+    return out.shape[1]
+
+
+# ------------------------------------------------------------------------------------------------ weights check
+
+def load_state_checked(net: nn.Module, state, where: str) -> None:
+    """load_state_dict with one clear error listing missing and unexpected keys and shape mismatches."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{where}: expected a state_dict (a dict of name -> tensor), got "
+                              f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs net {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:6]) + (f" ... ({len(items)} in all)" if len(items) > 6 else "")
+        parts = ([f"missing keys: {show(missing)}"] if missing else []) + \
+                ([f"unexpected keys: {show(unexpected)}"] if unexpected else []) + \
+                ([f"shape mismatches: {show(shapes)}"] if shapes else [])
+        raise CheckpointError(f"{where}: the weights do not match the architecture {type(net).__name__}; "
+                              + "; ".join(parts))
+    net.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------------ export / load
+
+def _yaml_roundtrip(value, what: str):
+    try:
+        text = yaml.safe_dump(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} must be plain YAML values (numbers, strings, lists, dicts): {e}") from None
+    return yaml.safe_load(text)
+
+
+def export_encoder(module: nn.Module, folder: str | Path, *, input_shape=None, normalization=None,
+                   source_method: str | None = None, config_digest: str | None = None,
+                   extra: dict | None = None) -> Path:
+    """Write `module` (a registered-arch net, or an Encoder wrapping one) to `folder`: weights.pt + encoder.yaml.
+    The spec is written last, so a folder with an encoder.yaml is complete. Returns the folder."""
+    folder = Path(folder)
+    if isinstance(module, Encoder):
+        input_shape = module.input_shape if input_shape is None else input_shape
+        normalization = module.normalization if normalization is None else normalization
+        source = {**module.source}
+        module = module.net
+    else:
+        source = {}
+    arch = getattr(type(module), "encoder_arch", None)
+    if arch is None or _ARCHS.get(arch) is not type(module):
+        raise ValueError(f"cannot export {type(module).__name__}: its class is not registered with "
+                         f"@register_encoder_arch (registered: {', '.join(sorted(_ARCHS))})")
+    if input_shape is None:
+        raise ValueError("export_encoder needs input_shape=(C, H, W)")
+    input_shape = [None if d is None else int(d) for d in input_shape]
+    args = _yaml_roundtrip(module.spec_args(), f"{arch}.spec_args()")
+    out_dim = infer_out_dim(module, input_shape) or getattr(module, "out_dim", None)
+    if out_dim is None:
+        raise ValueError(f"cannot tell the output width of {arch}: give the net an `out_dim` attribute")
+    source.update({k: v for k, v in {"method": source_method, "config_digest": config_digest}.items() if v})
+    source.update(extra or {})
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+    atomic_torch_save(state, folder / WEIGHTS_FILE)
+    from . import __version__
+
+    spec = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "args": args,
+        "input_shape": input_shape, "input_range": [0, 1],
+        "normalization": _check_normalization(normalization, input_shape[0]),
+        "out_dim": int(out_dim), "has_posterior": callable(getattr(module, "posterior", None)),
+        "source": _yaml_roundtrip(source, "source"), "weights": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest(),
+        "genssl_version": __version__, "torch_version": torch.__version__.split("+")[0],
+    }
+    atomic_write_text(yaml.safe_dump(spec, sort_keys=False, default_flow_style=None), folder / SPEC_FILE)
+    return folder
+
+
+def read_spec(folder: str | Path) -> dict:
+    path = Path(folder) / SPEC_FILE
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a genssl encoder spec (format must be {FORMAT!r})")
+    if not isinstance(spec.get("format_version"), int) or spec["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {spec.get('format_version')!r} is not supported by this "
+                              f"genssl (reads up to {FORMAT_VERSION}); upgrade genssl")
+    need = ("arch", "args", "input_shape", "out_dim", "weights")
+    if missing := [k for k in need if k not in spec]:
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+    return spec
+
+
+def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    """Rebuild an exported encoder folder, checking the spec against the weights."""
+    folder = Path(folder)
+    spec = read_spec(folder)
+    where = folder / SPEC_FILE
+    cls = get_encoder_arch(spec["arch"])
+    try:
+        net = cls(**(spec["args"] or {}))
+    except TypeError as e:
+        raise CheckpointError(f"{where}: args do not fit arch {spec['arch']!r}: {e}") from None
+    weights = folder / spec["weights"]
+    if spec.get("weights_sha256") and weights.is_file():
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if digest != spec["weights_sha256"]:
+            raise CheckpointError(f"{weights}: sha256 {digest[:12]}... differs from {where} "
+                                  f"({spec['weights_sha256'][:12]}...): the weights were changed after export")
+    load_state_checked(net, safe_torch_load(weights), str(weights))
+    net = net.to(device)
+    got = infer_out_dim(net, spec["input_shape"])
+    if got is not None and got != spec["out_dim"]:
+        raise CheckpointError(f"{where}: out_dim {spec['out_dim']} but the net gives {got} features")
+    if bool(spec.get("has_posterior")) != callable(getattr(net, "posterior", None)):
+        raise CheckpointError(f"{where}: has_posterior is {spec.get('has_posterior')} but arch {spec['arch']} "
+                              f"{'has' if callable(getattr(net, 'posterior', None)) else 'lacks'} posterior(x)")
+    source = {**(spec.get("source") or {}), "path": str(folder)}
+    return Encoder(net, spec["input_shape"], spec["out_dim"], spec.get("normalization"), source).to(device)
+
+
+def list_released(root: str | Path | None = None) -> list[str]:
+    root = Path(root) if root is not None else RELEASED_ROOT
+    return sorted(p.parent.name for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+
+
+def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_map=None, input_shape=None,
+                 normalization=None, out_dim: int | None = None, device: str | torch.device = "cpu",
+                 checkpoint: str = "best.pt", released_root: str | Path | None = None) -> Encoder:
+    """One entry point for every kind of pretrained encoder; always a frozen, eval-mode `Encoder`.
+
+    source:
+      - an exported encoder folder (holding encoder.yaml),
+      - a genssl run folder: its `encoder/` export if present, else exported on the fly from `checkpoint`,
+      - a released encoder name (a folder under checkpoints/released/, e.g. "fmnist-m1"),
+      - ``"torchvision:<arch>"`` with ``weights=<local .pth>``: features are the penultimate layer,
+      - a state_dict (or a path to one) with ``module=<nn.Module>`` and an optional ``key_map`` (a callable
+        old_key -> new_key or None to drop, or a dict of old_prefix -> new_prefix or None); ``input_shape`` and
+        ``normalization`` describe what the module expects,
+      - an `Encoder`, returned as it is.
+    """
+    if isinstance(source, Encoder):
+        return source.to(device)
+    if module is not None:
+        from .foreign import load_state_dict_encoder
+
+        return load_state_dict_encoder(source, module, key_map=key_map, input_shape=input_shape,
+                                       normalization=normalization, out_dim=out_dim, device=device)
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"load_encoder: source must be a path, a name or an Encoder; a {type(source).__name__} "
+                         f"(state_dict?) also needs module=<the nn.Module it belongs to>")
+    text = str(source)
+    if text.startswith("torchvision:"):
+        from .foreign import load_torchvision_encoder
+
+        return load_torchvision_encoder(text.split(":", 1)[1], weights, normalization=normalization,
+                                        device=device)
+    path = Path(source)
+    if (path / SPEC_FILE).is_file():
+        return load_exported(path, device)
+    if (path / "config.yaml").is_file():
+        if (path / "encoder" / SPEC_FILE).is_file() and checkpoint == "best.pt":
+            return load_exported(path / "encoder", device)
+        from .export import encoder_from_run
+
+        return encoder_from_run(path, checkpoint=checkpoint, device=device)
+    root = Path(released_root) if released_root is not None else RELEASED_ROOT
+    if "/" not in text and (root / text / SPEC_FILE).is_file():
+        return load_exported(root / text, device)
+    if path.is_file():
+        raise ValueError(f"{path} is a file: a foreign state_dict needs module=<nn.Module> (and key_map), a "
+                         f"torchvision one load_encoder('torchvision:<arch>', weights='{path}')")
+    released = list_released(root)
+    raise FileNotFoundError(f"load_encoder: {text!r} is not an encoder folder (no {SPEC_FILE}), a genssl run "
+                            f"folder (no config.yaml), 'torchvision:<arch>', or a released encoder "
+                            f"(released: {', '.join(released) or 'none'} in {root})")
+
+
+# ------------------------------------------------------------------------------------------------ built-in archs
+
+@register_encoder_arch("classifier_features")
+class ClassifierFeatures(nn.Module):
+    """The penultimate layer of a discriminative method's classifier (genssl.nets.MLP or ConvNet)."""
+
+    def __init__(self, arch: str, image_shape, num_classes: int, hidden=(500, 500), dropout: float = 0.0,
+                 net: nn.Module | None = None):
+        super().__init__()
+        from .nets import make_classifier
+
+        self.args = {"arch": arch, "image_shape": [int(d) for d in image_shape], "num_classes": int(num_classes),
+                     "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
+        # `net` lets a live method share its classifier instead of copying it
+        self.net = net if net is not None else make_classifier(arch, tuple(image_shape), num_classes,
+                                                               tuple(hidden), dropout)
+        self.out_dim = self.net.feature_dim
+
+    def spec_args(self) -> dict:
+        return dict(self.args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, feature_dim)
+        return self.net.features(x)
+

@@ -1,0 +1,85 @@
+"""Encoders out of run folders: rebuild the method from config.yaml + split.pt + a checkpoint, take its
+`encoder_module()`, and wrap or export it. `genssl export RUN_DIR [--out FOLDER]` (default <run>/encoder/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import CheckpointError, safe_torch_load
+from .encoders import SPEC_FILE, Encoder, export_encoder, infer_out_dim, load_state_checked
+
+
+def method_from_run(run_dir: str | Path, checkpoint: str = "best.pt", data=None, device="cpu"):
+    """(method in eval mode with the checkpoint's weights, resolved RunConfig, checkpoint dict). `data` is the
+    run's (train, test) or train ImageData; without it the run's dataset is loaded to learn the image shape and
+    class count (needed to rebuild the nets)."""
+    from .config import build_run_config, load_yaml
+    from .datasets import load_dataset
+    from .methods.base import DataSpec
+    from .registry import create_method
+    from .split import Split
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")
+    cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
+    if data is None:
+        train, _ = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    else:
+        train = data[0] if isinstance(data, (tuple, list)) else data
+    split = Split.load(run_dir / "split.pt")
+    split.check_against(len(train), str(run_dir / "split.pt"))
+    spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
+    method = create_method(cfg.method_name, cfg.method, spec)
+    path = run_dir / checkpoint
+    ckpt = safe_torch_load(path)
+    if "model" in ckpt:
+        state = ckpt["model"]
+    elif "method_state" in ckpt:
+        state = ckpt["method_state"]["model"]
+    else:
+        raise CheckpointError(f"{path}: neither a best.pt ('model') nor a last.pt ('method_state') checkpoint")
+    load_state_checked(method, state, str(path))
+    return method.to(device).eval(), cfg, ckpt
+
+
+def encoder_from_run(run_dir: str | Path, checkpoint: str = "best.pt", data=None, device="cpu") -> Encoder:
+    """The run's encoder, built in memory from its checkpoint (nothing is written)."""
+    method, cfg, ckpt = method_from_run(run_dir, checkpoint, data, device)
+    if not callable(getattr(method, "encoder_module", None)):
+        raise ValueError(f"method {cfg.method_name!r} has no encoder_module(), so its encoder cannot be exported")
+    net = method.encoder_module()
+    shape = method.spec.image_shape
+    source = {"method": cfg.method_name, "config_digest": cfg.digest(), "run": str(run_dir),
+              "checkpoint": checkpoint, "step": int(ckpt.get("step", -1)), "dataset": cfg.data.dataset,
+              "n_labels": cfg.data.n_labels, "seed": cfg.train.seed}
+    if "val_acc" in ckpt:
+        source["val_acc"] = float(ckpt["val_acc"])
+    return Encoder(net, shape, infer_out_dim(net, shape), None, source).to(device)
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, checkpoint: str = "best.pt", data=None,
+               overwrite: bool = False) -> Path:
+    """Write the run's encoder to `out` (default <run_dir>/encoder/) as weights.pt + encoder.yaml."""
+    out = Path(out) if out is not None else Path(run_dir) / "encoder"
+    if (out / SPEC_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds an exported encoder; pass overwrite=True (--force) to replace it")
+    return export_encoder(encoder_from_run(run_dir, checkpoint, data), out)
+
+
+def _cmd_export(args, overrides) -> int:
+    if overrides:
+        raise ValueError(f"genssl export: unexpected arguments {' '.join(overrides)}")
+    out = export_run(args.run_dir, args.out, args.checkpoint, overwrite=args.force)
+    print(f"exported encoder to {out}")
+    print((out / SPEC_FILE).read_text(), end="")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a run's encoder (weights + encoder.yaml) for load_encoder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/encoder)")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (chosen on validation) or last.pt")
+    p.add_argument("--force", action="store_true", help="replace an existing export in the output folder")
+    p.set_defaults(func=_cmd_export)
