@@ -23,3 +23,60 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- semi-supervised GAN (Salimans et al. 2016)
+#
+# The discriminator has K class logits l_1..l_K and the fake class K+1 as an implicit logit fixed at 0
+# (Sec. 5: subtracting f(x) from every logit leaves the softmax unchanged, so l_{K+1} = 0 loses nothing).
+# With Z(x) = sum_k exp(l_k(x)):
+#     p(y = K+1 | x) = 1 / (Z + 1),   D(x) = 1 - p(y = K+1 | x) = Z / (Z + 1)
+#     log D(x)      = lse(l) - softplus(lse(l))        log (1 - D(x)) = -softplus(lse(l))
+# which stay finite for any logit magnitude, unlike log(Z / (Z + 1)) computed directly.
+
+
+def sgan_supervised_loss(class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L_supervised = -E_{x,y ~ p_data} log p_model(y | x, y < K+1) (Sec. 5): cross-entropy over the K class
+    logits only (with an explicit fake logit, pass the first K columns). (B, K), (B,) -> scalar."""
+    return F.cross_entropy(class_logits, y)
+
+
+def sgan_log_d(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log D(x), log(1 - D(x))) for K class logits with the implicit fake logit 0; (B, K) -> (B,), (B,)."""
+    lse = torch.logsumexp(logits, dim=1)  # (B,) log Z(x)
+    log_one_minus_d = -F.softplus(lse)
+    return lse + log_one_minus_d, log_one_minus_d
+
+
+def sgan_unsupervised_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """L_unsupervised = -E_{x ~ p_data} log D(x) - E_{z ~ noise} log(1 - D(G(z)))   (Sec. 5)
+                      = E_real[-lse(l) + softplus(lse(l))] + E_fake[softplus(lse(l))],
+    with the fake class an implicit logit fixed at 0. (B_r, K), (B_f, K) -> scalar."""
+    log_d_real, _ = sgan_log_d(logits_real)
+    _, log_one_minus_d_fake = sgan_log_d(logits_fake)
+    return -log_d_real.mean() - log_one_minus_d_fake.mean()
+
+
+def sgan_unsupervised_loss_explicit(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The same L_unsupervised with an explicit, learned fake logit in the last column: a K+1-way softmax,
+    log D(x) = log(1 - p(K+1 | x)) = lse(l_1..l_K) - lse(l_1..l_{K+1}) and log(1 - D(x)) = log p(K+1 | x).
+    (B_r, K+1), (B_f, K+1) -> scalar. With the last column zero it equals `sgan_unsupervised_loss`."""
+    log_d_real = torch.logsumexp(logits_real[:, :-1], 1) - torch.logsumexp(logits_real, 1)
+    log_p_fake = F.log_softmax(logits_fake, dim=1)[:, -1]
+    return -log_d_real.mean() - log_p_fake.mean()
+
+
+def sgan_d_prob(logits: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    """D(x) = P(real | x) per row, (B, K) or (B, K+1) -> (B,); for monitoring."""
+    if explicit:
+        return 1.0 - F.softmax(logits, dim=1)[:, -1]
+    return torch.sigmoid(torch.logsumexp(logits, dim=1))  # Z / (Z + 1) = sigmoid(log Z)
+
+
+def feature_matching_loss(f_real: torch.Tensor, f_fake: torch.Tensor, norm: str = "l2") -> torch.Tensor:
+    """|| E_x f(x) - E_z f(G(z)) ||^2 (Sec. 3.1), f an intermediate discriminator layer; averaged (not summed)
+    over the feature dimension as in the original code. norm="l1" is the mean absolute difference the
+    original uses for SVHN and CIFAR-10. (B_r, F), (B_f, F) -> scalar."""
+    diff = f_real.mean(0) - f_fake.mean(0)  # (F,)
+    if norm == "l2":
+        return diff.pow(2).mean()
+    if norm == "l1":
+        return diff.abs().mean()
+    raise ValueError(f"feature matching norm {norm!r} is not one of 'l2', 'l1'")

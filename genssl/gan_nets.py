@@ -1,0 +1,267 @@
+"""Networks of the semi-supervised GAN (Salimans et al. 2016, "Improved Techniques for Training GANs",
+and its code, openai/improved-gan): weight-normalized layers with data-dependent initialization, Gaussian
+noise layers, the MNIST MLP pair and the 32x32 conv pair used for SVHN / CIFAR-10.
+
+Weight normalization (Salimans & Kingma 2016, eq. 2): w = g * v / ||v||, so a unit's output is
+g * <v, x> / ||v|| + b. Data-dependent init (their sec. 3): on a first batch, with t = <v, x> / ||v||,
+set g = s / std(t) and b = -s * mean(t) / std(t), so every pre-activation starts with mean 0 and std s.
+As in the original, the scale g is frozen after initialization except in the layers the paper trains it
+(`train_scale=True`: the classifier head and the generator's output layer).
+
+Discriminators expose `features(x)` (the layer the generator's feature matching uses) and `head(f)`;
+`forward(x)` is `head(features(x))`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _WeightNorm(nn.Module):
+    """Shared parts of the weight-normalized layers. Subclasses set `_norm_dims` (the axes of v reduced
+    per output unit), `_stat_dims` (the axes of the output averaged per unit) and `_unit_dim` of v."""
+
+    _norm_dims: tuple[int, ...]
+    _unit_dim: int
+
+    def __init__(self, v_shape: tuple[int, ...], out_units: int, train_scale: bool, init_scale: float,
+                 init_std: float):
+        super().__init__()
+        self.v = nn.Parameter(torch.randn(v_shape) * init_std)
+        self.b = nn.Parameter(torch.zeros(out_units))
+        if train_scale:
+            self.g = nn.Parameter(torch.ones(out_units))
+        else:
+            self.register_buffer("g", torch.ones(out_units))
+        self.init_scale = init_scale
+        self.initializing = False  # set by data_dependent_init for one forward pass
+
+    def weight(self) -> torch.Tensor:
+        shape = [1] * self.v.dim()
+        shape[self._unit_dim] = -1
+        norm = self.v.float().pow(2).sum(self._norm_dims, keepdim=True).add(1e-12).sqrt()
+        return self.v * (self.g.view(shape) / norm).to(self.v.dtype)
+
+    def _apply_op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initializing:
+            return self._apply_op(x, self.weight(), self.b)
+        with torch.no_grad():
+            self.g.fill_(1.0)
+            t = self._apply_op(x, self.weight(), None).float()  # (B, out, ...) normalized-direction outputs
+            dims = (0,) + tuple(range(2, t.dim()))
+            m = t.mean(dims)
+            s = self.init_scale / (t.var(dims, unbiased=False) + 1e-8).sqrt()
+            self.g.copy_(s)
+            self.b.copy_(-m * s)
+            shape = (1, -1) + (1,) * (t.dim() - 2)
+            return ((t - m.view(shape)) * s.view(shape)).to(x.dtype)
+
+
+class WNLinear(_WeightNorm):
+    _norm_dims, _unit_dim = (1,), 0
+
+    def __init__(self, in_features: int, out_features: int, train_scale: bool = False, init_scale: float = 1.0,
+                 init_std: float = 0.1):
+        super().__init__((out_features, in_features), out_features, train_scale, init_scale, init_std)
+
+    def _apply_op(self, x, w, b):
+        return F.linear(x, w, b)
+
+
+class WNConv2d(_WeightNorm):
+    _norm_dims, _unit_dim = (1, 2, 3), 0
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
+                 train_scale: bool = False, init_scale: float = 1.0, init_std: float = 0.05):
+        super().__init__((out_ch, in_ch, kernel, kernel), out_ch, train_scale, init_scale, init_std)
+        self.stride, self.padding = stride, padding
+
+    def _apply_op(self, x, w, b):
+        return F.conv2d(x, w, b, self.stride, self.padding)
+
+
+class WNConvTranspose2d(_WeightNorm):
+    """Doubles the spatial size with a 5x5 kernel (the paper's 'deconvolution')."""
+    _norm_dims, _unit_dim = (0, 2, 3), 1
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 5, train_scale: bool = False,
+                 init_scale: float = 1.0, init_std: float = 0.05):
+        super().__init__((in_ch, out_ch, kernel, kernel), out_ch, train_scale, init_scale, init_std)
+        self.padding = kernel // 2
+
+    def _apply_op(self, x, w, b):
+        return F.conv_transpose2d(x, w, b, stride=2, padding=self.padding, output_padding=1)
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, *inputs: torch.Tensor) -> None:
+    """Initialize every weight-normalized layer of `module` from one forward pass over `inputs`, in order,
+    so each layer sees the already-normalized outputs of the layers below it."""
+    layers = [m for m in module.modules() if isinstance(m, _WeightNorm)]
+    if not layers:
+        return
+    for m in layers:
+        m.initializing = True
+    try:
+        module(*inputs)
+    finally:
+        for m in layers:
+            m.initializing = False
+
+
+class GaussianNoise(nn.Module):
+    """x + N(0, sigma^2) in training mode; the identity in eval mode."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.sigma == 0:
+            return x
+        return torch.add(x, torch.randn_like(x), alpha=self.sigma)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+# ---------------------------------------------------------------- MNIST (the paper's permutation-invariant model)
+class MLPDiscriminator(nn.Module):
+    """Gaussian noise (sigma 0.3) on the input, then weight-normalized ReLU layers 1000-500-250-250-250 each
+    followed by noise (sigma 0.5), then a linear head with `out_dim` logits. `features` is the last hidden
+    layer before its noise, the layer the original matches features on."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (1000, 500, 250, 250, 250),
+                 input_noise: float = 0.3, hidden_noise: float = 0.5):
+        super().__init__()
+        if not hidden:
+            raise ValueError("MLPDiscriminator needs at least one hidden layer for feature matching")
+        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
+        d = in_dim
+        for i, h in enumerate(hidden):
+            if i > 0:
+                layers.append(GaussianNoise(hidden_noise))
+            layers += [WNLinear(d, h), nn.ReLU()]
+            d = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(GaussianNoise(hidden_noise), WNLinear(d, out_dim, train_scale=True))
+        self.feature_dim = d
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (B, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))  # (B, out_dim)
+
+
+class MLPGenerator(nn.Module):
+    """z (uniform, z_dim) -> [Linear -> batch norm -> softplus] * len(hidden) -> weight-normalized Linear
+    -> sigmoid, reshaped to the image shape (pixels in [0, 1])."""
+
+    def __init__(self, image_shape: tuple[int, int, int], z_dim: int = 100, hidden: tuple[int, ...] = (500, 500)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = z_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h, bias=False), nn.BatchNorm1d(h), nn.Softplus()]
+            d = h
+        layers += [WNLinear(d, math.prod(image_shape), train_scale=True), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+        self.image_shape, self.z_dim = tuple(image_shape), z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.image_shape)  # (B, C, H, W)
+
+
+# ---------------------------------------------------------------- SVHN / CIFAR-10 (32x32 conv)
+class ConvDiscriminator(nn.Module):
+    """The paper's conv discriminator: dropout 0.2 on the input; three 3x3 weight-normalized conv layers of
+    `width` channels (the last with stride 2); dropout 0.5; three of 2*width (stride 2 last); dropout 0.5;
+    a 3x3 valid conv and two 1x1 (network-in-network) layers of 2*width; global average pooling (the
+    feature layer); a weight-normalized linear head. Leaky ReLU (0.2) throughout. width = 96 for CIFAR-10,
+    64 for SVHN. Images in [0, 1] are mapped to [-1, 1] first, as the original's data were."""
+
+    def __init__(self, in_channels: int, out_dim: int, width: int = 96, dropout: tuple[float, float] = (0.2, 0.5)):
+        super().__init__()
+        w1, w2 = width, 2 * width
+
+        def block(cin, cout, k, stride=1, pad=1):
+            return [WNConv2d(cin, cout, k, stride, pad), nn.LeakyReLU(0.2)]
+
+        self.body = nn.Sequential(
+            nn.Dropout(dropout[0]),
+            *block(in_channels, w1, 3), *block(w1, w1, 3), *block(w1, w1, 3, stride=2),
+            nn.Dropout(dropout[1]),
+            *block(w1, w2, 3), *block(w2, w2, 3), *block(w2, w2, 3, stride=2),
+            nn.Dropout(dropout[1]),
+            *block(w2, w2, 3, pad=0), *block(w2, w2, 1, pad=0), *block(w2, w2, 1, pad=0),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = WNLinear(w2, out_dim, train_scale=True, init_scale=0.1, init_std=0.05)
+        self.feature_dim = w2
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 2 - 1)  # (B, 2*width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, out_dim)
+
+
+class ConvGenerator(nn.Module):
+    """z (uniform, 100) -> Linear to 512x4x4 -> batch norm, ReLU -> deconv to 256x8x8 -> BN, ReLU -> deconv to
+    128x16x16 -> BN, ReLU -> weight-normalized deconv to Cx32x32 -> tanh, mapped to [0, 1]."""
+
+    def __init__(self, image_shape: tuple[int, int, int], z_dim: int = 100):
+        super().__init__()
+        c, h, w = image_shape
+        if (h, w) != (32, 32):
+            raise ValueError(f"ConvGenerator makes 32x32 images, but the data are {h}x{w}; use arch='mlp' "
+                             f"(any size) or resize the data to 32x32")
+        self.fc = nn.Sequential(nn.Linear(z_dim, 512 * 4 * 4, bias=False), nn.BatchNorm1d(512 * 4 * 4), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(512, 256, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(),
+            nn.ConvTranspose2d(256, 128, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+            WNConvTranspose2d(128, c, 5, train_scale=True, init_scale=0.1), nn.Tanh(),
+        )
+        self.image_shape, self.z_dim = tuple(image_shape), z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.deconv(self.fc(z).view(z.shape[0], 512, 4, 4))
+        return (x + 1) * 0.5  # (B, C, 32, 32) in [0, 1]
+
+
+GAN_ARCHS = ("mlp", "conv")
+
+
+def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: int = 100,
+             d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), g_hidden: tuple[int, ...] = (500, 500),
+             input_noise: float = 0.3, hidden_noise: float = 0.5, conv_width: int = 96) -> tuple[nn.Module, nn.Module]:
+    """(discriminator, generator) for `arch`."""
+    if arch == "mlp":
+        return (MLPDiscriminator(math.prod(image_shape), d_out, tuple(d_hidden), input_noise, hidden_noise),
+                MLPGenerator(image_shape, z_dim, tuple(g_hidden)))
+    if arch == "conv":
+        return ConvDiscriminator(image_shape[0], d_out, conv_width), ConvGenerator(image_shape, z_dim)
+    raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Temporarily stop `module`'s parameters from collecting gradients (inputs still get them), e.g. the
+    discriminator during the generator's step."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
