@@ -20,6 +20,52 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- VAE family (Kingma et al. 2014)
+# Kingma & Welling 2014 ("Auto-Encoding Variational Bayes", AEVB) and Kingma, Rezende, Mohamed & Welling
+# 2014 ("Semi-Supervised Learning with Deep Generative Models", SSL). All log-densities are summed over every
+# non-batch dimension and returned per row, in float32 whatever the autocast dtype of the inputs.
+
+
+def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j)), AEVB
+    appendix B (the analytic KL of eq. 10). (..., D) -> (...)."""
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """log p(x|logits) = sum_i x_i log s(l_i) + (1 - x_i) log(1 - s(l_i)) = sum_i x_i l_i - softplus(l_i),
+    AEVB appendix C.1. `x` may be fractional (the usual relaxation for grey levels) and broadcasts against
+    `logits`, so an enumerated (B, K, ...) reconstruction is scored against (B, 1, ...) targets without a copy.
+    The last `event_dims` dimensions are summed."""
+    logits = logits.float()
+    ll = x * logits - F.softplus(logits)
+    return ll.sum(dim=tuple(range(-event_dims, 0)))
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
+                            event_dims: int) -> torch.Tensor:
+    """log N(x; mean, diag exp(logvar)) = -1/2 sum_i (log 2pi + logvar_i + (x_i - mean_i)^2 / exp(logvar_i)),
+    AEVB appendix C.2; broadcasting as in `bernoulli_log_likelihood`."""
+    mean, logvar = mean.float(), logvar.float()
+    ll = -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) * torch.exp(-logvar))
+    return ll.sum(dim=tuple(range(-event_dims, 0)))
+
+
+def class_conditions(num_classes: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The one-hot code of every class, (K, K): row k conditions the networks on y = k. Broadcasting a
+    (B, 1, H) activation against the (1, K, H) image of these rows enumerates all B*K (x, y) pairs in one
+    batched pass (SSL eq. 7 needs -L(x, y) for every y)."""
+    return torch.eye(num_classes, device=device, dtype=dtype)
+
+
+def unlabeled_bound(neg_L: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """-U(x) = sum_y q(y|x) (-L(x, y)) + H(q(y|x)), SSL eq. 7, from the enumerated labeled bounds
+    neg_L (B, K) and the classifier's logits (B, K) -> (B,)."""
+    log_q = F.log_softmax(logits_q.float(), dim=-1)
+    q = log_q.exp()
+    return (q * (neg_L - log_q)).sum(-1)
+
+
 
 
 # ---------------------------------------------------------------- semi-supervised GAN (Salimans et al. 2016)

@@ -1,0 +1,126 @@
+"""M1: a latent-feature VAE (Kingma, Rezende, Mohamed & Welling 2014, sec. 2.1), with a downstream classifier.
+
+Generative story (SSL eq. 1):   z ~ N(0, I),   x ~ p_theta(x | z)   (Bernoulli for grey images, Gaussian else)
+Inference model:                q_phi(z | x) = N(mu_phi(x), diag sigma^2_phi(x))
+Objective, maximized on every unlabeled image (AEVB eq. 10):
+    ELBO(x) = E_q[log p(x | z)] - beta_t * KL(q(z | x) || p(z))
+with one reparameterized sample and the analytic KL; beta_t ramps 0 -> 1 over `kl_warmup` of the run
+(KL warm-up, Sonderby et al. 2016) and is 1 without it. Labels are never used for training: before each
+evaluation `fit_readout` fits a classifier (linear | mlp | knn, genssl.downstream) on the posterior means
+of the labeled images, and `predict` applies it, so the trainer's accuracy is "M1 + downstream".
+With `binarize`, each image is re-binarized x ~ Bernoulli(x) at every step (the paper's dynamic binarization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import losses
+from ..registry import register_method
+from ..vae_nets import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
+                        resolve_likelihood)
+from .base import DataSpec, Method
+
+READOUTS = ("linear", "mlp", "knn")
+
+
+def kl_weight(step: int, total: int, warmup: float) -> float:
+    """Linear KL warm-up over the first `warmup` fraction of the run (1.0 when warmup is 0)."""
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / max(1.0, warmup * total))
+
+
+@register_method("vae_m1")
+class VAEM1(Method):
+    @dataclass
+    class Config:
+        arch: str = "mlp"
+        """mlp | conv (28x28 or 32x32 images)."""
+        hidden: tuple[int, ...] = (500, 500)
+        """Hidden widths of encoder and decoder (the decoder mirrors them); conv uses hidden[0] for its dense layer."""
+        z_dim: int = 50
+        likelihood: str = "auto"
+        """auto (Bernoulli for 1 channel, Gaussian otherwise) | bernoulli | gaussian."""
+        binarize: bool = False
+        """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood only)."""
+        kl_warmup: float = 0.0
+        """Fraction of the run over which the KL weight ramps from 0 to 1."""
+        lr: float = 1e-3
+        readout: str = "linear"
+        """Downstream classifier on the latent means: linear | mlp | knn."""
+        readout_k: int = 10
+        """Neighbours for readout=knn."""
+
+    def __init__(self, cfg: Config, spec: DataSpec):
+        super().__init__(cfg, spec)
+        if cfg.readout not in READOUTS:
+            raise ValueError(f"unknown readout {cfg.readout!r}; choose one of {', '.join(READOUTS)}")
+        self.likelihood = resolve_likelihood(cfg.likelihood, spec.image_shape)
+        if cfg.binarize and self.likelihood != "bernoulli":
+            raise ValueError(f"binarize=True needs likelihood='bernoulli', got {self.likelihood!r}")
+        shape = spec.image_shape
+        self.encoder = GaussianEncoder(shape, cfg.z_dim, cfg.arch, cfg.hidden)
+        self.decoder = Decoder(shape, cfg.z_dim, cfg.arch, tuple(reversed(cfg.hidden)),
+                               n_params=n_params(self.likelihood))
+        # The readout is refitted before every evaluation and is not part of the model's state: kept out of
+        # the module tree so checkpoints hold only the VAE.
+        object.__setattr__(self, "_readout", None)
+
+    def configure_optimizers(self):
+        return {"main": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
+
+    def encoder_module(self) -> GaussianEncoder:
+        return self.encoder
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x) if self.cfg.binarize and self.training else x
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction log-likelihood, KL) per image, (B,) each, one reparameterized sample."""
+        mu, logvar = self.encoder.posterior(x)  # (B, D)
+        params = self.decoder(reparameterize(mu, logvar))  # (B, P, C, H, W)
+        rec = log_likelihood(self.likelihood, params, x.float(), len(self.spec.image_shape))
+        return rec, losses.gaussian_kl_standard(mu, logvar)
+
+    def train_step(self, batch, step):
+        x = self.prepare(batch.x_u)
+        rec, kl = self.elbo_terms(x)
+        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
+        loss = (beta * kl - rec).mean()
+        self.update(loss)
+        return {"train/elbo": (rec - kl).mean().detach(), "train/rec": rec.mean().detach(),
+                "train/kl": kl.mean().detach(), "train/kl_weight": torch.tensor(beta)}
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # posterior mean (B, D)
+
+    @torch.no_grad()
+    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
+        from ..downstream import fit_classifier
+
+        was_training = self.training
+        self.eval()
+        feats = torch.cat([self.encode(x).float() for x in x_l.split(1000)])  # (N_l, D)
+        self.train(was_training)
+        extra = {"k": self.cfg.readout_k} if self.cfg.readout == "knn" else {}
+        object.__setattr__(self, "_readout", fit_classifier(feats, y_l, self.spec.num_classes, self.cfg.readout,
+                                                            **extra))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self._readout is None:
+            raise RuntimeError("vae_m1 predicts through its downstream classifier: call fit_readout(x_l, y_l) first")
+        return self._readout(self.encode(x).float())
+
+    @torch.no_grad()
+    def eval_images(self, x: torch.Tensor):
+        n = min(32, x.shape[0])
+        event = len(self.spec.image_shape)
+        recon = likelihood_mean(self.likelihood, self.decoder(self.encoder(x[:n])), event)
+        pairs = torch.stack([x[:n].float(), recon], 1).flatten(0, 1)  # original, reconstruction, ...
+        z = torch.randn(64, self.cfg.z_dim, device=x.device)
+        samples = likelihood_mean(self.likelihood, self.decoder(z), event)
+        return {"vae_m1/reconstructions": (pairs.clamp(0, 1), 16), "vae_m1/samples": (samples.clamp(0, 1), 8)}

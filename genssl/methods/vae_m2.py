@@ -1,0 +1,219 @@
+"""M2: the class label as a partially observed latent (Kingma, Rezende, Mohamed & Welling 2014, sec. 2.2),
+and stacked M1+M2 (sec. 2.3) when `encoder` names a trained M1 encoder.
+
+Generative story (SSL eq. 2):   y ~ Cat(1/K),  z ~ N(0, I),  x ~ p_theta(x | y, z)
+Inference model (eq. 4):        q(z | x, y) = N(mu_phi(x, y), diag sigma^2_phi(x, y)),  q(y | x) = Cat(pi_phi(x))
+Labeled bound (eq. 6):   -L(x, y) = E_q(z|x,y)[log p(x | y, z)] + log p(y) - KL(q(z | x, y) || p(z))
+Unlabeled bound (eq. 7): -U(x) = sum_y q(y | x) (-L(x, y)) + H(q(y | x)),   all K classes enumerated in one
+                          batched pass of B*K rows (no loop over y).
+Objective (eq. 9):        J^alpha = sum_l L(x, y) + sum_u U(x) + alpha * E_l[-log q(y | x)].
+
+Per step we minimize   mean_l L(x_l, y_l) + mean_u U(x_u) + w * mean_l CE(q(y | x_l), y_l)   with
+w = alpha * N / N_l, alpha = 0.1, N all training images, N_l the labeled ones (the paper's alpha = 0.1 * N
+with its expectation over the N_l labeled points written as a sum: each labeled point's classification loss
+counts 0.1 * N / N_l times one image's bound). Labeled and unlabeled bounds get equal weight per step
+(labeled images are oversampled, as in the original code's balanced minibatches). `classifier_weight` sets
+w directly instead.
+
+M1+M2: with `encoder:` set to an M1 run or exported encoder folder (loaded frozen with
+genssl.encoders.load_encoder), M2 models z1 ~ q(z1 | x) instead of pixels, with a Gaussian p(z1 | y, z2);
+z1 is re-sampled at every step, as in the original, and is the posterior mean when predicting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+from ..nets import make_classifier
+from ..registry import register_method
+from ..vae_nets import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
+                        resolve_likelihood)
+from .base import DataSpec, Method
+from .vae_m1 import kl_weight
+
+
+@register_method("vae_m2")
+class VAEM2(Method):
+    @dataclass
+    class Config:
+        arch: str = "mlp"
+        """mlp | conv: encoder/decoder bodies (and classifier, unless cls_arch is set)."""
+        enc_hidden: tuple[int, ...] = (500,)
+        dec_hidden: tuple[int, ...] = (500,)
+        cls_hidden: tuple[int, ...] = (500,)
+        cls_arch: str | None = None
+        """mlp | conv; None follows arch."""
+        cls_dropout: float = 0.0
+        z_dim: int = 50
+        likelihood: str = "auto"
+        """auto (Bernoulli for grey images, Gaussian for colour and for M1 latents) | bernoulli | gaussian."""
+        binarize: bool = False
+        """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood on pixels only)."""
+        alpha: float = 0.1
+        """Classification weight w = alpha * N / N_l per labeled example (see the module docstring)."""
+        classifier_weight: float | None = None
+        """Sets w directly, overriding alpha."""
+        kl_warmup: float = 0.0
+        lr: float = 1e-3
+        encoder: str | None = None
+        """M1+M2: an M1 run folder or exported encoder folder; M2 then runs on its latents."""
+
+    def __init__(self, cfg: Config, spec: DataSpec):
+        super().__init__(cfg, spec)
+        K = spec.num_classes
+        self.m1 = None
+        shape = spec.image_shape
+        if cfg.encoder is not None:
+            from ..encoders import load_encoder
+
+            m1 = load_encoder(cfg.encoder)
+            if not hasattr(m1, "posterior"):
+                raise ValueError(f"encoder {cfg.encoder!r} has no posterior(x) -> (mu, logvar); M1+M2 needs a "
+                                 f"Gaussian (VAE) encoder")
+            m1.requires_grad_(False)
+            self.m1 = m1.eval()
+            shape = (int(m1.out_dim),)
+            if cfg.arch != "mlp" or (cfg.cls_arch or "mlp") != "mlp":
+                raise ValueError(f"M1+M2 models latent vectors: arch and cls_arch must be 'mlp', got "
+                                 f"{cfg.arch!r} / {cfg.cls_arch!r}")
+        self.input_shape = shape
+        self.likelihood = resolve_likelihood(cfg.likelihood, shape)
+        if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
+            raise ValueError(f"binarize=True needs pixels with likelihood='bernoulli', got {self.likelihood!r}"
+                             f"{' on M1 latents' if self.m1 is not None else ''}")
+        self.classifier = make_classifier(cfg.cls_arch or cfg.arch, shape, K, cfg.cls_hidden, cfg.cls_dropout)
+        self.encoder = GaussianEncoder(shape, cfg.z_dim, cfg.arch, cfg.enc_hidden, cond_dim=K)
+        self.decoder = Decoder(shape, cfg.z_dim, cfg.arch, cfg.dec_hidden, cond_dim=K,
+                               n_params=n_params(self.likelihood))
+        n_total = spec.n_labeled + spec.n_unlabeled
+        self.cls_weight = (cfg.classifier_weight if cfg.classifier_weight is not None
+                           else cfg.alpha * n_total / max(spec.n_labeled, 1))
+        self.log_prior_y = -math.log(K)  # log p(y), uniform
+
+    def configure_optimizers(self):
+        return {"main": torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.cfg.lr)}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.m1 is not None:
+            self.m1.eval()  # frozen: never let a loaded encoder's dropout/BN switch to training
+        return self
+
+    # ------------------------------------------------------------------ inputs: pixels or M1 latents
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Training inputs: z1 ~ q(z1 | x) for M1+M2 (fresh each step), else x (binarized if configured)."""
+        if self.m1 is not None:
+            with torch.no_grad():
+                mu, logvar = self.m1.posterior(x)
+            return reparameterize(mu.float(), logvar.float())
+        return torch.bernoulli(x) if self.cfg.binarize else x
+
+    def features_in(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation inputs: the M1 posterior mean, or the images."""
+        return self.m1(x).float() if self.m1 is not None else x
+
+    # ------------------------------------------------------------------ the bounds
+    def _neg_L(self, mu, logvar, y_code, x, sample: bool) -> torch.Tensor:
+        z = reparameterize(mu, logvar) if sample else mu
+        params = self.decoder(z, y_code)
+        rec = log_likelihood(self.likelihood, params, x, len(self.input_shape))
+        return rec + self.log_prior_y - losses.gaussian_kl_standard(mu, logvar)
+
+    def neg_labeled_bound(self, x: torch.Tensor, y: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """-L(x, y), eq. 6, for one given class per image: x (B, ...), y (B,) -> (B,). The reference path; the
+        training step computes the same quantity fused with the enumeration in `bounds`."""
+        y_code = F.one_hot(y, self.spec.num_classes).float()
+        mu, logvar = self.encoder.posterior(x, y_code)
+        return self._neg_L(mu, logvar, y_code, x.float(), sample)
+
+    def bounds(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, sample: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """-L(x_l, y_l) (B_l,) and -L(x_u, y) for every class y (B_u, K), in one pass over B_l + B_u*K rows."""
+        K, n_l, n_u = self.spec.num_classes, x_l.shape[0], x_u.shape[0]
+        event = len(self.input_shape)
+        mu, logvar = self.encoder.posterior_labeled_and_all(x_l, y_l, x_u)  # (R, D), R = B_l + B_u*K
+        eye = losses.class_conditions(K, x_l.device)
+        y_code = torch.cat([eye[y_l], eye.repeat(n_u, 1)])  # (R, K)
+        z = reparameterize(mu, logvar) if sample else mu
+        params = self.decoder(z, y_code)  # (R, P, *shape)
+        rec_l = log_likelihood(self.likelihood, params[:n_l], x_l.float(), event)  # (B_l,)
+        params_u = params[n_l:].unflatten(0, (n_u, K))  # (B_u, K, P, *shape)
+        rec_u = log_likelihood(self.likelihood, params_u, x_u.float()[:, None], event)  # (B_u, K), no copy of x
+        kl = losses.gaussian_kl_standard(mu, logvar)  # (R,)
+        neg_L_l = rec_l + self.log_prior_y - kl[:n_l]
+        neg_L_u = rec_u + self.log_prior_y - kl[n_l:].unflatten(0, (n_u, K))
+        return neg_L_l, neg_L_u, {"rec_l": rec_l, "kl_l": kl[:n_l], "kl_u": kl[n_l:].unflatten(0, (n_u, K))}
+
+    def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0) -> dict[str, torch.Tensor]:
+        """The per-step loss (module docstring) and its terms. `beta` < 1 down-weights the KL terms (warm-up);
+        the bounds reported are always the true ones."""
+        logits = self.classifier(torch.cat([x_l, x_u]))  # (B_l + B_u, K): one pass, batch norm sees both
+        logits_l, logits_u = logits[: x_l.shape[0]].float(), logits[x_l.shape[0]:].float()
+        neg_L_l, neg_L_u, parts = self.bounds(x_l, y_l, x_u, sample)
+        ce = F.cross_entropy(logits_l, y_l)
+        out = {"neg_L_l": neg_L_l.mean(), "ce": ce, "kl_l": parts["kl_l"].mean(), "rec_l": parts["rec_l"].mean()}
+        labeled = -neg_L_l
+        if beta != 1.0:  # warm-up: optimize rec + log p(y) - beta * KL
+            labeled = labeled - (1.0 - beta) * parts["kl_l"]
+        loss = labeled.mean() + self.cls_weight * ce
+        if x_u.shape[0]:
+            neg_U = losses.unlabeled_bound(neg_L_u, logits_u)  # (B_u,)
+            out["neg_U"] = neg_U.mean()
+            out["entropy_u"] = losses.entropy_from_logits(logits_u).mean()
+            loss_u = -neg_U
+            if beta != 1.0:  # -U with the KL scaled by beta = -U - (1 - beta) * sum_y q(y|x) KL(x, y)
+                q = F.softmax(logits_u, -1)  # (B_u, K)
+                loss_u = loss_u - (1.0 - beta) * (q * parts["kl_u"]).sum(-1)
+            loss = loss + loss_u.mean()
+        out["loss"] = loss
+        return out
+
+    def train_step(self, batch, step):
+        x_l, x_u = self.prepare(batch.x_l), self.prepare(batch.x_u)
+        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
+        terms = self.objective(x_l, batch.y_l, x_u, beta=beta)
+        self.update(terms["loss"])
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logs["train/cls_weight"] = torch.tensor(self.cls_weight)
+        return logs
+
+    def encoder_module(self):
+        """The classifier's last hidden layer as an exportable encoder (pixel M2 only)."""
+        if self.m1 is not None:
+            raise ValueError("M1+M2's classifier reads M1 latents, not images: export the M1 encoder instead")
+        from ..encoders import ClassifierFeatures
+
+        c = self.cfg
+        return ClassifierFeatures(c.cls_arch or c.arch, self.input_shape, self.spec.num_classes, c.cls_hidden,
+                                  c.cls_dropout, net=self.classifier)
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features_in(x))  # q(y | x) logits
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(self.features_in(x))  # (B, H): the classifier's last hidden layer
+
+    @torch.no_grad()
+    def eval_images(self, x: torch.Tensor):
+        if self.m1 is not None:
+            return {}  # M2 lives in M1's latent space: no pixels to show without M1's decoder
+        K, n, event = self.spec.num_classes, 10, len(self.input_shape)
+        x = x[:n]
+        y = self.classifier(x).argmax(1)
+        mu, _ = self.encoder.posterior(x, F.one_hot(y, K).float())  # (n, D): the "style" of each image
+        eye = losses.class_conditions(K, x.device)
+        # Analogies (paper fig. 1): row 0 the images, then a row per class, a column per image's z.
+        analog = likelihood_mean(self.likelihood, self.decoder(mu[None].expand(K, -1, -1), eye[:, None]), event)
+        analog = torch.cat([x[None].float(), analog]).flatten(0, 1)  # ((K + 1) * n, C, H, W)
+        # Class-conditional samples: a row per class, a column per shared z ~ N(0, I).
+        z = torch.randn(n, self.cfg.z_dim, device=x.device)
+        grid = likelihood_mean(self.likelihood, self.decoder(z[None].expand(K, -1, -1), eye[:, None]), event)
+        recon = likelihood_mean(self.likelihood, self.decoder(mu, F.one_hot(y, K).float()), event)
+        return {"vae_m2/analogies": (analog.clamp(0, 1), n), "vae_m2/class_samples": (grid.flatten(0, 1).clamp(0, 1), n),
+                "vae_m2/reconstructions": (torch.stack([x.float(), recon], 0).flatten(0, 1).clamp(0, 1), n)}

@@ -1,0 +1,181 @@
+"""The VAE family: loss functions, M2's enumerated bound, registry round trips for vae_m1 and vae_m2."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genssl import DataSpec, SSLBatch, Trainer, create_method, losses
+from genssl.checkpoint import safe_torch_load
+from genssl.vae_nets import Decoder, GaussianEncoder
+
+SPEC = DataSpec((1, 28, 28), 10, 20, 200)
+SMALL = {"vae_m1": {"hidden": [64, 32], "z_dim": 8},
+         "vae_m2": {"enc_hidden": [32], "dec_hidden": [32], "cls_hidden": [32], "z_dim": 6}}
+
+
+def _batch(spec=SPEC, b_l=6, b_u=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return SSLBatch(torch.rand(b_l, *spec.image_shape, generator=g), torch.arange(b_l) % spec.num_classes,
+                    torch.rand(b_u, *spec.image_shape, generator=g))
+
+
+# ------------------------------------------------------------------ pure losses
+def test_gaussian_kl_matches_torch_distributions():
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(losses.gaussian_kl_standard(mu, logvar), expected)
+
+
+def test_likelihoods_match_torch_distributions():
+    logits, x = torch.randn(4, 1, 5, 5), torch.bernoulli(torch.full((4, 1, 5, 5), 0.4))
+    expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(losses.bernoulli_log_likelihood(logits, x, 3), expected)
+    mean, logvar, v = torch.randn(4, 7), torch.randn(4, 7), torch.randn(4, 7)
+    expected = torch.distributions.Normal(mean, (0.5 * logvar).exp()).log_prob(v).sum(-1)
+    torch.testing.assert_close(losses.gaussian_log_likelihood(v, mean, logvar, 1), expected)
+
+
+def test_unlabeled_bound_is_expectation_plus_entropy():
+    neg_L, logits = torch.randn(3, 4), torch.randn(3, 4)
+    q = logits.softmax(-1)
+    expected = (q * neg_L).sum(-1) + losses.entropy_from_logits(logits)
+    torch.testing.assert_close(losses.unlabeled_bound(neg_L, logits), expected)
+    # A certain classifier makes U(x) the labeled bound of its class.
+    sharp = torch.full((3, 4), -1e4).scatter(1, torch.tensor([[1], [0], [3]]), 0.0)
+    torch.testing.assert_close(losses.unlabeled_bound(neg_L, sharp), neg_L[[0, 1, 2], [1, 0, 3]])
+
+
+# ------------------------------------------------------------------ networks
+@pytest.mark.parametrize("arch,shape", [("mlp", (1, 28, 28)), ("conv", (1, 28, 28)), ("conv", (3, 32, 32)),
+                                        ("mlp", (50,))])
+def test_encoder_decoder_shapes(arch, shape):
+    if arch == "conv" and len(shape) == 1:
+        pytest.skip()
+    enc = GaussianEncoder(shape, 4, arch, (16, 8), cond_dim=3)
+    dec = Decoder(shape, 4, arch, (8, 16), cond_dim=3, n_params=2)
+    x = torch.rand(5, *shape)
+    mu, logvar = enc.posterior_all(x)
+    assert mu.shape == logvar.shape == (5, 3, 4)
+    out = dec(mu, torch.eye(3))
+    assert out.shape == (5, 3, 2, *shape)
+    for k in range(3):  # the broadcast enumeration equals conditioning on each class in turn
+        mu_k, _ = enc.posterior(x, F.one_hot(torch.full((5,), k), 3).float())
+        torch.testing.assert_close(mu[:, k], mu_k, rtol=1e-5, atol=1e-5)
+    assert GaussianEncoder(**enc.spec_args()).spec_args() == enc.spec_args()
+
+
+def test_bad_arch_and_likelihood_fail_loudly():
+    with pytest.raises(ValueError, match="mlp, conv"):
+        GaussianEncoder((1, 28, 28), 4, "resnet")
+    with pytest.raises(ValueError, match="28"):
+        GaussianEncoder((1, 20, 20), 4, "conv")
+    with pytest.raises(ValueError, match="bernoulli, gaussian"):
+        create_method("vae_m1", {"likelihood": "poisson"}, SPEC)
+    with pytest.raises(ValueError, match="linear, mlp, knn"):
+        create_method("vae_m1", {"readout": "svm"}, SPEC)
+
+
+# ------------------------------------------------------------------ M2's objective
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_enumerated_bound_equals_loop_over_classes(likelihood):
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", {**SMALL["vae_m2"], "likelihood": likelihood}, SPEC).eval()
+    b = _batch()
+    neg_L_l, neg_L_u, _ = m2.bounds(b.x_l, b.y_l, b.x_u, sample=False)
+    assert neg_L_l.shape == (6,) and neg_L_u.shape == (5, 10)
+    for k in range(10):
+        loop = m2.neg_labeled_bound(b.x_u, torch.full((5,), k), sample=False)
+        torch.testing.assert_close(neg_L_u[:, k], loop, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(neg_L_l, m2.neg_labeled_bound(b.x_l, b.y_l, sample=False), rtol=1e-5, atol=1e-3)
+    # and -U(x) is the q(y|x)-weighted loop plus the entropy
+    logits = m2.classifier(b.x_u)
+    loop_U = sum(logits.softmax(-1)[:, k] * m2.neg_labeled_bound(b.x_u, torch.full((5,), k), sample=False)
+                 for k in range(10)) + losses.entropy_from_logits(logits)
+    torch.testing.assert_close(losses.unlabeled_bound(neg_L_u, logits), loop_U, rtol=1e-5, atol=1e-3)
+
+
+def test_all_labels_observed_reduces_to_labeled_elbo_plus_classifier_term():
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC).eval()
+    b = _batch(b_u=0)
+    out = m2.objective(b.x_l, b.y_l, b.x_u, sample=False)
+    ce = F.cross_entropy(m2.classifier(b.x_l), b.y_l)
+    expected = -m2.neg_labeled_bound(b.x_l, b.y_l, sample=False).mean() + m2.cls_weight * ce
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-3)
+    assert "neg_U" not in out
+
+
+def test_classification_weight_is_alpha_times_N_over_N_labeled():
+    m2 = create_method("vae_m2", {**SMALL["vae_m2"], "alpha": 0.1}, DataSpec((1, 28, 28), 10, 100, 54900))
+    assert m2.cls_weight == pytest.approx(0.1 * 55000 / 100)
+    assert create_method("vae_m2", {**SMALL["vae_m2"], "classifier_weight": 3.0}, SPEC).cls_weight == 3.0
+
+
+def test_kl_warmup_only_changes_the_loss_not_the_bounds():
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC).eval()
+    b = _batch()
+    full, warm = (m2.objective(b.x_l, b.y_l, b.x_u, sample=False, beta=beta) for beta in (1.0, 0.0))
+    torch.testing.assert_close(full["neg_U"], warm["neg_U"])
+    assert warm["loss"] < full["loss"]
+
+
+# ------------------------------------------------------------------ methods through the registry
+@pytest.mark.parametrize("method,overrides", [
+    ("vae_m1", {}), ("vae_m1", {"readout": "knn", "binarize": True, "kl_warmup": 0.5}),
+    ("vae_m1", {"readout": "mlp", "arch": "conv", "hidden": [32]}),
+    ("vae_m2", {}), ("vae_m2", {"binarize": True, "kl_warmup": 0.5}),
+])
+def test_method_trains_and_round_trips(method, overrides, run_config_factory, tiny_data):
+    cfg = run_config_factory(method, {**SMALL[method], **overrides})
+    trainer = Trainer(cfg, data=tiny_data)
+    results = trainer.fit()
+    assert 0.0 <= results["test_acc"] <= 1.0
+    m = trainer.method.eval()
+    x = tiny_data[1].images[:7].float() / 255
+    assert m.predict(x).shape == (7, 10)
+    assert m.encode(x).dim() == 2 and m.encode(x).shape[0] == 7
+    for tag, imgs in m.eval_images(x).items():
+        imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
+        assert imgs.dim() == 4 and torch.isfinite(imgs).all() and 0 <= imgs.min() and imgs.max() <= 1, tag
+    # save -> load into a fresh method gives the same predictions
+    best = safe_torch_load(trainer.run_dir / "best.pt")
+    fresh = create_method(method, cfg.method, m.spec)
+    fresh.load_state_dict(best["model"])
+    fresh.fit_readout(*_labeled(trainer, tiny_data))
+    m.load_state_dict(best["model"])
+    m.fit_readout(*_labeled(trainer, tiny_data))
+    torch.testing.assert_close(fresh.eval().predict(x), m.predict(x))
+
+
+def _labeled(trainer, data):
+    from genssl.split import Split
+
+    split = Split.load(trainer.run_dir / "split.pt")
+    return data[0].images[split.labeled].float() / 255, data[0].labels[split.labeled]
+
+
+def test_m2_train_step_losses_finite_and_decreasing():
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC)
+    m2.setup(20)
+    b = _batch(b_l=10, b_u=10)
+    logs = [m2.train_step(b, i) for i in range(15)]
+    assert all(math.isfinite(float(v)) for log in logs for v in log.values())
+    assert float(logs[-1]["train/loss"]) < float(logs[0]["train/loss"])
+
+
+def test_m1_elbo_improves():
+    torch.manual_seed(0)
+    m1 = create_method("vae_m1", SMALL["vae_m1"], SPEC)
+    m1.setup(20)
+    b = _batch(b_u=16)
+    logs = [m1.train_step(b, i) for i in range(15)]
+    assert float(logs[-1]["train/elbo"]) > float(logs[0]["train/elbo"])
+    assert m1.encoder_module() is m1.encoder
