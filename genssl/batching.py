@@ -39,8 +39,11 @@ class EpochSampler:
         self.pos = 0
 
     def _new_perm(self) -> torch.Tensor:
-        perm = torch.randperm(self.n, generator=self.gen, device=self.device)
-        return perm[self.rank::self.world] if self.world > 1 else perm
+        self.full_perm = torch.randperm(self.n, generator=self.gen, device=self.device)
+        return self._shard(self.full_perm)
+
+    def _shard(self, full: torch.Tensor) -> torch.Tensor:
+        return full[self.rank::self.world] if self.world > 1 else full
 
     def next(self) -> torch.Tensor:
         parts, need = [], self.batch_size
@@ -54,12 +57,15 @@ class EpochSampler:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm.cpu(), "pos": self.pos}
+        # The full permutation and a position counted in it (not in this rank's shard), so that rank 0's
+        # state resumes every rank, also under a different world size.
+        return {"gen": self.gen.get_state(), "perm": self.full_perm.cpu(), "pos": self.pos * self.world}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
-        self.perm = state["perm"].to(self.device)
-        self.pos = int(state["pos"])
+        self.full_perm = state["perm"].to(self.device)
+        self.perm = self._shard(self.full_perm)
+        self.pos = int(state["pos"]) // self.world
 
 
 class SSLBatcher:

@@ -12,11 +12,22 @@ from .config import ConfigError
 
 def _cmd_train(args, overrides: list[str]) -> int:
     from .config import load_run_config
+    from .distributed import env_from_torchrun, init_distributed, shutdown
     from .trainer import Trainer
 
     cfg = load_run_config(args.config, overrides)
-    results = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).fit()
-    print(json.dumps(results, indent=2))
+    env = env_from_torchrun()  # launched by `torchrun --nproc_per_node=N -m genssl train ...`
+    if env is None:
+        results = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).fit()
+    else:
+        init_distributed(env, cfg.train.device)
+        try:
+            results = Trainer(cfg, run_dir=args.run_dir, resume=args.resume, rank=env.rank,
+                              world_size=env.world_size).fit()
+        finally:
+            shutdown()
+    if env is None or env.rank == 0:
+        print(json.dumps(results, indent=2))
     return 0
 
 

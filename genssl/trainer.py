@@ -143,10 +143,6 @@ class Trainer:
         spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
         method = create_method(cfg.method_name, cfg.method, spec).to(device)
         method.setup(t.steps, t.precision)
-        if self.world_size > 1:
-            from .distributed import wrap_method_for_ddp
-
-            wrap_method_for_ddp(method)
         batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size, t.batch_size,
                              t.seed, shard=(self.rank, self.world_size))
 
@@ -158,12 +154,18 @@ class Trainer:
             self._check_resume_compatible(ckpt, path)
             method.load_checkpoint_state(ckpt["method_state"])
             batcher.load_state_dict(ckpt["batcher"])
-            set_rng_state(ckpt["rng"])
+            ranks_rng = ckpt.get("rng_ranks")  # data-parallel runs keep every rank's noise stream
+            set_rng_state(ranks_rng[self.rank] if ranks_rng and len(ranks_rng) == self.world_size else ckpt["rng"])
             step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
             elapsed_before = ckpt.get("wall_time_s", 0.0)
         else:
             with autocast(device, t.precision):
                 method.initialize(batcher.next())
+        self.ddp = None
+        if self.world_size > 1:  # after initialize/resume, so every rank starts from rank 0's state
+            from .distributed import wrap_method_for_ddp
+
+            self.ddp = wrap_method_for_ddp(method)
         if t.compile:
             method.compile_networks()
         if self.is_main:
@@ -173,18 +175,23 @@ class Trainer:
 
         def save_last(at_step: int) -> None:
             self._check_weights_finite(method, at_step)
+            if self.ddp:
+                self.ddp.sync_buffers()
+            rng_ranks = self.ddp.gather(rng_state()) if self.ddp else None
             if self.is_main:
                 atomic_torch_save({
                     "format_version": FORMAT_VERSION, "genssl_version": __version__, "method": cfg.method_name,
                     "config": cfg.to_dict(), "method_state": method.checkpoint_state(),
-                    "batcher": batcher.state_dict(), "rng": rng_state(), "step": at_step, "best_val": best_val,
-                    "best_step": best_step, "wall_time_s": elapsed_before + time.perf_counter() - start_time,
+                    "batcher": batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks, "step": at_step,
+                    "best_val": best_val, "best_step": best_step, "wall_time_s": elapsed_before + time.perf_counter() - start_time,
                 }, self.run_dir / "last.pt")
             self.last_good_step = at_step
 
         def evaluate(at_step: int) -> float:
             nonlocal best_val, best_step
             self._check_weights_finite(method, at_step)
+            if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
+                self.ddp.sync_buffers()
             method.fit_readout(x_lab, y_lab)
             val_acc = accuracy(method, x_val, y_val, t.eval_batch_size, t.precision)
             monitor.scalars({"val/acc": val_acc}, at_step)
@@ -236,6 +243,8 @@ class Trainer:
         wall_time = elapsed_before + time.perf_counter() - start_time
 
         # Final report: the weights chosen on validation, evaluated once on the test set.
+        if self.ddp:
+            self.ddp.barrier()  # rank 0 has finished writing best.pt
         best = safe_torch_load(self.run_dir / "best.pt", map_location=device)
         method.load_state_dict(best["model"])
         method.fit_readout(x_lab, y_lab)
@@ -256,6 +265,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _flush_logs(self, sums, count, step, method) -> dict[str, float]:
+        if getattr(self, "ddp", None):
+            sums = self.ddp.mean_logs(sums)  # global-batch means; every rank then takes the same decisions
         means = {k: float(v) / count for k, v in sums.items()}  # one host sync per log interval
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:

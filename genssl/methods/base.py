@@ -40,6 +40,7 @@ class Method(nn.Module):
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self.total_steps = 1
         self.grad_clip: float | None = None
+        self.grad_sync = None  # set by genssl.distributed under torchrun: averages gradients across ranks
 
     # ------------------------------------------------------------------ set-up, called by the Trainer
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -70,6 +71,8 @@ class Method(nn.Module):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(loss.device.type, enabled=False):  # backward runs outside autocast
             scaler.scale(loss).backward()
+        if self.grad_sync is not None:  # data-parallel: average before unscaling/clipping so all ranks agree
+            self.grad_sync(opt)
         if self.grad_clip:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
