@@ -200,3 +200,28 @@ def test_sample_grid_and_sampling(tiny_data):
     assert m.sample(7).shape == (7, 1, 28, 28)
     with pytest.raises(ValueError, match="unconditional"):
         m.sample(3, y=torch.zeros(3, dtype=torch.long))
+
+
+def test_sample_classifier_trains_on_labeled_plus_confident_samples():
+    from genssl.sample_classifier import SampleClassifierConfig, labeled_samples, train_sample_classifier
+
+    m = small_sgan()
+    m.initialize(batch())
+    b = batch()
+    cfg = SampleClassifierConfig(hidden=(16,), steps=4, batch_size=8, labeled_batch_size=5, threshold=0.0,
+                                 eval_every=2)
+    net, stats = train_sample_classifier(m, b.x_l, b.y_l, 10, cfg, b.x_l, b.y_l)
+    assert net(b.x_l).shape == (10, 10) and stats["kept_fraction"] == 1.0 and 0 <= stats["best_val_acc"] <= 1
+    assert m.training  # the model's mode is restored
+
+    class Conditional(torch.nn.Module):  # an M2-like model: sample(n, y) draws images of the given classes
+        def sample(self, n, y=None):
+            return (y.float() / 10).view(-1, 1, 1, 1).expand(n, 1, 28, 28).clone()
+
+        def predict(self, x):
+            return F.one_hot((x[:, 0, 0, 0] * 10).round().long(), 10).float() * 5
+
+    x, y, conf = labeled_samples(Conditional(), 6, 10, "conditional", torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 28, 28) and (conf > 0.9).all()
+    with pytest.raises(ValueError, match="predict, conditional"):
+        SampleClassifierConfig(label_source="oracle")
