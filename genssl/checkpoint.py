@@ -13,7 +13,9 @@ import json
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -79,16 +81,38 @@ def safe_torch_load(path: str | Path, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a raw pickle of another protocol draws a UserWarning before it is refused below; the error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains objects other than tensors and plain containers "
-            f"(its pickle would import or run code). Only load files you trust, and re-export them as "
-            f"state_dicts. Detail: {str(e).splitlines()[0]}"
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        detail = _unpickler_detail(str(e))
+        found = re.search(r"GLOBAL (\S+)", detail)
+        if found or "global" in detail.lower():  # the pickle names a function/class to import: code would run
+            what = f"`{found.group(1)}`" if found else "a global"
+            raise CheckpointError(
+                f"{path}: refused to load: its pickle would import and call {what}, so loading it could run "
+                f"code. Only tensors and plain containers are accepted; re-export trusted files as state_dicts. "
+                f"(torch: {detail})"
+            ) from e
+        raise CheckpointError(f"{path}: corrupt or not a checkpoint (unreadable pickle: {detail})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, KeyError,
+            IndexError, TypeError, AttributeError) as e:
+        # torch's reader raises a zoo of types on damaged archives; all mean the same to the user
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from e
+
+
+def _unpickler_detail(message: str) -> str:
+    """The informative line of torch's weights_only error (its first lines are generic advice)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error" in ln:
+            rest = ln.split("WeightsUnpickler error:", 1)[-1].strip()
+            if not rest and i + 1 < len(lines):
+                rest = lines[i + 1]
+            return rest.split(". Please use")[0]
+    return lines[0] if lines else "no detail"
 
 
 def rng_state() -> dict:

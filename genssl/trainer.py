@@ -158,6 +158,7 @@ class Trainer:
             set_rng_state(ranks_rng[self.rank] if ranks_rng and len(ranks_rng) == self.world_size else ckpt["rng"])
             step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
             elapsed_before = ckpt.get("wall_time_s", 0.0)
+            best_val, best_step = self._adopt_newer_best(step, best_val, best_step)
         else:
             with autocast(device, t.precision):
                 method.initialize(batcher.next())
@@ -170,7 +171,9 @@ class Trainer:
             method.compile_networks()
         if self.is_main:
             atomic_write_text(dump_yaml(cfg), self.run_dir / "config.yaml")
-        monitor = Monitor(self.run_dir / "tb" if self.is_main else None, purge_step=step if self.resume else None)
+        # Events up to the saved step were written before the checkpoint; later ones belong to the lost timeline.
+        monitor = Monitor(self.run_dir / "tb" if self.is_main else None,
+                          purge_step=step + 1 if self.resume else None)
         self.last_good_step = step if self.resume else None
 
         def save_last(at_step: int) -> None:
@@ -183,7 +186,8 @@ class Trainer:
                     "format_version": FORMAT_VERSION, "genssl_version": __version__, "method": cfg.method_name,
                     "config": cfg.to_dict(), "method_state": method.checkpoint_state(),
                     "batcher": batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks, "step": at_step,
-                    "best_val": best_val, "best_step": best_step, "wall_time_s": elapsed_before + time.perf_counter() - start_time,
+                    "best_val": best_val, "best_step": best_step,
+                    "wall_time_s": elapsed_before + time.perf_counter() - start_time,
                 }, self.run_dir / "last.pt")
             self.last_good_step = at_step
 
@@ -264,6 +268,18 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ helpers
+    def _adopt_newer_best(self, step: int, best_val: float, best_step: int) -> tuple[float, int]:
+        """A run killed after an evaluation but before its next checkpoint leaves a best.pt newer than last.pt.
+        Keep it as the incumbent, so best.pt and the recorded best accuracy always describe the same weights
+        (a deterministic replay reaches the same choice; a non-deterministic one, e.g. on GPU, stays consistent)."""
+        path = self.run_dir / "best.pt"
+        if not path.is_file():
+            return best_val, best_step
+        best = safe_torch_load(path)
+        if best.get("method") == self.cfg.method_name and best.get("step", -1) > step:
+            return float(best["val_acc"]), int(best["step"])
+        return best_val, best_step
+
     def _flush_logs(self, sums, count, step, method) -> dict[str, float]:
         if getattr(self, "ddp", None):
             sums = self.ddp.mean_logs(sums)  # global-batch means; every rank then takes the same decisions
