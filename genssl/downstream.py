@@ -22,13 +22,14 @@ Regularization with ~100 labels is what decides accuracy, so the defaults are ch
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("linear", "mlp", "knn")
-LINEAR_LAMBDAS = (1.0, 0.3, 0.1, 3e-2, 1e-2, 1e-3)  # strongest first: each fit warm-starts the next
+LINEAR_LAMBDAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
 class Standardize(nn.Module):
@@ -108,21 +109,24 @@ def _check_inputs(features, labels, num_classes):
     return features.detach().float(), labels.to(features.device), num_classes
 
 
-def _fit_linear(x, y, num_classes, lam: float, max_iter: int, init: LinearProbe | None = None) -> LinearProbe:
-    model = LinearProbe(x, num_classes).to(x.device)
-    if init is not None:  # warm start along the regularization path (same standardization statistics)
-        model.linear.load_state_dict(init.linear.state_dict())
-    z = model.norm(x)
-    opt = torch.optim.LBFGS(model.linear.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+def _lbfgs(params, closure, max_iter: int) -> None:
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
-    def closure():
+    def step():
         opt.zero_grad()
-        loss = F.cross_entropy(model.linear(z), y) + 0.5 * lam * model.linear.weight.pow(2).sum()
+        loss = closure()
         loss.backward()
         return loss
 
-    opt.step(closure)
+    opt.step(step)
+
+
+def _fit_linear(x, y, num_classes, lam: float, max_iter: int) -> LinearProbe:
+    model = LinearProbe(x, num_classes).to(x.device)
+    z = model.norm(x)
+    _lbfgs(model.linear.parameters(),
+           lambda: F.cross_entropy(model.linear(z), y) + 0.5 * lam * model.linear.weight.pow(2).sum(), max_iter)
     return model
 
 
@@ -136,21 +140,38 @@ def _stratified_folds(y: torch.Tensor, n_folds: int, gen: torch.Generator) -> to
 
 
 def cross_validate_lambda(x, y, num_classes, lambdas=LINEAR_LAMBDAS, n_folds: int = 5, seed: int = 0,
-                          max_iter: int = 50) -> tuple[float, dict[float, float]]:
-    """Pick the linear probe's L2 strength by stratified k-fold CV on the labeled set: (best, {lam: acc})."""
+                          max_iter: int = 300) -> tuple[float, dict[float, float]]:
+    """Pick the linear probe's L2 strength by stratified k-fold CV on the labeled set: (best, {lam: acc}).
+
+    All folds x lambdas problems are solved at once: their objectives are independent, so one L-BFGS run on
+    the sum of them reaches every problem's own minimum, with one batched evaluation per step instead of a
+    Python-level optimizer per problem (~30x fewer interpreter round trips). Features are standardized with
+    the statistics of the whole labeled set (no labels involved)."""
     n_folds = max(2, min(n_folds, int(torch.bincount(y).max())))
     fold = _stratified_folds(y, n_folds, torch.Generator().manual_seed(seed))
-    correct = {lam: 0 for lam in lambdas}
-    for f in range(n_folds):
-        tr, va = fold != f, fold == f
-        model = None
-        for lam in sorted(lambdas, reverse=True):  # strongest penalty first, warm-starting the weaker ones
-            model = _fit_linear(x[tr], y[tr], num_classes, lam, max_iter, init=model)
-            with torch.no_grad():
-                correct[lam] += (model(x[va]).argmax(1) == y[va]).sum().item()
-    scores = {lam: c / y.shape[0] for lam, c in correct.items()}
+    z = Standardize(x).to(x.device)(x)                                    # (N, D)
+    n, d = z.shape
+    lam = torch.tensor(lambdas, device=x.device).repeat(n_folds)           # (P,), P = folds * lambdas
+    fold_of = torch.arange(n_folds, device=x.device).repeat_interleave(len(lambdas))  # (P,)
+    train = (fold[None, :] != fold_of[:, None]).float()                    # (P, N)
+    weight = train / train.sum(1, keepdim=True)                            # mean CE over each training fold
+    w = torch.zeros(len(lam), d, num_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(len(lam), 1, num_classes, device=x.device, requires_grad=True)
+
+    def logits():
+        return torch.einsum("nd,pdk->pnk", z, w) + b                      # (P, N, K)
+
+    def objective():
+        ce = F.cross_entropy(logits().transpose(1, 2), y.expand(len(lam), -1), reduction="none")  # (P, N)
+        return (weight * ce).sum() + 0.5 * (lam * w.pow(2).sum((1, 2))).sum()
+
+    _lbfgs([w, b], objective, max_iter)
+    with torch.no_grad():
+        hit = (logits().argmax(2) == y).float() * (1 - train)             # (P, N), validation rows only
+        per_problem = hit.sum(1).view(n_folds, len(lambdas)).sum(0) / n  # (L,)
+    scores = {float(l): float(s) for l, s in zip(lambdas, per_problem)}
     best = max(scores.values())
-    return max(lam for lam, s in scores.items() if s >= best - 1e-12), scores
+    return max(lam for lam, s in scores.items() if s >= best - 1e-12), scores  # ties: stronger penalty
 
 
 def fit_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
@@ -174,7 +195,7 @@ def fit_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: in
         torch.manual_seed(seed)
         if kind == "linear":
             if lam == "cv":
-                lam, _ = cross_validate_lambda(x, y, num_classes, seed=seed, max_iter=max_iter)
+                lam, _ = cross_validate_lambda(x, y, num_classes, seed=seed)
             elif not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0 or math.isnan(lam):
                 raise ValueError(f"lam must be 'cv' or a non-negative float, got {lam!r}")
             model = _fit_linear(x, y, num_classes, float(lam), max_iter)
@@ -225,3 +246,116 @@ def extract_features(encoder, images: torch.Tensor, batch_size: int = 1000) -> t
         xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
         out.append(fn(xb).float())
     return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------- encoders x data
+
+def adapt_images(x: torch.Tensor, input_shape) -> torch.Tensor:
+    """Fit float images (B, C, H, W) to an encoder's input shape: grayscale repeated to 3 channels, and a
+    bilinear resize when the encoder fixes its height/width. Anything else is an error naming both shapes."""
+    c = input_shape[0]
+    if x.shape[1] != c:
+        if x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"images have {x.shape[1]} channels but the encoder expects {c} "
+                             f"(input_shape {tuple(input_shape)})")
+    size = tuple(input_shape[1:])
+    if all(s is not None for s in size) and tuple(x.shape[2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x
+
+
+def evaluate_encoder(encoder, train, test, n_labels=(100,), kinds=("linear",), seeds=(0,), n_val: int = 5000,
+                     batch_size: int = 1000, **options) -> list[dict]:
+    """Downstream test accuracy of a frozen encoder: for each labeled-subset seed, the class-balanced labeled
+    set that genssl.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives
+    the labeled images of a run with split seed s); a classifier of each kind fitted on their features."""
+    from .split import make_split
+
+    shape = getattr(encoder, "input_shape", None)
+    prep = (lambda x: adapt_images(x, shape)) if shape is not None else (lambda x: x)
+    device = next(encoder.parameters()).device
+
+    def feats(images):
+        out = []
+        for xb in images.split(batch_size):
+            out.append(extract_features(encoder, prep(xb.to(device).float() / 255.0), batch_size))
+        return torch.cat(out)
+
+    f_test, y_test = feats(test.images), test.labels.to(device)
+    rows = []
+    for n in n_labels:
+        for seed in seeds:
+            idx = make_split(train.labels, train.num_classes, int(n), n_val, int(seed)).labeled
+            f_l, y_l = feats(train.images[idx]), train.labels[idx].to(device)
+            for kind in kinds:
+                start = time.perf_counter()
+                clf = fit_classifier(f_l, y_l, train.num_classes, kind, int(seed), **options)
+                fit_s = time.perf_counter() - start
+                rows.append({"n_labels": int(n), "kind": kind, "seed": int(seed),
+                             "test_acc": accuracy(clf, f_test, y_test), "fit_s": round(fit_s, 3)})
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation of test accuracy over seeds, per (n_labels, kind)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["n_labels"], r["kind"]), []).append(r["test_acc"])
+    out = []
+    for (n, kind), accs in groups.items():
+        t = torch.tensor(accs, dtype=torch.float64)
+        out.append({"n_labels": n, "kind": kind, "seeds": len(accs), "mean_acc": t.mean().item(),
+                    "std_acc": t.std().item() if len(accs) > 1 else 0.0})
+    return out
+
+
+def _cmd_downstream(args, overrides) -> int:
+    import json
+
+    from .checkpoint import atomic_write_json
+    from .datasets import load_dataset
+    from .encoders import load_encoder
+    from .trainer import resolve_device
+
+    if overrides:
+        raise ValueError(f"genssl downstream: unexpected arguments {' '.join(overrides)}")
+    source = args.encoder or args.source
+    if source is None or (args.encoder and args.source):
+        raise ValueError("genssl downstream: give exactly one encoder: RUN_DIR or --encoder SOURCE")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    encoder = load_encoder(source, weights=args.weights, device=resolve_device(args.device))
+    dataset = args.dataset or encoder.source.get("dataset") or "fashion_mnist"
+    train, test = load_dataset(dataset, args.data_root, download=not args.no_download)
+    rows = evaluate_encoder(encoder, train, test, args.n_labels, args.kind, args.seed, args.n_val)
+    summary = summarize(rows)
+    print(f"encoder {source} ({encoder.out_dim} features) on {dataset}: test accuracy")
+    for s in summary:
+        print(f"  {s['n_labels']:>6} labels  {s['kind']:<6}  {100 * s['mean_acc']:6.2f}% "
+              f"+- {100 * s['std_acc']:.2f}  ({s['seeds']} seed{'s' * (s['seeds'] > 1)})")
+    result = {"encoder": str(source), "dataset": dataset, "n_val": args.n_val, "runs": rows, "summary": summary}
+    if args.out:
+        atomic_write_json(result, args.out)
+    print(json.dumps(result))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("downstream", help="fit classifiers on a frozen encoder's features of a few labels "
+                                                 "and report test accuracy")
+    p.add_argument("source", nargs="?", default=None, help="a run folder (or any load_encoder source)")
+    p.add_argument("--encoder", default=None, help="exported folder, run folder, released name or torchvision:<arch>")
+    p.add_argument("--weights", default=None, help="local weights file for torchvision:<arch>")
+    p.add_argument("--n-labels", type=int, nargs="+", default=[100])
+    p.add_argument("--kind", nargs="+", choices=KINDS, default=["linear"])
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="labeled-subset seeds (results are averaged)")
+    p.add_argument("--dataset", default=None, help="default: the encoder's training dataset, else fashion_mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--n-val", type=int, default=5000, help="images held out as in training runs (default 5000)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=_cmd_downstream)
