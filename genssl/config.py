@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def from_dict(cls, values: dict | None, where: str = ""):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(map(str, set(values) - set(names)))  # YAML keys may be numbers, dates, ...
     if unknown:
         raise ConfigError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(_dot(where, k) for k in unknown)}; "
@@ -176,14 +177,17 @@ def _coerce(value, tp, where: str):
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            number = float(value) if abs(value) < 2**1024 else None  # huge ints overflow float()
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None or math.isnan(number):  # inf may mean "no limit"; NaN is never a setting
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -251,7 +255,7 @@ def build_run_config(raw: dict) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
     allowed = {"name", "out_dir", "method", "data", "train"}
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(map(str, set(raw) - allowed))
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
     method_raw = raw.get("method")
@@ -261,6 +265,11 @@ def build_run_config(raw: dict) -> RunConfig:
         raise ConfigError("the config needs `method: {name: <method>, ...}`")
     method_raw = dict(method_raw)
     method_name = method_raw.pop("name")
+    if not isinstance(method_name, str):
+        from .registry import list_methods
+
+        raise ConfigError(f"method.name: expected a method name, got {method_name!r}; registered methods: "
+                          f"{', '.join(list_methods())}")
     cls = get_method_class(method_name)
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
@@ -288,6 +297,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16")
+    for where, seed in (("train.seed", t.seed), ("data.split_seed", d.split_seed)):
+        if seed is not None and not 0 <= seed < 2**62:  # torch generators take unsigned 64-bit seeds
+            raise ConfigError(f"{where} must be in [0, 2**62), got {seed}")
     if t.threads < 0:
         raise ConfigError(f"train.threads must be >= 0, got {t.threads}")
     if d.n_labels <= 0:

@@ -10,6 +10,7 @@ pickle module.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -55,8 +56,11 @@ def validate_images_labels(images, labels, num_classes: int, name: str = "data")
         raise ValueError(f"{name}: {images.shape[0]} images but {labels.shape[0]} labels")
     if images.shape[0] == 0:
         raise ValueError(f"{name}: the dataset is empty")
-    if num_classes < 2:
-        raise ValueError(f"{name}: need at least 2 classes, got num_classes={num_classes}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"{name}: need an integer num_classes >= 2, got {num_classes!r}")
+    if num_classes > 2**31:
+        raise ValueError(f"{name}: num_classes={num_classes} is absurd (labels hold values up to "
+                         f"{labels.max().item()}); labels must be class indices 0..K-1")
     bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
     if bad.numel():
         raise ValueError(f"{name}: labels must be in [0, {num_classes - 1}]; {bad.numel()} are not, e.g. "
@@ -66,14 +70,17 @@ def validate_images_labels(images, labels, num_classes: int, name: str = "data")
 def from_arrays(images, labels, num_classes: int | None = None, name: str = "user data") -> ImageData:
     """User data as arrays or tensors: images (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3};
     uint8 in [0, 255] or float in [0, 1]. Float images containing NaN/inf are rejected, naming the indices."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    x = _as_tensor(images, name, "images")
+    y = _as_tensor(labels, name, "labels")
     if y.dim() != 1:
         raise ValueError(f"{name}: labels must be one-dimensional, got shape {tuple(y.shape)}")
     if y.is_floating_point():
-        if not torch.isfinite(y).all() or not (y == y.round()).all():
-            raise ValueError(f"{name}: labels must be integers")
-    if y.dtype == torch.bool or y.is_complex():
+        y = y.double()
+        bad = (~torch.isfinite(y) | (y != y.round()) | (y.abs() > 2**31)).nonzero().flatten()
+        if bad.numel():
+            raise ValueError(f"{name}: labels must be integers; {bad.numel()} are not (NaN, inf, fractional or "
+                             f"huge), at indices {bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}")
+    elif y.dtype == torch.bool:
         raise ValueError(f"{name}: labels must be integers, got {y.dtype}")
     y = y.long()
     if x.dim() == 3:
@@ -84,6 +91,10 @@ def from_arrays(images, labels, num_classes: int | None = None, name: str = "use
         x = x.permute(0, 3, 1, 2)
     if x.shape[1] not in (1, 3):
         raise ValueError(f"{name}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name}: images have no pixels, shape {tuple(x.shape)}")
+    if x.dtype == torch.bool:
+        raise ValueError(f"{name}: images must be uint8 in [0, 255] or float in [0, 1], got bool")
     if x.is_floating_point():
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten()
         if bad.numel():
@@ -104,6 +115,29 @@ def from_arrays(images, labels, num_classes: int | None = None, name: str = "use
     return ImageData(x.contiguous(), y, num_classes, name)
 
 
+# Element types torch can hold and compare; numpy's others (uint16/32/64, object, strings) are converted or refused.
+_SAFE_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+                torch.float32, torch.float64, torch.bool}
+
+
+def _as_tensor(value, name: str, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as e:  # ragged nested lists, ...
+            raise ValueError(f"{name}: {what} must be a rectangular numeric array: {e}") from e
+        if array.dtype.kind == "u" and array.dtype.itemsize > 1:
+            if array.size and array.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"{name}: {what} hold values too large for int64")
+            array = array.astype(np.int64)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: {what} must be numeric, got dtype {array.dtype}")
+        value = torch.from_numpy(np.ascontiguousarray(array))
+    if value.dtype not in _SAFE_DTYPES:
+        raise ValueError(f"{name}: {what} must be an integer or float tensor, got {value.dtype}")
+    return value.detach().cpu()
+
+
 # ---------------------------------------------------------------- file formats
 
 def read_idx(path: Path) -> np.ndarray:
@@ -117,7 +151,7 @@ def read_idx(path: Path) -> np.ndarray:
     if ndim < 1 or len(raw) < 4 + 4 * ndim:
         raise ValueError(f"{path}: IDX header truncated")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # exact: numpy's int64 product could overflow on a forged header
     payload = len(raw) - 4 - 4 * ndim
     if payload != expected:
         raise ValueError(f"{path}: IDX file is corrupt or truncated: header says {dims} "

@@ -53,6 +53,13 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
     labels = torch.as_tensor(labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    labels = labels.long()
     n = labels.shape[0]
     if not isinstance(n_labels, int) or isinstance(n_labels, bool) or n_labels <= 0:
         raise ValueError(f"n_labels must be a positive integer, got {n_labels!r}")
@@ -76,6 +83,7 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
     if empty:
         raise ValueError(f"class(es) {empty} have no examples in the training set")
     val_quota = _proportional_quota(counts, n_val, gen)
+    assert int(val_quota.sum()) == n_val, (val_quota, n_val)
     by_class = [perm[labels[perm] == k] for k in range(num_classes)]  # each in random order
     for k, idx in enumerate(by_class):
         val_parts.append(idx[: val_quota[k]])
