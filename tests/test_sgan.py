@@ -88,8 +88,9 @@ def test_feature_matching_gradients_reach_generator_not_discriminator():
     assert all(p.requires_grad for p in m.disc.parameters())  # D is unfrozen again after the G step
 
 
-def test_train_step_updates_both_nets_and_logs_detached_scalars():
-    m = small_sgan()
+@pytest.mark.parametrize("overrides", [{}, {"augment_shift": 2, "entropy_weight": 1.0, "fm_real": "d_step"}])
+def test_train_step_updates_both_nets_and_logs_detached_scalars(overrides):
+    m = small_sgan(**overrides)
     m.initialize(batch())
     m.train()
     d0 = [p.clone() for p in m.disc.parameters()]

@@ -29,12 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..augment import random_translate
 from ..ema import EMA
 from ..gan_nets import GAN_ARCHS, data_dependent_init, frozen, make_gan
-from ..losses import (feature_matching_loss, sgan_d_prob, sgan_supervised_loss, sgan_unsupervised_loss,
-                      sgan_unsupervised_loss_explicit)
+from ..losses import (entropy_from_logits, feature_matching_loss, sgan_d_prob, sgan_supervised_loss,
+                      sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
 from ..registry import register_method
 from .base import DataSpec, Method
 
@@ -61,6 +61,11 @@ class SGAN(Method):
         """implicit (fixed at 0, the paper) | explicit (a learned K+1-th logit)."""
         unsup_weight: float = 0.5
         """w in L_D = L_supervised + w * L_unsupervised."""
+        entropy_weight: float = 0.0
+        """Optional extra term lambda * E_unlabeled H(p(y | x, y < K+1)) in L_D: the conditional-entropy
+        penalty of Dai et al. 2017 ("Good Semi-supervised Learning That Requires a Bad GAN"); 0 = the paper."""
+        augment_shift: int = 0
+        """Random translation (pixels) of the real images the discriminator sees; 0 = the paper."""
         fm_norm: str = "l2"
         """l2 (squared, the original for MNIST) | l1 (the original for SVHN/CIFAR-10)."""
         fm_real: str = "fresh"
@@ -130,23 +135,28 @@ class SGAN(Method):
         self.set_lr("d", lr)
         self.set_lr("g", lr)
         n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
+        x_l = random_translate(batch.x_l, self.cfg.augment_shift)
+        x_u = random_translate(batch.x_u, self.cfg.augment_shift)
         x_fake = self.gen(self.noise(n_u, batch.x_u.device))  # (B_u, C, H, W), keeps G's graph for its step
 
         # Discriminator: one pass over labeled, unlabeled and generated images.
-        feats = self.disc.features(torch.cat([batch.x_l, batch.x_u, x_fake.detach()]))  # (B_l+2B_u, F)
+        feats = self.disc.features(torch.cat([x_l, x_u, x_fake.detach()]))  # (B_l+2B_u, F)
         logits = self.disc.head(feats).float()  # (B_l+2B_u, K or K+1)
         l_lab, l_unl, l_fake = logits.split([n_l, n_u, n_u])
         sup = sgan_supervised_loss(self.class_logits(l_lab), batch.y_l)
         unsup_fn = sgan_unsupervised_loss_explicit if self.explicit else sgan_unsupervised_loss
         unsup = unsup_fn(l_unl, l_fake)
-        self.update(sup + self.cfg.unsup_weight * unsup, "d")
+        loss = sup + self.cfg.unsup_weight * unsup
+        if self.cfg.entropy_weight:
+            loss = loss + self.cfg.entropy_weight * entropy_from_logits(self.class_logits(l_unl)).mean()
+        self.update(loss, "d")
         self.ema.update(self.disc)
 
         # Generator: feature matching through the updated discriminator, whose weights get no gradient.
         with frozen(self.disc):
             if self.cfg.fm_real == "fresh":
                 with torch.no_grad():
-                    f_real = self.disc.features(batch.x_u)  # (B_u, F)
+                    f_real = self.disc.features(x_u)  # (B_u, F)
             else:
                 f_real = feats[n_l:n_l + n_u].detach()
             f_fake = self.disc.features(x_fake)  # (B_u, F)
@@ -174,10 +184,11 @@ class SGAN(Method):
         if self._low_unsup_since is None:
             self._low_unsup_since = step
         if step - self._low_unsup_since >= self.cfg.collapse_window:
+            d_fake = means.get("train/d_fake", float("nan"))
             return (f"discriminator collapse: train/unsup_loss has stayed below {self.cfg.collapse_threshold:g} "
                     f"since step {self._low_unsup_since} (now {u:.3g} at step {step}); the discriminator separates "
-                    f"real from generated images perfectly (mean D(fake) = {means.get('train/d_fake', float('nan')):.3g}), "
-                    f"so the generator has stopped learning")
+                    f"real from generated images perfectly (mean D(fake) = {d_fake:.3g}), so the generator has "
+                    f"stopped learning")
         return None
 
     # ------------------------------------------------------------------ inference
