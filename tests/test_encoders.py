@@ -201,6 +201,16 @@ def test_torchvision_architecture_with_local_weights(tmp_path):
         load_encoder("torchvision:resnet18")
 
 
+def test_released_name_lookup(tmp_path):
+    root = tmp_path / "released"
+    export_encoder(TinyGaussian(), root / "tiny-gauss", input_shape=(1, 28, 28))
+    assert list_released(root) == ["tiny-gauss"]
+    enc = load_encoder("tiny-gauss", released_root=root)
+    assert enc.out_dim == 4 and enc.source["path"] == str(root / "tiny-gauss")
+    with pytest.raises(FileNotFoundError, match=r"released: tiny-gauss in"):
+        load_encoder("tiny-gaus", released_root=root)
+
+
 def test_unknown_source_lists_the_choices(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not an encoder folder .* released encoder \(released: "):
         load_encoder(str(tmp_path / "nothing"))
