@@ -17,6 +17,14 @@ def _cmd_train(args, overrides: list[str]) -> int:
 
     cfg = load_run_config(args.config, overrides)
     env = env_from_torchrun()  # launched by `torchrun --nproc_per_node=N -m genssl train ...`
+    if args.seeds:
+        from .multiseed import parse_seeds, train_seeds
+
+        if env is not None:
+            raise ConfigError("--seeds trains several seeds in one process; do not combine it with torchrun")
+        results = train_seeds(cfg, parse_seeds(args.seeds), args.run_dir, args.resume)
+        print(json.dumps(results, indent=2))
+        return 0
     if env is None:
         results = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).fit()
     else:
@@ -73,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--resume", action="store_true", help="continue the run in its folder from last.pt")
     p.add_argument("--run-dir", default=None, help="run folder (default: <out_dir>/<name>)")
+    p.add_argument("--seeds", default=None, help="train these seeds (0,1,2 or 0-4), each in its own folder; "
+                   "together in one process with stacked parameters when the method supports it")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run's best checkpoint on the test set")

@@ -14,7 +14,12 @@ class Supervised(ClassifierMethod):
     class Config(ClassifierConfig):
         pass
 
-    def train_step(self, batch, step):
+    def stage_loss(self, name, batch, step, carry):
+        """The step's one loss, apart from the update, so genssl.multiseed can train seeds together."""
         loss = self.supervised_loss(self.net(self.augment(batch.x_l)), batch.y_l)
+        return loss, {"train/sup_loss": loss.detach()}, carry
+
+    def train_step(self, batch, step):
+        loss, logs, _ = self.stage_loss("main", batch, step, {})
         self.update(loss)
-        return {"train/sup_loss": loss.detach()}
+        return logs
