@@ -92,7 +92,14 @@ class Encoder(nn.Module):
 
     It applies its own `normalization`, stays in eval mode even when a parent module calls .train() (it may sit
     inside a Method, e.g. M1 under M2), and its parameters never require grad (gradients still flow to x).
+    When the net has `posterior(x) -> (mu, logvar)` (VAE encoders) the instance is a `PosteriorEncoder`, so
+    `hasattr(encoder, "posterior")` tells exactly whether it can be used where a Gaussian posterior is needed.
     """
+
+    def __new__(cls, net: nn.Module | None = None, *args, **kwargs):  # (deepcopy calls it with no args)
+        if cls is Encoder and callable(getattr(net, "posterior", None)):
+            cls = PosteriorEncoder
+        return super().__new__(cls)
 
     def __init__(self, net: nn.Module, input_shape, out_dim: int, normalization: dict | None = None,
                  source: dict | None = None):
@@ -140,15 +147,16 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, D)
         return self.net(self.prepare(x))
 
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (mu, logvar), each (B, D), for encoders with a Gaussian posterior (VAEs)."""
-        if not self.has_posterior:
-            raise ValueError(f"encoder {self.arch or type(self.net).__name__} has no posterior(x); only "
-                             f"VAE encoders (has_posterior: true in encoder.yaml) provide (mu, logvar)")
-        return self.net.posterior(self.prepare(x))
-
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, out_dim={self.out_dim}, normalization={self.normalization}"
+
+
+class PosteriorEncoder(Encoder):
+    """An Encoder whose net has a Gaussian posterior; `Encoder(net, ...)` returns one when it applies."""
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (mu, logvar), each (B, D)."""
+        return self.net.posterior(self.prepare(x))
 
 
 def infer_out_dim(net: nn.Module, input_shape) -> int | None:

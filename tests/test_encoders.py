@@ -104,6 +104,8 @@ def test_encoder_is_frozen_and_checks_inputs(tmp_path):
         enc((x * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="not registered"):
         export_encoder(ForeignNet(), tmp_path / "f", input_shape=(1, 28, 28))
+    plain = load_encoder(ForeignNet().state_dict(), module=ForeignNet(), input_shape=(1, 28, 28))
+    assert not hasattr(plain, "posterior") and not plain.has_posterior and isinstance(plain, Encoder)
 
 
 def test_foreign_state_dict_through_key_map(tmp_path):
