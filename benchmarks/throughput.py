@@ -54,6 +54,7 @@ def measure(setting: dict) -> dict:
     from genssl.batching import SSLBatcher
     from genssl.config import build_run_config, load_yaml, merge
     from genssl.methods.base import DataSpec
+    from genssl.multiseed import stack_methods
     from genssl.registry import create_method
     from genssl.trainer import autocast
 
@@ -69,14 +70,29 @@ def measure(setting: dict) -> dict:
     labels = (torch.arange(n) % k).to(device)
     idx = torch.arange(n)
     n_lab = setting["n_labels"]
-    batcher = SSLBatcher(images, labels, idx[:n_lab], idx, setting["labeled_batch_size"], setting["batch_size"], 0)
     spec = DataSpec(shape, k, n_lab, n)
-    torch.manual_seed(0)
-    method = create_method(cfg.method_name, cfg.method, spec).to(device)
     total = setting["warmup"] + setting["steps"]
-    method.setup(10 * total, setting["precision"])  # schedules stay in their first phase
-    with autocast(device, setting["precision"]):
-        method.initialize(batcher.next())
+    n_seeds = setting["seeds"]
+    batchers, methods = [], []
+    for seed in range(n_seeds):
+        batchers.append(SSLBatcher(images, labels, idx[:n_lab], idx, setting["labeled_batch_size"],
+                                   setting["batch_size"], seed))
+        torch.manual_seed(seed)
+        method = create_method(cfg.method_name, cfg.method, spec).to(device)
+        method.setup(10 * total, setting["precision"])  # schedules stay in their first phase
+        with autocast(device, setting["precision"]):
+            method.initialize(batchers[-1].next())
+        methods.append(method)
+    if n_seeds > 1:  # all seeds in one stacked step (genssl.multiseed)
+        from genssl.multiseed import StackedStep, stack_batches
+
+        method = stack_methods(methods)
+        method.setup(10 * total, setting["precision"])
+        step_fn = StackedStep(method)
+        next_batch = lambda: stack_batches([b.next() for b in batchers])  # noqa: E731
+    else:
+        method, batcher = methods[0], batchers[0]
+        step_fn, next_batch = method.train_step, batcher.next
     if setting["compile"]:
         method.compile_networks()
     method.train()
@@ -87,9 +103,9 @@ def measure(setting: dict) -> dict:
 
     def run(steps: int, start: int):
         for s in range(start, start + steps):
-            batch = batcher.next()
+            batch = next_batch()
             with autocast(device, setting["precision"]):
-                logs = method.train_step(batch, s)
+                logs = step_fn(batch, s)
         return logs
 
     t0 = time.perf_counter()
@@ -107,7 +123,8 @@ def measure(setting: dict) -> dict:
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"samples_per_s": setting["batch_size"] * setting["steps"] / dt, "ms_per_step": 1e3 * dt / setting["steps"],
+    return {"samples_per_s": n_seeds * setting["batch_size"] * setting["steps"] / dt,
+            "ms_per_step": 1e3 * dt / setting["steps"],
             "peak_mib": peak_mib, "warmup_s": warm_s, "finite": finite, "threads": torch.get_num_threads()}
 
 
@@ -134,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", nargs="*", type=int, default=[100], help="unlabeled images per step")
     p.add_argument("--labeled-batch-size", type=int, default=100)
     p.add_argument("--n-labels", type=int, default=100)
+    p.add_argument("--seeds", nargs="*", type=int, default=[1],
+                   help="seeds trained together in one stacked step (genssl.multiseed); samples/s counts all seeds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
@@ -160,8 +179,9 @@ def main(argv=None) -> int:
         for device in devices:
             for prec in args.precisions:
                 for comp in args.compile:
-                    for bs in args.batch_sizes:
-                        settings.append({"method": name, "config": args.config, "method_overrides": overrides,
+                    for bs, ns in ((b, n) for b in args.batch_sizes for n in args.seeds):
+                        settings.append({"seeds": ns, "method": name, "config": args.config,
+                                         "method_overrides": overrides,
                                          "device": device, "precision": prec, "compile": comp == "on",
                                          "batch_size": bs, "labeled_batch_size": args.labeled_batch_size,
                                          "n_labels": args.n_labels, "threads": args.threads, "steps": args.steps,
@@ -177,18 +197,18 @@ def main(argv=None) -> int:
         for i, s in enumerate(settings):
             results[i].append(run_child(s, args.timeout))
     rows = []
-    header = ("| method | device | precision | compile | batch | unlabeled samples/s | ms/step | peak MiB | "
+    header = ("| method | device | precision | compile | batch | seeds | unlabeled samples/s | ms/step | peak MiB | "
               "threads | note |")
     print()
     print(header)
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for s, rs in zip(settings, results):
         ok = [r for r in rs if "error" not in r]
         name = s["method"] or Path(s["config"]).stem
         if not ok:
             note = rs[0]["error"]
             print(f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | "
-                  f"{s['batch_size']} | - | - | - | - | {note} |")
+                  f"{s['batch_size']} | {s['seeds']} | - | - | - | - | {note} |")
             rows.append({**s, "error": note})
             continue
         sps = statistics.median(r["samples_per_s"] for r in ok)
@@ -199,7 +219,7 @@ def main(argv=None) -> int:
             note = (note + " " if note else "") + f"range {min(r['samples_per_s'] for r in ok):.0f}-" \
                                                   f"{max(r['samples_per_s'] for r in ok):.0f}"
         print(f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | {s['batch_size']} | "
-              f"{sps:,.0f} | {ms:.1f} | {peak:,.0f} | {ok[0]['threads']} | {note} |")
+              f"{s['seeds']} | {sps:,.0f} | {ms:.1f} | {peak:,.0f} | {ok[0]['threads']} | {note} |")
         rows.append({**s, "samples_per_s": sps, "ms_per_step": ms, "peak_mib": peak, "runs": ok})
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
     if args.json:

@@ -86,7 +86,50 @@ def unstack_into(template: Method, i: int, method: Method) -> None:
     """Copy seed i's slice of the stacked state into a per-seed method (for evaluation and saving)."""
     state = dict(template.named_parameters()) | dict(template.named_buffers())
     for name, t in method.state_dict().items():
-        t.copy_(state[name][i])
+        if name in state:
+            t.copy_(state[name][i])
+    for path, mod in template.named_modules():  # non-tensor state (e.g. an EMA's update count) is shared
+        if type(mod).get_extra_state is not nn.Module.get_extra_state:
+            method.get_submodule(path).set_extra_state(mod.get_extra_state())
+
+
+class StackedStep:
+    """One training step of all seeds: per optimizer (in order), the vmapped per-seed losses, one backward of
+    their sum, the optimizer's step. `template` comes from stack_methods and has had setup() called."""
+
+    def __init__(self, template: Method):
+        self.template = template
+        caller = _Call(template)
+
+        def per_seed(state, batch, step, carry, name):
+            return functional_call(caller, state, ("stage_loss", name, batch, step, carry))
+
+        self.stage = torch.vmap(per_seed, in_dims=(0, 0, None, 0, None), randomness="different")
+
+    def __call__(self, batch: SSLBatch, step: int) -> dict[str, torch.Tensor]:
+        """batch: SSLBatch of (N, B, ...) tensors. Returns logs of (N, ...) tensors."""
+        template, carry, logs = self.template, {}, {}
+        done: list[torch.Tensor] = []
+        for name, opt in template.optimizers.items():
+            # Parameters already updated this step get no gradient in later stages (e.g. the discriminator
+            # in a GAN's generator step), as the single-seed step's `frozen` does.
+            for p in done:
+                p.requires_grad_(False)
+            state = {"m." + k: v for k, v in template.named_parameters()}
+            state |= {"m." + k: v for k, v in template.named_buffers()}
+            loss, stage_logs, carry = self.stage(state, batch, step, carry, name)  # loss: (N,)
+            template.update(loss.sum(), name)
+            if hasattr(template, "after_update"):
+                template.after_update(name)
+            logs |= stage_logs
+            done += [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        for p in done:
+            p.requires_grad_(True)
+        return logs
+
+
+def stack_batches(parts: list[SSLBatch]) -> SSLBatch:
+    return SSLBatch(*(torch.stack(x) for x in zip(*parts)))  # (N, B, ...)
 
 
 class MultiSeedTrainer:
@@ -140,30 +183,15 @@ class MultiSeedTrainer:
         evals = [create_method(cfg.method_name, cfg.method, methods[0].spec).to(device) for _ in range(n)]
         template = stack_methods(methods)
         template.setup(t.steps, t.precision)  # optimizers over the stacked parameters
-        caller = _Call(template)
-
-        def per_seed(state, batch, step, carry, name):
-            return functional_call(caller, state, ("stage_loss", name, batch, step, carry))
-
-        stage = torch.vmap(per_seed, in_dims=(0, 0, None, 0, None), randomness="different")
+        train_step = StackedStep(template)
         best = [(-1.0, -1)] * n
         sums, count, step = {}, 0, 0
         bar = progress(t.steps, 0, f"{cfg.method_name} x{n} seeds", t.progress)
         template.train()
         while step < t.steps:
-            parts = [b.next() for b in batchers]
-            batch = SSLBatch(*(torch.stack(x) for x in zip(*parts)))  # (N, B, ...)
-            carry: dict = {}
-            logs: dict = {}
+            batch = stack_batches([b.next() for b in batchers])
             with autocast(device, t.precision):
-                for name in template.optimizers:
-                    state = {"m." + k: v for k, v in template.named_parameters()}
-                    state |= {"m." + k: v for k, v in template.named_buffers()}
-                    loss, stage_logs, carry = stage(state, batch, step, carry, name)  # loss: (N,)
-                    template.update(loss.sum(), name)
-                    if hasattr(template, "after_update"):
-                        template.after_update(name)
-                    logs |= stage_logs
+                logs = train_step(batch, step)
             for k, v in logs.items():
                 v = v.detach().float().reshape(n, -1).mean(1)
                 sums[k] = sums[k] + v if k in sums else v

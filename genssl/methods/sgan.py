@@ -130,46 +130,58 @@ class SGAN(Method):
     def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, :-1] if self.explicit else logits  # (B, K)
 
+    def stage_loss(self, name, batch, step, carry):
+        """The step's two losses apart from their updates ("d", then "g"), so that genssl.multiseed can train
+        seeds together; `carry` hands the generated batch (with the generator's graph) from "d" to "g"."""
+        if name == "d":
+            lr = self.lr_at(step)
+            self.set_lr("d", lr)
+            self.set_lr("g", lr)
+            n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
+            x_l = random_translate(batch.x_l, self.cfg.augment_shift)
+            x_u = random_translate(batch.x_u, self.cfg.augment_shift)
+            x_fake = self.gen(self.noise(n_u, batch.x_u.device))  # (B_u, C, H, W), keeps G's graph for its step
+
+            # Discriminator: one pass over labeled, unlabeled and generated images.
+            feats = self.disc.features(torch.cat([x_l, x_u, x_fake.detach()]))  # (B_l+2B_u, F)
+            logits = self.disc.head(feats).float()  # (B_l+2B_u, K or K+1)
+            l_lab, l_unl, l_fake = logits.split([n_l, n_u, n_u])
+            sup = sgan_supervised_loss(self.class_logits(l_lab), batch.y_l)
+            unsup_fn = sgan_unsupervised_loss_explicit if self.explicit else sgan_unsupervised_loss
+            unsup = unsup_fn(l_unl, l_fake)
+            loss = sup + self.cfg.unsup_weight * unsup
+            if self.cfg.entropy_weight:
+                loss = loss + self.cfg.entropy_weight * entropy_from_logits(self.class_logits(l_unl)).mean()
+            with torch.no_grad():
+                acc = (self.class_logits(l_lab).argmax(1) == batch.y_l).float().mean()
+                d_real = sgan_d_prob(l_unl, self.explicit).mean()
+                d_fake = sgan_d_prob(l_fake, self.explicit).mean()
+            logs = {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/d_real": d_real,
+                    "train/d_fake": d_fake, "train/lab_acc": acc, "train/lr": torch.tensor(lr)}
+            return loss, logs, {"x_u": x_u, "x_fake": x_fake, "f_unl": feats[n_l:n_l + n_u].detach()}
+
+        # Generator: feature matching through the updated discriminator (the caller freezes its weights).
+        if self.cfg.fm_real == "fresh":
+            with torch.no_grad():
+                f_real = self.disc.features(carry["x_u"])  # (B_u, F)
+        else:
+            f_real = carry["f_unl"]
+        f_fake = self.disc.features(carry["x_fake"])  # (B_u, F)
+        fm = feature_matching_loss(f_real.float(), f_fake.float(), self.cfg.fm_norm)
+        return fm, {"train/fm_loss": fm.detach()}, carry
+
+    def after_update(self, name):
+        if name == "d":
+            self.ema.update(self.disc)
+
     def train_step(self, batch, step):
-        lr = self.lr_at(step)
-        self.set_lr("d", lr)
-        self.set_lr("g", lr)
-        n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
-        x_l = random_translate(batch.x_l, self.cfg.augment_shift)
-        x_u = random_translate(batch.x_u, self.cfg.augment_shift)
-        x_fake = self.gen(self.noise(n_u, batch.x_u.device))  # (B_u, C, H, W), keeps G's graph for its step
-
-        # Discriminator: one pass over labeled, unlabeled and generated images.
-        feats = self.disc.features(torch.cat([x_l, x_u, x_fake.detach()]))  # (B_l+2B_u, F)
-        logits = self.disc.head(feats).float()  # (B_l+2B_u, K or K+1)
-        l_lab, l_unl, l_fake = logits.split([n_l, n_u, n_u])
-        sup = sgan_supervised_loss(self.class_logits(l_lab), batch.y_l)
-        unsup_fn = sgan_unsupervised_loss_explicit if self.explicit else sgan_unsupervised_loss
-        unsup = unsup_fn(l_unl, l_fake)
-        loss = sup + self.cfg.unsup_weight * unsup
-        if self.cfg.entropy_weight:
-            loss = loss + self.cfg.entropy_weight * entropy_from_logits(self.class_logits(l_unl)).mean()
+        loss, logs, carry = self.stage_loss("d", batch, step, {})
         self.update(loss, "d")
-        self.ema.update(self.disc)
-
-        # Generator: feature matching through the updated discriminator, whose weights get no gradient.
-        with frozen(self.disc):
-            if self.cfg.fm_real == "fresh":
-                with torch.no_grad():
-                    f_real = self.disc.features(x_u)  # (B_u, F)
-            else:
-                f_real = feats[n_l:n_l + n_u].detach()
-            f_fake = self.disc.features(x_fake)  # (B_u, F)
-            fm = feature_matching_loss(f_real.float(), f_fake.float(), self.cfg.fm_norm)
+        self.after_update("d")
+        with frozen(self.disc):  # the generator's step computes no gradient for the discriminator's weights
+            fm, g_logs, _ = self.stage_loss("g", batch, step, carry)
             self.update(fm, "g")
-
-        with torch.no_grad():
-            acc = (self.class_logits(l_lab).argmax(1) == batch.y_l).float().mean()
-            d_real = sgan_d_prob(l_unl, self.explicit).mean()
-            d_fake = sgan_d_prob(l_fake, self.explicit).mean()
-        return {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/fm_loss": fm.detach(),
-                "train/d_real": d_real, "train/d_fake": d_fake, "train/lab_acc": acc,
-                "train/lr": torch.tensor(lr)}
+        return logs | g_logs
 
     # ------------------------------------------------------------------ health
     def check_health(self, means, step):
