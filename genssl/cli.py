@@ -50,19 +50,29 @@ def _cmd_eval(args, overrides: list[str]) -> int:
 def _cmd_compare(args, overrides: list[str]) -> int:
     from .compare import run_grid
 
-    run_grid(args.grid, overrides=overrides, out=args.out)
+    run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs)
     return 0
+
+
+def demo_grid() -> Path:
+    """The demo grid: experiments/demo.yaml, which the package also ships (genssl/experiments is a link to
+    the repo's experiments/ folder, packaged as data), so `genssl demo` works from any folder."""
+    from importlib.resources import files
+
+    grid = Path(str(files("genssl").joinpath("experiments", "demo.yaml")))
+    if not grid.is_file():
+        raise FileNotFoundError(f"the demo grid is missing from the installed package (looked for {grid}); "
+                                f"reinstall genssl, or run `genssl compare experiments/demo.yaml` in the repo")
+    return grid
 
 
 def _cmd_demo(args, overrides: list[str]) -> int:
     from .compare import run_grid
 
-    grid = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
-    if not grid.is_file():
-        from importlib.resources import files
-
-        grid = files("genssl").joinpath("demo.yaml")
-    run_grid(grid, overrides=overrides, out=args.out)
+    grid = demo_grid()
+    print(f"genssl demo: every method on Fashion-MNIST with 100 labels, 1 seed, short schedules ({grid})",
+          flush=True)
+    run_grid(grid, overrides=overrides, out=args.out, jobs=args.jobs)
     return 0
 
 
@@ -94,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run a grid of methods x label counts x seeds and tabulate")
     p.add_argument("grid", help="grid YAML (see experiments/)")
     p.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a short comparison on Fashion-MNIST with 100 labels")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="output folder (default: checkpoints/demo)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("methods", help="list the registered methods")

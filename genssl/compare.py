@@ -1,27 +1,50 @@
-"""`genssl compare`: a grid of methods x label counts x seeds, run (or reused) and tabulated.
+"""`genssl compare`: a grid of methods x label counts x seeds, run (or reused) and reported in one folder.
 
 Grid YAML::
 
     out: checkpoints/compare-fmnist
-    overrides: {train: {steps: 2000}}         # applied to every run (optional)
-    methods:                                   # display name -> run config (path relative to this file,
-      supervised: fmnist_supervised.yaml       #                    or an inline mapping)
-      pseudo_label: {method: {name: pseudo_label}, data: {dataset: fashion_mnist}}
+    overrides: {train: {steps: 2000}}          # applied to every run (optional)
+    methods:                                    # display name -> one of four forms:
+      supervised: fmnist_supervised.yaml        #   a config file (relative to this grid file)
+      m1: {config: fmnist_vae_m1.yaml,          #   a config file plus overrides for this entry only
+           overrides: {train: {steps: 500}}}
+      pl: {method: {name: pseudo_label}, data: {dataset: fashion_mnist}}   # an inline run config
+      m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
+              overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
+      sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
     n_labels: [100, 1000]
     seeds: [0, 1, 2]
 
-A run whose results.json exists is reused; one with only last.pt is resumed. So a stopped grid picks up
-where it left off.
+Any registered method is accepted: an entry is only a run config, so a method added later needs no change
+here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
+command line (``--train.threads=1``), then the grid's label count and seed.
+
+Runs land in ``<out>/runs/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
+checking its config still matches the grid's); one with only last.pt is resumed; so a stopped grid picks up
+where it left off. A run whose config names another run's folder (M1+M2 naming its M1) runs after it. The
+report (genssl/report.py) is rewritten from all runs at the end.
 """
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .config import ConfigError, build_run_config, load_yaml, merge, parse_overrides
+from . import compare_samples
+from .config import ConfigError, build_run_config, flatten, load_yaml, merge, parse_overrides
+from .report import fmt_duration, markdown_table, write_report
+
+GRID_KEYS = ("out", "overrides", "methods", "n_labels", "seeds")
+# Config keys that do not change what a finished run computed, so a run that differs only in them is reused.
+REUSE_IGNORED = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
+                           "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
+                           "data.download"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass
@@ -29,95 +52,331 @@ class GridRun:
     label: str       # display name of the method entry
     n_labels: int
     seed: int
-    raw: dict        # resolved raw config
+    raw: dict        # resolved raw run config (for a samples entry: its source folder and classifier config)
     run_dir: Path
+    samples: object = None                          # SampleClassifierConfig for a samples entry, else None
+    deps: list[str] = field(default_factory=list)   # names of the grid runs this one needs finished first
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def steps(self) -> int:
+        return self.samples.steps if self.samples is not None else build_run_config(self.raw).train.steps
 
 
+# ---------------------------------------------------------------------------------------------- the grid
 def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None):
+    """(out_dir, [GridRun]) with every run's config built and validated before any run starts, ordered so
+    that a run comes after the runs it needs."""
     path = Path(path)
     grid = load_yaml(path)
-    allowed = {"out", "overrides", "methods", "n_labels", "seeds"}
-    unknown = sorted(set(grid) - allowed)
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: a grid must be a mapping with keys {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown grid key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{path}: unknown grid key(s) {', '.join(unknown)}; valid keys: {', '.join(GRID_KEYS)}")
     if not isinstance(grid.get("methods"), dict) or not grid["methods"]:
-        raise ConfigError(f"{path}: `methods` must map names to run configs")
+        raise ConfigError(f"{path}: `methods` must map display names to run configs (a file, "
+                          f"{{config: file, overrides: ...}}, an inline config, or {{samples_from: ...}})")
+    shared = grid.get("overrides") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: `overrides` must be a mapping, got {shared!r}")
+    cli = parse_overrides(overrides or [])
     out_dir = Path(out or grid.get("out") or "checkpoints/compare")
-    shared = merge(grid.get("overrides") or {}, parse_overrides(overrides or []))
-    runs = []
+    label_counts = _int_list(grid.get("n_labels", [100]), "n_labels", path)
+    seeds = _int_list(grid.get("seeds", [0]), "seeds", path)
+    runs: list[GridRun] = []
+    by_entry: dict[str, dict[tuple[int, int], GridRun]] = {}
     for label, entry in grid["methods"].items():
-        raw = load_yaml(path.parent / entry) if isinstance(entry, str) else dict(entry)
-        for n in _int_list(grid.get("n_labels", [100]), "n_labels", path):
-            for seed in _int_list(grid.get("seeds", [0]), "seeds", path):
-                cfg = merge(merge(raw, shared), {"data": {"n_labels": n}, "train": {"seed": seed}})
-                build_run_config(cfg)  # validate every run before starting any
-                runs.append(GridRun(label, n, seed, cfg, out_dir / "runs" / f"{label}-n{n}-s{seed}"))
+        if not isinstance(label, str) or not _NAME.match(label):
+            raise ConfigError(f"{path}: method name {label!r} must be letters, digits, '_', '.', '+' or '-' "
+                              f"(it names the run folders)")
+        where = f"{path}: method entry {label!r}"
+        by_entry[label] = {}
+        if compare_samples.is_samples_entry(entry):
+            source = entry["samples_from"]
+            if source not in by_entry or any(r.samples is not None for r in by_entry[source].values()):
+                raise ConfigError(f"{where}: samples_from={source!r} must name an earlier model entry; "
+                                  f"earlier entries: {', '.join(by_entry) or 'none'}")
+        else:
+            raw = merge(merge(_entry_config(entry, where, path), shared), _entry_overrides(entry, where))
+            raw = merge(raw, cli)
+        for n in label_counts:
+            for seed in seeds:
+                run_dir = out_dir / "runs" / f"{label}-n{n}-s{seed}"
+                if compare_samples.is_samples_entry(entry):
+                    src = by_entry[source][(n, seed)]
+                    scfg = compare_samples.samples_config(entry, where, seed)
+                    run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": asdict(scfg)},
+                                  run_dir, samples=scfg, deps=[src.name])
+                else:
+                    cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
+                                {"{out}": str(out_dir), "{runs}": str(out_dir / "runs"), "{n_labels}": str(n),
+                                 "{seed}": str(seed)})
+                    try:
+                        build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
+                    except (ConfigError, ValueError) as e:
+                        raise ConfigError(f"{where}: {e}") from e
+                    run = GridRun(label, n, seed, cfg, run_dir)
+                by_entry[label][(n, seed)] = run
+                runs.append(run)
+    _link_dependencies(runs)
     return out_dir, runs
 
 
+def _entry_config(entry, where: str, path: Path) -> dict:
+    if isinstance(entry, str):
+        return load_yaml(path.parent / entry)
+    if isinstance(entry, dict) and "config" in entry:
+        extra = sorted(set(entry) - {"config", "overrides"})
+        if extra or not isinstance(entry["config"], str):
+            raise ConfigError(f"{where}: with `config`, only `overrides` may be given and `config` must be a "
+                              f"file name; got keys {', '.join(sorted(entry))}")
+        return load_yaml(path.parent / entry["config"])
+    if isinstance(entry, dict):
+        return dict(entry)
+    raise ConfigError(f"{where} must be a config file name or a mapping, got {entry!r}")
+
+
+def _entry_overrides(entry, where: str) -> dict:
+    if isinstance(entry, dict) and "config" in entry:
+        extra = entry.get("overrides") or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{where}: `overrides` must be a mapping, got {extra!r}")
+        return extra
+    return {}
+
+
+def _fill(value, table: dict[str, str]):
+    """Replace the grid placeholders in every string of a nested config (plain replace: other braces stay)."""
+    if isinstance(value, dict):
+        return {k: _fill(v, table) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, table) for v in value]
+    if isinstance(value, str):
+        for key, sub in table.items():
+            value = value.replace(key, sub)
+    return value
+
+
+def _link_dependencies(runs: list[GridRun]) -> None:
+    """A run that names another grid run's folder in its config needs it; order runs so it comes after."""
+    folders = {str(r.run_dir): r for r in runs}
+    for run in runs:
+        if run.samples is None:
+            for v in flatten(run.raw).values():
+                if isinstance(v, str) and v.rstrip("/") in folders and folders[v.rstrip("/")] is not run:
+                    run.deps.append(folders[v.rstrip("/")].name)
+    order, placed = [], set()
+
+    def place(run, stack=()):
+        if run.name in placed:
+            return
+        if run.name in stack:
+            raise ConfigError(f"grid runs depend on each other in a cycle: {' -> '.join([*stack, run.name])}")
+        for dep in run.deps:
+            place(by_name[dep], (*stack, run.name))
+        placed.add(run.name)
+        order.append(run)
+
+    by_name = {r.name: r for r in runs}
+    for run in runs:
+        place(run)
+    runs[:] = order
+
+
 def _int_list(v, key, path) -> list[int]:
-    v = [v] if isinstance(v, int) else v
+    v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
     if not isinstance(v, list) or not v or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
         raise ConfigError(f"{path}: `{key}` must be an integer or a list of integers, got {v!r}")
     return v
 
 
-def run_one(run: GridRun) -> dict:
-    import json
+# ---------------------------------------------------------------------------------------------- one run
+def finished_results(run: GridRun) -> dict | None:
+    """The results of a finished run in run.run_dir, or None; raises if that run was made with another config."""
+    done = run.run_dir / "results.json"
+    if not done.is_file():
+        return None
+    saved_path = run.run_dir / "config.yaml"
+    if saved_path.is_file():
+        now = run.raw if run.samples is not None else build_run_config(run.raw).to_dict()
+        saved, now = flatten(load_yaml(saved_path)), flatten(now)
+        # Keys present on one side only are fields added to or removed from a method since the run was made.
+        changed = sorted(k for k in set(saved) & set(now) if saved[k] != now[k] and k not in REUSE_IGNORED)
+        if changed:
+            diffs = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
+            raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({diffs}). Delete "
+                              f"that folder to rerun it, or write the grid elsewhere with --out")
+    return json.loads(done.read_text())
 
+
+def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) -> tuple[dict, bool]:
+    """(results, reused): reuse a finished run, resume an interrupted one, or train a new one."""
+    results = finished_results(run)
+    if results is not None:
+        return results, True
+    if run.samples is not None:
+        return compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
+                                                      data, threads), False
     from .trainer import Trainer
 
-    done = run.run_dir / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cfg = build_run_config(run.raw)
-    return Trainer(cfg, run_dir=run.run_dir, resume=(run.run_dir / "last.pt").is_file()).fit()
+    raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
+    if threads and not raw.get("train", {}).get("threads"):
+        raw = merge(raw, {"train": {"threads": threads}})
+    cfg = build_run_config(raw)
+    trainer = Trainer(cfg, run_dir=run.run_dir, resume=(run.run_dir / "last.pt").is_file(), data=data)
+    return trainer.fit(), False
 
 
-def summarize(runs: list[GridRun], results: list[dict]) -> list[dict]:
-    rows: dict[tuple[str, int], list[dict]] = {}
-    for run, res in zip(runs, results):
-        rows.setdefault((run.label, run.n_labels), []).append(res)
-    table = []
-    for (label, n), rs in rows.items():
-        accs = [100 * r["test_acc"] for r in rs]
-        table.append({
-            "method": label, "n_labels": n, "seeds": len(rs),
-            "test_acc_mean": statistics.fmean(accs), "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in rs),
-        })
-    return table
+def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:
+    return run_one(run, data, progress=False, threads=threads)
 
 
-def markdown_table(table: list[dict]) -> str:
-    lines = ["| method | labels | test accuracy (%) | seeds | wall time / run (s) |", "|---|---:|---:|---:|---:|"]
-    for r in table:
-        lines.append(f"| {r['method']} | {r['n_labels']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} | "
-                     f"{r['seeds']} | {r['wall_time_s_mean']:.0f} |")
-    return "\n".join(lines) + "\n"
+class _TimeLeft:
+    """Time left in a grid, from seconds per step measured on the runs done so far (same method entry when
+    possible, else all entries). Reused runs count: their wall time is in their results.json."""
+
+    def __init__(self):
+        self.rates: dict[str, list[float]] = {}
+
+    def observe(self, run: GridRun, results: dict) -> None:
+        wall = results.get("own_wall_time_s", results.get("wall_time_s"))
+        if results.get("steps") and wall:
+            self.rates.setdefault(run.label, []).append(wall / results["steps"])
+
+    def estimate(self, pending: list[GridRun], jobs: int = 1) -> float | None:
+        every = [r for rates in self.rates.values() for r in rates]
+        if not pending:
+            return 0.0
+        if not every:
+            return None
+        total = sum(_mean(self.rates.get(run.label) or every) * run.steps for run in pending)
+        return total / max(1, min(jobs, len(pending)))
 
 
-def csv_table(table: list[dict]) -> str:
-    keys = ["method", "n_labels", "seeds", "test_acc_mean", "test_acc_std", "wall_time_s_mean"]
-    lines = [",".join(keys)]
-    for r in table:
-        lines.append(",".join(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
-    return "\n".join(lines) + "\n"
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
 
 
-def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> list[dict]:
+# ---------------------------------------------------------------------------------------------- driver
+class _Failed(RuntimeError):
+    pass
+
+
+def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None, jobs: int = 1,
+             data=None, progress: bool | None = None) -> list[dict]:
+    """Run (or reuse) every run of the grid and write the report; returns the summary rows.
+
+    jobs > 1 trains that many runs at once in separate processes (each gets cpu_count // jobs threads unless
+    the config sets train.threads). `data` = (train, test) ImageData replaces the configs' datasets (tests).
+    `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    from tqdm.auto import tqdm
+
     out_dir, runs = load_grid(path, overrides, out)
-    results = []
-    for i, run in enumerate(runs):
-        print(f"[{i + 1}/{len(runs)}] {run.label} n_labels={run.n_labels} seed={run.seed} -> {run.run_dir}",
-              flush=True)
-        results.append(run_one(run))
-    table = summarize(runs, results)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(markdown_table(table), out_dir / "results.md")
-    atomic_write_text(csv_table(table), out_dir / "results.csv")
+    show = progress if progress is not None else sys.stderr.isatty()
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    eta = _TimeLeft()
+    bar = tqdm(total=len(runs), desc="grid", unit="run", position=0, leave=True, dynamic_ncols=True,
+               disable=not show, file=sys.stderr,
+               bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed{postfix}")
+    start = time.perf_counter()
+
+    def finish(run: GridRun, res: dict | None, reused: bool, error: BaseException | None = None) -> None:
+        if error is not None:
+            failures[run.name] = f"{type(error).__name__}: {error}"
+            tqdm.write(f"  FAILED {run.name}: {error}")
+        else:
+            results[run.name] = res
+            eta.observe(run, res)
+            if not reused:
+                tqdm.write(f"  done {run.name}: test acc {100 * res['test_acc']:.2f}% in "
+                           f"{fmt_duration(res.get('own_wall_time_s', res['wall_time_s']))}")
+        bar.update(1)
+
+    def blocked(run: GridRun) -> str | None:
+        bad = [d for d in run.deps if d in failures]
+        return f"needs {', '.join(bad)}, which failed" if bad else None
+
+    def announce(run: GridRun, pending: list[GridRun]) -> None:
+        left = fmt_duration(eta.estimate(pending, jobs))
+        bar.set_postfix_str(f" | now {run.name} | ~{left} left", refresh=True)
+        tqdm.write(f"[{len(results) + len(failures) + 1}/{len(runs)}] {run.label} n_labels={run.n_labels} "
+                   f"seed={run.seed} -> {run.run_dir}  (elapsed {fmt_duration(time.perf_counter() - start)}, "
+                   f"~{left} left)")
+
+    # Reused runs first: they cost nothing and calibrate the time estimate of the rest.
+    todo = []
+    for run in runs:
+        res = finished_results(run)
+        if res is not None:
+            finish(run, res, reused=True)
+        else:
+            todo.append(run)
+    if len(todo) < len(runs):
+        tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {out_dir / 'runs'}")
+
+    if jobs == 1 or len(todo) <= 1:
+        for k, run in enumerate(todo):
+            if blocked(run):
+                finish(run, None, False, _Failed(blocked(run)))
+                continue
+            announce(run, todo[k:])
+            try:
+                finish(run, *run_one(run, data, progress=show))
+            except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:  # DivergenceError, ...
+                finish(run, None, False, e)
+    else:
+        _run_parallel(todo, jobs, data, results, blocked, announce, finish)
+    bar.close()
+
+    ordered = [results.get(r.name) for r in runs]
+    report = write_report(out_dir, runs, ordered)
+    table, paths = report["table"], report["paths"]
     print()
-    print(markdown_table(table))
-    print(f"Table: {out_dir / 'results.md'} and {out_dir / 'results.csv'}")
-    print(f"TensorBoard: tensorboard --logdir {out_dir / 'runs'}")
+    print(markdown_table(table, sorted({r.get("device", "") for r in results.values()} - {""})))
+    print(f"Table:  {paths['table']}  (CSV: {paths['csv']}, per run: {paths['runs_csv']})")
+    if "plot_labels" in paths:
+        print(f"Plots:  {paths['plot_labels']}  and  {paths['plot_time']}")
+    print(f"TensorBoard, one HParams row per run (test accuracy, wall time):  tensorboard --logdir {paths['tb']}")
+    print(f"TensorBoard, training curves, samples and full configs of every run:  "
+          f"tensorboard --logdir {out_dir / 'runs'}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (the table shows the rest):\n  "
+                           + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))
     return table
+
+
+def _run_parallel(todo, jobs, data, results, blocked, announce, finish) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    queue = list(todo)
+    running = {}
+    # spawn, not fork: torch's thread pools and any CUDA context do not survive a fork.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        while queue or running:
+            for run in [r for r in queue if blocked(r)]:
+                queue.remove(run)
+                finish(run, None, False, _Failed(blocked(run)))
+            ready = [r for r in queue if all(d in results for d in r.deps)]
+            while ready and len(running) < jobs:
+                run = ready.pop(0)
+                queue.remove(run)
+                announce(run, [run, *queue, *running.values()])
+                running[pool.submit(_run_in_worker, run, data, threads)] = run
+            if not running:
+                break  # only runs whose dependencies failed are left; they were reported above
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run = running.pop(fut)
+                try:
+                    finish(run, *fut.result())
+                except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
+                    finish(run, None, False, e)

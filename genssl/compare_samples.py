@@ -1,0 +1,106 @@
+"""Grid entries derived from another entry's runs: the generated-samples classifier (genssl.sample_classifier).
+
+In a grid, ``sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}`` trains, for every label count and
+seed, a fresh classifier on the labeled split of the finished ``sgan`` run of the same label count and seed
+plus confident samples of its generator, chooses it on that run's validation split and reports its test
+accuracy like any other run. Any entry whose method implements ``sample`` works (SGAN; M2 with
+``label_source: conditional``). The derived run folder holds config.yaml (the source run and the classifier
+config) and results.json; its wall time includes the source run's, since the samples cost that training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ENTRY_KEYS = ("samples_from", "classifier")
+
+
+def is_samples_entry(entry) -> bool:
+    return isinstance(entry, dict) and "samples_from" in entry
+
+
+def samples_config(entry: dict, where: str, seed: int):
+    """The SampleClassifierConfig of an entry (its seed is the grid's), with errors naming the bad key."""
+    from .config import ConfigError, from_dict
+    from .sample_classifier import SampleClassifierConfig
+
+    extra = sorted(set(entry) - set(ENTRY_KEYS))
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} in a samples entry; valid keys: "
+                          f"{', '.join(ENTRY_KEYS)}")
+    raw = dict(entry.get("classifier") or {})
+    if "seed" in raw:
+        raise ConfigError(f"{where}: classifier.seed comes from the grid's seeds; remove it")
+    try:
+        return from_dict(SampleClassifierConfig, {**raw, "seed": seed}, f"{where}.classifier")
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def load_source(run_dir: Path, data=None, device: str = "auto"):
+    """(method with the source run's best weights, in eval mode with its readout fitted; cfg; split;
+    (train, test)). Like genssl.evaluate.load_run, plus `data` for runs trained on in-memory data."""
+    from .batching import to_float
+    from .checkpoint import safe_torch_load
+    from .config import build_run_config, load_yaml
+    from .datasets import load_dataset
+    from .methods.base import DataSpec
+    from .registry import create_method
+    from .split import Split
+    from .trainer import resolve_device
+
+    cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
+    train, test = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    dev = resolve_device(device)
+    split = Split.load(run_dir / "split.pt")
+    split.check_against(len(train), str(run_dir / "split.pt"))
+    spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
+    method = create_method(cfg.method_name, cfg.method, spec).to(dev)
+    # Method.load_state_dict, not a tensors-only loader: methods may keep extra state (the SGAN's EMA count).
+    method.load_state_dict(safe_torch_load(run_dir / "best.pt", map_location=dev)["model"])
+    method.fit_readout(to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev))
+    return method.eval(), cfg, split, (train, test)
+
+
+def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, threads: int = 0) -> dict:
+    """Train the generated-samples classifier on a finished source run; write config.yaml and results.json."""
+    import yaml
+
+    from .batching import to_float
+    from .checkpoint import atomic_write_json, atomic_write_text
+    from .sample_classifier import accuracy, train_sample_classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    source_results = json.loads((source_dir / "results.json").read_text())
+    method, cfg, split, (train, test) = load_source(source_dir, data)
+    dev = next(method.parameters()).device
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(yaml.safe_dump({"samples_from": str(source_dir),
+                                      "classifier": dataclasses.asdict(scfg)}, sort_keys=False),
+                      run_dir / "config.yaml")
+    x_l, y_l = to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev)
+    x_val, y_val = to_float(train.images[split.val].to(dev)), train.labels[split.val].to(dev)
+    try:
+        net, stats = train_sample_classifier(method, x_l, y_l, train.num_classes, scfg, x_val, y_val)
+    except (AttributeError, NotImplementedError) as e:
+        raise ValueError(f"{source_dir}: method {cfg.method_name!r} cannot generate labeled samples ({e}); "
+                         f"samples_from must name an entry whose method implements sample()") from e
+    test_acc = accuracy(net, to_float(test.images.to(dev)), test.labels.to(dev))
+    own = time.perf_counter() - start
+    results = {
+        "method": "sample_classifier", "source_method": cfg.method_name, "dataset": cfg.data.dataset,
+        "n_labels": cfg.data.n_labels, "seed": scfg.seed, "test_acc": test_acc,
+        "best_val_acc": stats["best_val_acc"], "best_step": stats["best_step"], "steps": scfg.steps,
+        "kept_fraction": stats["kept_fraction"], "source_test_acc": source_results["test_acc"],
+        "own_wall_time_s": own, "wall_time_s": own + source_results["wall_time_s"],
+        "device": source_results.get("device", ""), "source_run": str(source_dir),
+    }
+    atomic_write_json(results, run_dir / "results.json")
+    return results

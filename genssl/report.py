@@ -1,0 +1,127 @@
+"""The report of a grid (`genssl compare`): summary table (Markdown, CSV), per-run CSV, the two plots and the
+TensorBoard HParams sessions, all rewritten from the runs' results.json into one folder."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:  # None or NaN
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def summarize(runs: list, results: list[dict | None]) -> list[dict]:
+    """One row per (method entry, label count) in grid order; failed runs (None) are counted, not averaged."""
+    rows: dict[tuple[str, int], list[dict | None]] = {}
+    for run, res in zip(runs, results):
+        rows.setdefault((run.label, run.n_labels), []).append(res)
+    table = []
+    for (label, n), rs in rows.items():
+        ok = [r for r in rs if r is not None]
+        accs = [100 * r["test_acc"] for r in ok]
+        table.append({
+            "method": label, "method_name": ok[0]["method"] if ok else "", "n_labels": n, "seeds": len(ok),
+            "failed": len(rs) - len(ok),
+            "test_acc_mean": statistics.fmean(accs) if accs else float("nan"),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "val_acc_mean": statistics.fmean(100 * r["best_val_acc"] for r in ok) if ok else float("nan"),
+            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in ok) if ok else float("nan"),
+        })
+    return table
+
+
+def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
+    lines = ["| method | labels | test accuracy (%) | seeds | wall time / run |",
+             "|---|---:|---:|---:|---:|"]
+    for r in table:
+        acc = f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}" if r["seeds"] else "—"
+        seeds = f"{r['seeds']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+        wall = fmt_duration(r["wall_time_s_mean"]) if r["seeds"] else "—"
+        lines.append(f"| {r['method']} | {r['n_labels']} | {acc} | {seeds} | {wall} |")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over seeds; the test set is evaluated once per run, with the "
+                 "checkpoint of best validation accuracy.")
+    if any(r["method_name"] == "sample_classifier" for r in table):
+        lines.append("A generated-samples classifier's wall time includes the training of the model that "
+                     "generates its samples.")
+    if devices:
+        lines.append(f"Ran on: {'; '.join(devices)}.")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict], keys: list[str]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys)
+    for r in rows:
+        writer.writerow([f"{r[k]:.4f}" if isinstance(r[k], float) else r[k] for k in keys])
+    return buf.getvalue()
+
+
+SUMMARY_KEYS = ["method", "method_name", "n_labels", "seeds", "failed", "test_acc_mean", "test_acc_std",
+                "val_acc_mean", "wall_time_s_mean"]
+RUN_KEYS = ["method", "method_name", "n_labels", "seed", "test_acc", "best_val_acc", "best_step", "steps",
+            "wall_time_s", "device", "run_dir"]
+
+
+def _run_rows(runs: list, results: list[dict | None]) -> list[dict]:
+    return [{"method": run.label, "method_name": res["method"], "n_labels": run.n_labels, "seed": run.seed,
+             "test_acc": res["test_acc"], "best_val_acc": res["best_val_acc"], "best_step": res["best_step"],
+             "steps": res["steps"], "wall_time_s": res["wall_time_s"], "device": res.get("device", ""),
+             "run_dir": str(run.run_dir)}
+            for run, res in zip(runs, results) if res is not None]
+
+
+def write_hparams(tb_dir: Path, runs: list, results: list[dict | None]) -> None:
+    """One HParams session per run under tb_dir/<run name>: the grid's axes as hparams, test and validation
+    accuracy and wall time as metrics. Rewritten on every report, so reused runs never appear twice."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if tb_dir.exists():
+        shutil.rmtree(tb_dir)
+    for run, res in zip(runs, results):
+        if res is None:
+            continue
+        with SummaryWriter(str(tb_dir / run.name)) as w:
+            w.add_hparams({"method": run.label, "method_name": res["method"], "n_labels": run.n_labels,
+                           "seed": run.seed, "steps": res["steps"], "dataset": res.get("dataset", "")},
+                          {"hparam/test_acc": res["test_acc"], "hparam/best_val_acc": res["best_val_acc"],
+                           "hparam/wall_time_s": res["wall_time_s"]}, run_name=".")
+
+
+def write_report(out_dir: Path, runs: list, results: list[dict | None]) -> dict:
+    """Every output of a grid, rewritten from scratch; returns {kind: path}."""
+    from . import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = summarize(runs, results)
+    devices = sorted({r.get("device", "") for r in results if r} - {""})
+    datasets = sorted({r.get("dataset", "") for r in results if r} - {""})
+    atomic_write_text(markdown_table(table, devices), out_dir / "results.md")
+    atomic_write_text(csv_table(table, SUMMARY_KEYS), out_dir / "results.csv")
+    atomic_write_text(csv_table(_run_rows(runs, results), RUN_KEYS), out_dir / "runs.csv")
+    done = [r for r in table if r["seeds"]]
+    where = f" on {', '.join(datasets)}" if datasets else ""
+    paths = {"table": out_dir / "results.md", "csv": out_dir / "results.csv", "runs_csv": out_dir / "runs.csv"}
+    if done:
+        paths["plot_labels"] = plots.accuracy_vs_labels(done, out_dir / "accuracy_vs_labels.png",
+                                                        f"Test accuracy against labels{where}")
+        paths["plot_time"] = plots.accuracy_vs_time(done, out_dir / "accuracy_vs_time.png",
+                                                    f"Test accuracy against wall time{where}")
+    write_hparams(out_dir / "tb", runs, results)
+    paths["tb"] = out_dir / "tb"
+    return {"table": table, "paths": paths}
+
+

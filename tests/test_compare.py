@@ -1,0 +1,175 @@
+"""`genssl compare`: the grid runs, its report matches the runs' results.json, and a second call reuses them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import yaml
+from PIL import Image
+
+from genssl import list_methods
+from genssl.cli import demo_grid
+from genssl.compare import load_grid, run_grid
+from genssl.config import ConfigError
+
+from datafiles import write_idx_dataset
+
+TINY_TRAIN = {"steps": 4, "batch_size": 32, "labeled_batch_size": 16, "eval_every": 2, "log_every": 2,
+              "ckpt_every": 2, "eval_batch_size": 128, "progress": False}
+
+
+def write_grid(tmp_path, methods: dict, **extra) -> str:
+    grid = {"out": str(tmp_path / "out"), "overrides": {"train": TINY_TRAIN},
+            "methods": methods, "n_labels": [20], "seeds": [0, 1], **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return str(path)
+
+
+def synthetic(method: str, **method_cfg) -> dict:
+    return {"method": {"name": method, **method_cfg}, "data": {"dataset": "synthetic", "n_val": 100}}
+
+
+def test_grid_report_matches_runs_and_second_call_reuses(tmp_path, tiny_data, monkeypatch, capsys):
+    (tmp_path / "pl.yaml").write_text(yaml.safe_dump(synthetic("pseudo_label")))
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised"),
+                                 "pl": {"config": "pl.yaml", "overrides": {"method": {"alpha_final": 1.0}}}})
+    table = run_grid(grid, data=tiny_data, progress=False)
+    out = tmp_path / "out"
+
+    # The numbers of the table are the runs' own results.json, averaged over the two seeds.
+    csv_rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").read_text().splitlines())}
+    markdown = (out / "results.md").read_text()
+    assert [r["method"] for r in table] == ["supervised", "pl"]
+    for row in table:
+        runs = [json.loads((out / "runs" / f"{row['method']}-n20-s{s}" / "results.json").read_text())
+                for s in (0, 1)]
+        accs = [100 * r["test_acc"] for r in runs]
+        assert row["seeds"] == 2 and row["n_labels"] == 20
+        assert row["test_acc_mean"] == pytest.approx(statistics.fmean(accs))
+        assert row["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+        assert row["wall_time_s_mean"] == pytest.approx(statistics.fmean(r["wall_time_s"] for r in runs))
+        assert float(csv_rows[row["method"]]["test_acc_mean"]) == pytest.approx(row["test_acc_mean"], abs=1e-4)
+        assert float(csv_rows[row["method"]]["test_acc_std"]) == pytest.approx(row["test_acc_std"], abs=1e-4)
+        assert f"| {row['method']} | 20 | {row['test_acc_mean']:.2f} ± {row['test_acc_std']:.2f} | 2 |" in markdown
+    assert json.loads((out / "runs" / "pl-n20-s1" / "results.json").read_text())["method"] == "pseudo_label"
+    assert yaml.safe_load((out / "runs" / "pl-n20-s1" / "config.yaml").read_text())["method"]["alpha_final"] == 1.0
+
+    for name in ("accuracy_vs_labels.png", "accuracy_vs_time.png"):
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+    # One HParams session per run, readable by TensorBoard's own reader.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sessions = sorted(p.name for p in (out / "tb").iterdir())
+    assert sessions == ["pl-n20-s0", "pl-n20-s1", "supervised-n20-s0", "supervised-n20-s1"]
+    acc = EventAccumulator(str(out / "tb" / "pl-n20-s0"))
+    acc.Reload()
+    assert acc.PluginTagToContent("hparams")  # experiment + session-start summaries
+    assert "hparam/test_acc" in acc.Tags()["scalars"] and "hparam/wall_time_s" in acc.Tags()["scalars"]
+
+    # A second call trains nothing: every run is reused from its results.json.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
+    monkeypatch.setattr("genssl.trainer.Trainer.fit", lambda self: pytest.fail("a finished run was retrained"))
+    capsys.readouterr()
+    again = run_grid(grid, data=tiny_data, progress=False)
+    assert "reusing 4 finished run(s)" in capsys.readouterr().out
+    assert again == table
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert sorted(p.name for p in (out / "tb").iterdir()) == sessions  # rewritten, not duplicated
+
+
+def test_a_finished_run_with_another_config_is_not_reused(tmp_path, tiny_data):
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised")}, seeds=[0])
+    run_grid(grid, data=tiny_data, progress=False)
+    with pytest.raises(ConfigError, match=r"method\.lr: 0\.001 -> 0\.5.*--out"):
+        run_grid(grid, overrides=["--method.lr=0.5"], data=tiny_data, progress=False)
+    # Keys that do not change the computation (threads, progress, ...) do not block reuse.
+    run_grid(grid, overrides=["--train.threads=1"], data=tiny_data, progress=False)
+
+
+def test_a_failed_run_is_reported_and_the_rest_is_tabulated(tmp_path, tiny_data, monkeypatch):
+    from genssl.trainer import DivergenceError, Trainer
+
+    fit = Trainer.fit
+
+    def flaky(self):
+        if self.cfg.method_name == "pseudo_label":
+            raise DivergenceError("loss is nan (simulated)")
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", flaky)
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised"), "pl": synthetic("pseudo_label")},
+                      seeds=[0])
+    with pytest.raises(RuntimeError, match=r"(?s)1 of 2 runs failed.*pl-n20-s0.*simulated"):
+        run_grid(grid, data=tiny_data, progress=False)
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| pl | 20 | — | 0 (1 failed) |" in markdown and "| supervised | 20 |" in markdown
+
+
+def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeypatch):
+    # Real IDX files this time (M1+M2 reloads its M1 run from the folder, dataset included).
+    write_idx_dataset(tmp_path / "data" / "mnist", n_train=300, n_test=100)
+    monkeypatch.setenv("GENSSL_DATA", str(tmp_path / "data"))
+    mnist = {"data": {"dataset": "mnist", "n_val": 100, "download": False}}
+    # m1+m2 is listed first but names the m1 run's folder, so it runs after it; sgan+samples trains a fresh
+    # classifier on the labels plus the finished sgan run's generated samples.
+    grid = write_grid(tmp_path, {
+        "m1+m2": {**synthetic("vae_m2", encoder="{runs}/m1-n{n_labels}-s{seed}"), **mnist},
+        "m1": {**synthetic("vae_m1"), **mnist},
+        "sgan": {**synthetic("sgan"), **mnist},
+        "sgan+samples": {"samples_from": "sgan", "classifier": {"steps": 4, "eval_every": 2, "batch_size": 16,
+                                                                "labeled_batch_size": 8, "threshold": 0.0}},
+    }, seeds=[0])
+    out_dir, runs = load_grid(grid)
+    assert [r.name for r in runs] == ["m1-n20-s0", "m1+m2-n20-s0", "sgan-n20-s0", "sgan+samples-n20-s0"]
+    assert runs[1].deps == ["m1-n20-s0"] and runs[3].deps == ["sgan-n20-s0"]
+    assert runs[1].raw["method"]["encoder"] == str(out_dir / "runs" / "m1-n20-s0")
+    table = run_grid(grid, progress=False)
+    samples = json.loads((out_dir / "runs" / "sgan+samples-n20-s0" / "results.json").read_text())
+    sgan = json.loads((out_dir / "runs" / "sgan-n20-s0" / "results.json").read_text())
+    assert samples["method"] == "sample_classifier" and samples["source_method"] == "sgan"
+    assert samples["wall_time_s"] > sgan["wall_time_s"]  # the samples cost the GAN's training too
+    row = next(r for r in table if r["method"] == "sgan+samples")
+    assert row["test_acc_mean"] == pytest.approx(100 * samples["test_acc"])
+    with pytest.raises(ConfigError, match=r"samples_from='nope' must name an earlier model entry"):
+        load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
+
+
+def test_parallel_jobs_give_the_same_runs(tmp_path, tiny_data):
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised")})
+    table = run_grid(grid, jobs=2, data=tiny_data, progress=False)
+    assert table[0]["seeds"] == 2
+    assert all((tmp_path / "out" / "runs" / f"supervised-n20-s{s}" / "results.json").is_file() for s in (0, 1))
+
+
+@pytest.mark.parametrize("methods, message", [
+    ({"x": synthetic("no_such_method")}, r"entry 'x'.*unknown method 'no_such_method'; registered methods: "),
+    ({"x": {"config": "missing.yaml"}}, r"config file not found"),
+    ({"x": {"config": "a.yaml", "steps": 3}}, r"only `overrides` may be given"),
+    ({"bad/name": synthetic("supervised")}, r"'bad/name' must be letters"),
+    ({"x": synthetic("supervised", no_such_key=1)}, r"unknown key method\.no_such_key"),
+])
+def test_bad_grids_fail_before_any_run_naming_the_problem(tmp_path, methods, message):
+    with pytest.raises((ConfigError, FileNotFoundError), match=message):
+        load_grid(write_grid(tmp_path, methods))
+
+
+def test_bad_grid_axes(tmp_path):
+    with pytest.raises(ConfigError, match=r"`seeds` must be an integer or a list of integers, got 'zero'"):
+        load_grid(write_grid(tmp_path, {"s": synthetic("supervised")}, seeds="zero"))
+    with pytest.raises(ConfigError, match=r"unknown grid key\(s\) metods"):
+        load_grid(write_grid(tmp_path, {"s": synthetic("supervised")}, metods={}))
+
+
+def test_the_demo_grid_is_packaged_and_runs_every_registered_method():
+    out_dir, runs = load_grid(demo_grid())
+    names = {r.raw["method"]["name"] for r in runs if r.samples is None}
+    assert names == set(list_methods()), "add the missing methods to experiments/demo.yaml (short schedules)"
+    assert {r.n_labels for r in runs} == {100} and {r.seed for r in runs} == {0}
+    assert all(r.raw["data"]["dataset"] == "fashion_mnist" for r in runs if r.samples is None)
