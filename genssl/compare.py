@@ -2,7 +2,9 @@
 
 Grid YAML::
 
-    out: checkpoints/compare-fmnist
+    out: checkpoints/compare-fmnist             # the report (tables, plots, tb/)
+    runs: checkpoints/fmnist_runs               # the run folders (optional; default <out>/runs), so grids
+                                                # that share runs (a baselines grid, the full table) reuse them
     overrides: {train: {steps: 2000}}          # applied to every run (optional)
     methods:                                    # display name -> one of four forms:
       supervised: fmnist_supervised.yaml        #   a config file (relative to this grid file)
@@ -19,7 +21,7 @@ Any registered method is accepted: an entry is only a run config, so a method ad
 here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
 command line (``--train.threads=1``), then the grid's label count and seed.
 
-Runs land in ``<out>/runs/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
+Runs land in ``<runs>/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
 checking its config still matches the grid's); one with only last.pt is resumed; so a stopped grid picks up
 where it left off. A run whose config names another run's folder (M1+M2 naming its M1) runs after it. The
 report (genssl/report.py) is rewritten from all runs at the end.
@@ -39,7 +41,7 @@ from . import compare_samples
 from .config import ConfigError, build_run_config, flatten, load_yaml, merge, parse_overrides
 from .report import fmt_duration, markdown_table, write_report
 
-GRID_KEYS = ("out", "overrides", "methods", "n_labels", "seeds")
+GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
 # Config keys that do not change what a finished run computed, so a run that differs only in them is reused.
 REUSE_IGNORED = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
                            "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
@@ -68,7 +70,7 @@ class GridRun:
 
 # ---------------------------------------------------------------------------------------------- the grid
 def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None):
-    """(out_dir, [GridRun]) with every run's config built and validated before any run starts, ordered so
+    """(out_dir, [GridRun]) (runs under the grid's `runs` folder, else <out_dir>/runs) with every run's config built and validated before any run starts, ordered so
     that a run comes after the runs it needs."""
     path = Path(path)
     grid = load_yaml(path)
@@ -85,6 +87,8 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
         raise ConfigError(f"{path}: `overrides` must be a mapping, got {shared!r}")
     cli = parse_overrides(overrides or [])
     out_dir = Path(out or grid.get("out") or "checkpoints/compare")
+    # --out moves everything, runs included; otherwise the grid may keep its runs in a shared folder.
+    runs_dir = out_dir / "runs" if out or not grid.get("runs") else Path(grid["runs"])
     label_counts = _int_list(grid.get("n_labels", [100]), "n_labels", path)
     seeds = _int_list(grid.get("seeds", [0]), "seeds", path)
     runs: list[GridRun] = []
@@ -105,7 +109,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             raw = merge(raw, cli)
         for n in label_counts:
             for seed in seeds:
-                run_dir = out_dir / "runs" / f"{label}-n{n}-s{seed}"
+                run_dir = runs_dir / f"{label}-n{n}-s{seed}"
                 if compare_samples.is_samples_entry(entry):
                     src = by_entry[source][(n, seed)]
                     scfg = compare_samples.samples_config(entry, where, seed)
@@ -113,7 +117,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
                                   run_dir, samples=scfg, deps=[src.name])
                 else:
                     cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
-                                {"{out}": str(out_dir), "{runs}": str(out_dir / "runs"), "{n_labels}": str(n),
+                                {"{out}": str(out_dir), "{runs}": str(runs_dir), "{n_labels}": str(n),
                                  "{seed}": str(seed)})
                     try:
                         build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
@@ -278,6 +282,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     from tqdm.auto import tqdm
 
     out_dir, runs = load_grid(path, overrides, out)
+    runs_dir = runs[0].run_dir.parent
     show = progress if progress is not None else sys.stderr.isatty()
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
@@ -319,7 +324,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
         else:
             todo.append(run)
     if len(todo) < len(runs):
-        tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {out_dir / 'runs'}")
+        tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs_dir}")
 
     if jobs == 1 or len(todo) <= 1:
         for k, run in enumerate(todo):
@@ -345,7 +350,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
         print(f"Plots:  {paths['plot_labels']}  and  {paths['plot_time']}")
     print(f"TensorBoard, one HParams row per run (test accuracy, wall time):  tensorboard --logdir {paths['tb']}")
     print(f"TensorBoard, training curves, samples and full configs of every run:  "
-          f"tensorboard --logdir {out_dir / 'runs'}")
+          f"tensorboard --logdir {runs_dir}")
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (the table shows the rest):\n  "
                            + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,6 +83,13 @@ def test_grid_report_matches_runs_and_second_call_reuses(tmp_path, tiny_data, mo
     assert again == table
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert sorted(p.name for p in (out / "tb").iterdir()) == sessions  # rewritten, not duplicated
+
+    # Another grid (another report folder) that shares the runs folder reuses them too.
+    other = yaml.safe_load(Path(grid).read_text())
+    other.update(out=str(tmp_path / "other"), runs=str(out / "runs"))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    assert run_grid(str(tmp_path / "other.yaml"), data=tiny_data, progress=False) == table
+    assert (tmp_path / "other" / "results.md").read_text() == markdown
 
 
 def test_a_finished_run_with_another_config_is_not_reused(tmp_path, tiny_data):
