@@ -86,6 +86,8 @@ class Trainer:
         if self.resume:
             if not last.is_file():
                 raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+            for stale in self.run_dir.glob(".*.tmp"):  # half-written saves of a killed process (atomic writes)
+                stale.unlink(missing_ok=True)
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise FileExistsError(f"run folder {self.run_dir} already holds a run; pass --resume to continue it or "
                                   f"choose another name (nothing was overwritten)")

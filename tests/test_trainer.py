@@ -50,10 +50,12 @@ def test_interrupted_run_resumes_from_the_saved_step(run_config_factory, tiny_da
     assert safe_torch_load(run_dir / "last.pt")["step"] == 3
     split_before = Split.load(run_dir / "split.pt")
 
+    (run_dir / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # as a kill during a save leaves
     seen.clear()
     monkeypatch.setattr(Supervised, "train_step", lambda self, b, s: (seen.append(s), original(self, b, s))[1])
     results = Trainer(cfg, data=tiny_data, resume=True).fit()
     assert seen == list(range(3, 9)), "the resumed run must start at the checkpoint's step"
+    assert not list(run_dir.glob(".*.tmp")), "stale temporary files are cleaned up on resume"
     assert results["steps"] == 9
     assert torch.equal(Split.load(run_dir / "split.pt").labeled, split_before.labeled)
     assert _scalars(run_dir)["val/acc"] == [3, 6, 9]  # no duplicated step from the interrupted process
