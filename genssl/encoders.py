@@ -308,7 +308,8 @@ def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_m
 
     source:
       - an exported encoder folder (holding encoder.yaml),
-      - a genssl run folder: its `encoder/` export if present, else exported on the fly from `checkpoint`,
+      - a genssl run folder: its `encoder/` export if present and not older than best.pt, else exported on the
+        fly (in memory) from `checkpoint`,
       - a released encoder name (a folder under checkpoints/released/, e.g. "fmnist-m1"),
       - ``"torchvision:<arch>"`` with ``weights=<local .pth>``: features are the penultimate layer,
       - a state_dict (or a path to one) with ``module=<nn.Module>`` and an optional ``key_map`` (a callable
@@ -336,8 +337,11 @@ def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_m
     if (path / SPEC_FILE).is_file():
         return load_exported(path, device)
     if (path / "config.yaml").is_file():
-        if (path / "encoder" / SPEC_FILE).is_file() and checkpoint == "best.pt":
-            return load_exported(path / "encoder", device)
+        exported, best = path / "encoder" / SPEC_FILE, path / "best.pt"
+        # use the run's export unless best.pt was rewritten after it (a resumed run found a better step)
+        if checkpoint == "best.pt" and exported.is_file() and (
+                not best.is_file() or exported.stat().st_mtime >= best.stat().st_mtime):
+            return load_exported(exported.parent, device)
         from .export import encoder_from_run
 
         return encoder_from_run(path, checkpoint=checkpoint, device=device)
