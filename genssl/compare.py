@@ -14,8 +14,8 @@ Grid YAML::
       m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
               overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
       sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
-    n_labels: [100, 1000]
-    seeds: [0, 1, 2]
+    n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its
+    seeds: [0, 1, 2]                            # own config's data.n_labels (train.seed)
 
 Any registered method is accepted: an entry is only a run config, so a method added later needs no change
 here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import compare_samples
-from .config import ConfigError, build_run_config, flatten, load_yaml, merge, parse_overrides
+from .config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
+                     parse_overrides)
 from .report import fmt_duration, markdown_table, write_report
 
 GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
@@ -89,8 +90,9 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
     out_dir = Path(out or grid.get("out") or "checkpoints/compare")
     # --out moves everything, runs included; otherwise the grid may keep its runs in a shared folder.
     runs_dir = out_dir / "runs" if out or not grid.get("runs") else Path(grid["runs"])
-    label_counts = _int_list(grid.get("n_labels", [100]), "n_labels", path)
-    seeds = _int_list(grid.get("seeds", [0]), "seeds", path)
+    # Without `n_labels` / `seeds`, each entry keeps its own config's data.n_labels / train.seed.
+    label_counts = _int_list(grid["n_labels"], "n_labels", path) if "n_labels" in grid else None
+    seeds = _int_list(grid["seeds"], "seeds", path) if "seeds" in grid else None
     runs: list[GridRun] = []
     by_entry: dict[str, dict[tuple[int, int], GridRun]] = {}
     for label, entry in grid["methods"].items():
@@ -104,28 +106,30 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             if source not in by_entry or any(r.samples is not None for r in by_entry[source].values()):
                 raise ConfigError(f"{where}: samples_from={source!r} must name an earlier model entry; "
                                   f"earlier entries: {', '.join(by_entry) or 'none'}")
+            pairs = list(by_entry[source])
         else:
             raw = merge(merge(_entry_config(entry, where, path), shared), _entry_overrides(entry, where))
             raw = merge(raw, cli)
-        for n in label_counts:
-            for seed in seeds:
-                run_dir = runs_dir / f"{label}-n{n}-s{seed}"
-                if compare_samples.is_samples_entry(entry):
-                    src = by_entry[source][(n, seed)]
-                    scfg = compare_samples.samples_config(entry, where, seed)
-                    run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": asdict(scfg)},
-                                  run_dir, samples=scfg, deps=[src.name])
-                else:
-                    cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
-                                {"{out}": str(out_dir), "{runs}": str(runs_dir), "{n_labels}": str(n),
-                                 "{seed}": str(seed)})
-                    try:
-                        build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
-                    except (ConfigError, ValueError) as e:
-                        raise ConfigError(f"{where}: {e}") from e
-                    run = GridRun(label, n, seed, cfg, run_dir)
-                by_entry[label][(n, seed)] = run
-                runs.append(run)
+            pairs = [(n, seed) for n in label_counts or [_get(raw, "data", "n_labels", DataConfig().n_labels)]
+                     for seed in seeds or [_get(raw, "train", "seed", TrainConfig().seed)]]
+        for n, seed in pairs:
+            run_dir = runs_dir / f"{label}-n{n}-s{seed}"
+            if compare_samples.is_samples_entry(entry):
+                src = by_entry[source][(n, seed)]
+                scfg = compare_samples.samples_config(entry, where, seed)
+                run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": asdict(scfg)},
+                              run_dir, samples=scfg, deps=[src.name])
+            else:
+                cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
+                            {"{out}": str(out_dir), "{runs}": str(runs_dir), "{n_labels}": str(n),
+                             "{seed}": str(seed)})
+                try:
+                    build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
+                except (ConfigError, ValueError) as e:
+                    raise ConfigError(f"{where}: {e}") from e
+                run = GridRun(label, n, seed, cfg, run_dir)
+            by_entry[label][(n, seed)] = run
+            runs.append(run)
     _link_dependencies(runs)
     return out_dir, runs
 
@@ -189,6 +193,12 @@ def _link_dependencies(runs: list[GridRun]) -> None:
     for run in runs:
         place(run)
     runs[:] = order
+
+
+def _get(raw: dict, section: str, key: str, default):
+    """raw[section][key], or the default when either is missing (a malformed section fails later, named)."""
+    part = raw.get(section)
+    return part.get(key, default) if isinstance(part, dict) else default
 
 
 def _int_list(v, key, path) -> list[int]:
@@ -310,7 +320,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
 
     def announce(run: GridRun, pending: list[GridRun]) -> None:
         left = fmt_duration(eta.estimate(pending, jobs))
-        bar.set_postfix_str(f" | now {run.name} | ~{left} left", refresh=True)
+        bar.set_postfix_str(f"now {run.name} | ~{left} left", refresh=True)
         tqdm.write(f"[{len(results) + len(failures) + 1}/{len(runs)}] {run.label} n_labels={run.n_labels} "
                    f"seed={run.seed} -> {run.run_dir}  (elapsed {fmt_duration(time.perf_counter() - start)}, "
                    f"~{left} left)")

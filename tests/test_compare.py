@@ -175,6 +175,15 @@ def test_bad_grid_axes(tmp_path):
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised")}, metods={}))
 
 
+def test_without_label_counts_or_seeds_each_entry_keeps_its_own(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"methods": {
+        "a": {**synthetic("supervised"), "data": {"dataset": "synthetic", "n_labels": 30}, "train": {"seed": 4}},
+        "b": synthetic("supervised")}}, sort_keys=False))
+    _, runs = load_grid(path)
+    assert [(r.name, r.n_labels, r.seed) for r in runs] == [("a-n30-s4", 30, 4), ("b-n100-s0", 100, 0)]
+
+
 def test_the_demo_grid_is_packaged_and_runs_every_registered_method():
     out_dir, runs = load_grid(demo_grid())
     names = {r.raw["method"]["name"] for r in runs if r.samples is None}
