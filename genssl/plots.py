@@ -41,15 +41,21 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
     fig, ax = _new_figure()
     counts = sorted({r["n_labels"] for r in table})
     groups = _by_method(table)
-    # Spread the methods a little along x so that overlapping error bars stay readable.
-    offsets = [1.0 + 0.04 * (i - (len(groups) - 1) / 2) for i in range(len(groups))]
-    for (method, rows), off in zip(groups.items(), offsets):
-        ax.errorbar([r["n_labels"] * off for r in rows], [r["test_acc_mean"] for r in rows],
-                    yerr=[r["test_acc_std"] for r in rows], marker="o", capsize=3, label=method)
+    spread = [i - (len(groups) - 1) / 2 for i in range(len(groups))]  # side by side, so error bars stay apart
+    for (method, rows), k in zip(groups.items(), spread):
+        if len(counts) > 1:  # log axis: multiplicative offsets
+            xs = [r["n_labels"] * (1.0 + 0.04 * k) for r in rows]
+        else:                # one label count: a categorical axis at 0
+            xs = [0.05 * k for _ in rows]
+        ax.errorbar(xs, [r["test_acc_mean"] for r in rows], yerr=[r["test_acc_std"] for r in rows], marker="o",
+                    capsize=3, label=method)
     if len(counts) > 1:
         ax.set_xscale("log")
-    ax.set_xticks(counts, [str(c) for c in counts])
-    ax.minorticks_off()
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
+    else:
+        ax.set_xticks([0], [str(counts[0])])
+        ax.set_xlim(-0.5, 0.5)
     ax.set_xlabel("labeled examples")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Accuracy against the number of labels")
