@@ -17,13 +17,12 @@ Regularization with ~100 labels is what decides accuracy, so the defaults are ch
   knn     k nearest labeled points by cosine similarity of standardized features; logits are log vote
           fractions (smoothed), nearer neighbours breaking ties. k="auto": a third of the rarest class's labels,
           at most 10 (3 with 10 labels per class: on M1 latents k=3 beats k=10 by 5-7 points at 100 labels).
-`genssl downstream` (add_cli below) fits these on a seeded labeled subset and reports test accuracy.
+`genssl downstream` (genssl/downstream_eval.py) fits these on seeded labeled subsets and reports test accuracy.
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -251,114 +250,8 @@ def extract_features(encoder, images: torch.Tensor, batch_size: int = 1000) -> t
     return torch.cat(out)
 
 
-# ---------------------------------------------------------------------------------------------- encoders x data
-
-def adapt_images(x: torch.Tensor, input_shape) -> torch.Tensor:
-    """Fit float images (B, C, H, W) to an encoder's input shape: grayscale repeated to 3 channels, and a
-    bilinear resize when the encoder fixes its height/width. Anything else is an error naming both shapes."""
-    c = input_shape[0]
-    if x.shape[1] != c:
-        if x.shape[1] == 1 and c == 3:
-            x = x.expand(-1, 3, -1, -1)
-        else:
-            raise ValueError(f"images have {x.shape[1]} channels but the encoder expects {c} "
-                             f"(input_shape {tuple(input_shape)})")
-    size = tuple(input_shape[1:])
-    if all(s is not None for s in size) and tuple(x.shape[2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return x
-
-
-def evaluate_encoder(encoder, train, test, n_labels=(100,), kinds=("linear",), seeds=(0,), n_val: int = 5000,
-                     batch_size: int = 1000, **options) -> list[dict]:
-    """Downstream test accuracy of a frozen encoder: for each labeled-subset seed, the class-balanced labeled
-    set that genssl.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives
-    the labeled images of a run with split seed s); a classifier of each kind fitted on their features."""
-    from .split import make_split
-
-    shape = getattr(encoder, "input_shape", None)
-    prep = (lambda x: adapt_images(x, shape)) if shape is not None else (lambda x: x)
-    device = next(encoder.parameters()).device
-
-    def feats(images):
-        out = []
-        for xb in images.split(batch_size):
-            out.append(extract_features(encoder, prep(xb.to(device).float() / 255.0), batch_size))
-        return torch.cat(out)
-
-    f_test, y_test = feats(test.images), test.labels.to(device)
-    rows = []
-    for n in n_labels:
-        for seed in seeds:
-            idx = make_split(train.labels, train.num_classes, int(n), n_val, int(seed)).labeled
-            f_l, y_l = feats(train.images[idx]), train.labels[idx].to(device)
-            for kind in kinds:
-                start = time.perf_counter()
-                clf = fit_classifier(f_l, y_l, train.num_classes, kind, int(seed), **options)
-                fit_s = time.perf_counter() - start
-                rows.append({"n_labels": int(n), "kind": kind, "seed": int(seed),
-                             "test_acc": accuracy(clf, f_test, y_test), "fit_s": round(fit_s, 3)})
-    return rows
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation of test accuracy over seeds, per (n_labels, kind)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["n_labels"], r["kind"]), []).append(r["test_acc"])
-    out = []
-    for (n, kind), accs in groups.items():
-        t = torch.tensor(accs, dtype=torch.float64)
-        out.append({"n_labels": n, "kind": kind, "seeds": len(accs), "mean_acc": t.mean().item(),
-                    "std_acc": t.std().item() if len(accs) > 1 else 0.0})
-    return out
-
-
-def _cmd_downstream(args, overrides) -> int:
-    import json
-
-    from .checkpoint import atomic_write_json
-    from .datasets import load_dataset
-    from .encoders import load_encoder
-    from .trainer import resolve_device
-
-    if overrides:
-        raise ValueError(f"genssl downstream: unexpected arguments {' '.join(overrides)}")
-    source = args.encoder or args.source
-    if source is None or (args.encoder and args.source):
-        raise ValueError("genssl downstream: give exactly one encoder: RUN_DIR or --encoder SOURCE")
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    encoder = load_encoder(source, weights=args.weights, device=resolve_device(args.device))
-    dataset = args.dataset or encoder.source.get("dataset") or "fashion_mnist"
-    train, test = load_dataset(dataset, args.data_root, download=not args.no_download)
-    rows = evaluate_encoder(encoder, train, test, args.n_labels, args.kind, args.seed, args.n_val)
-    summary = summarize(rows)
-    print(f"encoder {source} ({encoder.out_dim} features) on {dataset}: test accuracy")
-    for s in summary:
-        print(f"  {s['n_labels']:>6} labels  {s['kind']:<6}  {100 * s['mean_acc']:6.2f}% "
-              f"+- {100 * s['std_acc']:.2f}  ({s['seeds']} seed{'s' * (s['seeds'] > 1)})")
-    result = {"encoder": str(source), "dataset": dataset, "n_val": args.n_val, "runs": rows, "summary": summary}
-    if args.out:
-        atomic_write_json(result, args.out)
-    print(json.dumps(result))
-    return 0
-
-
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("downstream", help="fit classifiers on a frozen encoder's features of a few labels "
-                                                 "and report test accuracy")
-    p.add_argument("source", nargs="?", default=None, help="a run folder (or any load_encoder source)")
-    p.add_argument("--encoder", default=None, help="exported folder, run folder, released name or torchvision:<arch>")
-    p.add_argument("--weights", default=None, help="local weights file for torchvision:<arch>")
-    p.add_argument("--n-labels", type=int, nargs="+", default=[100])
-    p.add_argument("--kind", nargs="+", choices=KINDS, default=["linear"])
-    p.add_argument("--seed", type=int, nargs="+", default=[0], help="labeled-subset seeds (results are averaged)")
-    p.add_argument("--dataset", default=None, help="default: the encoder's training dataset, else fashion_mnist")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--n-val", type=int, default=5000, help="images held out as in training runs (default 5000)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
-    p.set_defaults(func=_cmd_downstream)
+    """`genssl downstream` (cli.py looks for add_cli here; the command lives in downstream_eval.py)."""
+    from .downstream_eval import add_cli as add
+
+    add(subparsers)
