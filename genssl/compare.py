@@ -350,8 +350,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
         _run_parallel(todo, jobs, data, results, blocked, announce, finish)
     bar.close()
 
-    ordered = [results.get(r.name) for r in runs]
-    report = write_report(out_dir, runs, ordered)
+    report = write_report(out_dir, runs, _with_total_wall_time(runs, results))
     table, paths = report["table"], report["paths"]
     print()
     print(markdown_table(table, sorted({r.get("device", "") for r in results.values()} - {""})))
@@ -365,6 +364,25 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
         raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (the table shows the rest):\n  "
                            + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))
     return table
+
+
+def _with_total_wall_time(runs: list[GridRun], results: dict[str, dict]) -> list[dict | None]:
+    """Results in grid order, where a run that builds on others (M1+M2 on its M1) also counts their wall time
+    (its own stays in own_wall_time_s): M1+M2 costs its M1 too. A samples run's results already do."""
+    by_name = {r.name: r for r in runs}
+
+    def total(run: GridRun) -> float:
+        res = results.get(run.name) or {}
+        own = res.get("wall_time_s", 0.0)
+        return own if run.samples is not None else own + sum(total(by_name[d]) for d in run.deps)
+
+    out = []
+    for run in runs:
+        res = results.get(run.name)
+        if res is not None and run.deps and run.samples is None:
+            res = {**res, "own_wall_time_s": res["wall_time_s"], "wall_time_s": total(run)}
+        out.append(res)
+    return out
 
 
 def _run_parallel(todo, jobs, data, results, blocked, announce, finish) -> None:

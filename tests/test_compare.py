@@ -145,6 +145,12 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
     assert samples["wall_time_s"] > sgan["wall_time_s"]  # the samples cost the GAN's training too
     row = next(r for r in table if r["method"] == "sgan+samples")
     assert row["test_acc_mean"] == pytest.approx(100 * samples["test_acc"])
+    # M1+M2's cost in the table includes its M1's training.
+    walls = {n: json.loads((out_dir / "runs" / f"{n}-n20-s0" / "results.json").read_text())["wall_time_s"]
+             for n in ("m1", "m1+m2")}
+    row = next(r for r in table if r["method"] == "m1+m2")
+    assert row["wall_time_s_mean"] == pytest.approx(walls["m1"] + walls["m1+m2"])
+    assert "includes that run's" in (out_dir / "results.md").read_text()
     with pytest.raises(ConfigError, match=r"samples_from='nope' must name an earlier model entry"):
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
 
