@@ -34,12 +34,12 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import compare_samples
 from .config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
-                     parse_overrides)
+                     parse_overrides, to_dict)
 from .report import fmt_duration, markdown_table, write_report
 
 GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
@@ -117,7 +117,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             if compare_samples.is_samples_entry(entry):
                 src = by_entry[source][(n, seed)]
                 scfg = compare_samples.samples_config(entry, where, seed)
-                run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": asdict(scfg)},
+                run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": to_dict(scfg)},
                               run_dir, samples=scfg, deps=[src.name])
             else:
                 cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),

@@ -10,7 +10,6 @@ config) and results.json; its wall time includes the source run's, since the sam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -73,6 +72,7 @@ def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, thr
 
     from .batching import to_float
     from .checkpoint import atomic_write_json, atomic_write_text
+    from .config import to_dict
     from .sample_classifier import accuracy, train_sample_classifier
 
     if threads:
@@ -83,7 +83,7 @@ def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, thr
     dev = next(method.parameters()).device
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(yaml.safe_dump({"samples_from": str(source_dir),
-                                      "classifier": dataclasses.asdict(scfg)}, sort_keys=False),
+                                      "classifier": to_dict(scfg)}, sort_keys=False),
                       run_dir / "config.yaml")
     x_l, y_l = to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev)
     x_val, y_val = to_float(train.images[split.val].to(dev)), train.labels[split.val].to(dev)

@@ -151,6 +151,7 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
     row = next(r for r in table if r["method"] == "m1+m2")
     assert row["wall_time_s_mean"] == pytest.approx(walls["m1"] + walls["m1+m2"])
     assert "includes that run's" in (out_dir / "results.md").read_text()
+    assert run_grid(grid, progress=False) == table  # all four reused, the samples run included
     with pytest.raises(ConfigError, match=r"samples_from='nope' must name an earlier model entry"):
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
 
