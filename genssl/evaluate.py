@@ -5,30 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from .batching import to_float
-from .checkpoint import safe_torch_load
 from .config import build_run_config, load_yaml
 from .datasets import load_dataset
-from .methods.base import DataSpec
-from .registry import create_method
 from .split import Split
 from .trainer import accuracy, resolve_device
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto"):
-    """(method in eval mode with the checkpoint's weights, resolved config, split, (train, test))."""
+    """(method in eval mode with the checkpoint's weights and its readout fitted, resolved config, split,
+    (train, test))."""
+    from .export import method_from_run  # export imports encoders, which need not load for plain evaluation
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")
     cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
     dev = resolve_device(device)
     train, test = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    method, cfg, _ = method_from_run(run_dir, checkpoint, data=(train, test), device=dev)
     split = Split.load(run_dir / "split.pt")
-    split.check_against(len(train), str(run_dir / "split.pt"))
-    spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
-    method = create_method(cfg.method_name, cfg.method, spec).to(dev)
-    ckpt = safe_torch_load(run_dir / checkpoint, map_location=dev)
-    state = ckpt["model"] if "model" in ckpt else ckpt["method_state"]["model"]
-    method.load_state_dict(state)
     x_l = to_float(train.images[split.labeled].to(dev))
     method.fit_readout(x_l, train.labels[split.labeled].to(dev))
     method.eval()
