@@ -51,8 +51,8 @@ class VAEM1(Method):
         lr: float = 1e-3
         readout: str = "linear"
         """Downstream classifier on the latent means: linear | mlp | knn."""
-        readout_k: int = 10
-        """Neighbours for readout=knn."""
+        readout_k: int | None = None
+        """Neighbours for readout=knn; None uses genssl.downstream's default."""
 
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -106,7 +106,7 @@ class VAEM1(Method):
         self.eval()
         feats = torch.cat([self.encode(x).float() for x in x_l.split(1000)])  # (N_l, D)
         self.train(was_training)
-        extra = {"k": self.cfg.readout_k} if self.cfg.readout == "knn" else {}
+        extra = {"k": self.cfg.readout_k} if self.cfg.readout == "knn" and self.cfg.readout_k else {}
         object.__setattr__(self, "_readout", fit_classifier(feats, y_l, self.spec.num_classes, self.cfg.readout,
                                                             **extra))
 
