@@ -43,27 +43,10 @@ def samples_config(entry: dict, where: str, seed: int):
 
 def load_source(run_dir: Path, data=None, device: str = "auto"):
     """(method with the source run's best weights, in eval mode with its readout fitted; cfg; split;
-    (train, test)). Like genssl.evaluate.load_run, plus `data` for runs trained on in-memory data."""
-    from .batching import to_float
-    from .checkpoint import safe_torch_load
-    from .config import build_run_config, load_yaml
-    from .datasets import load_dataset
-    from .methods.base import DataSpec
-    from .registry import create_method
-    from .split import Split
-    from .trainer import resolve_device
+    (train, test)): genssl.evaluate.load_run, which also takes `data` for runs trained on in-memory data."""
+    from .evaluate import load_run
 
-    cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
-    train, test = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
-    dev = resolve_device(device)
-    split = Split.load(run_dir / "split.pt")
-    split.check_against(len(train), str(run_dir / "split.pt"))
-    spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
-    method = create_method(cfg.method_name, cfg.method, spec).to(dev)
-    # Method.load_state_dict, not a tensors-only loader: methods may keep extra state (the SGAN's EMA count).
-    method.load_state_dict(safe_torch_load(run_dir / "best.pt", map_location=dev)["model"])
-    method.fit_readout(to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev))
-    return method.eval(), cfg, split, (train, test)
+    return load_run(run_dir, "best.pt", device, data=data)
 
 
 def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, threads: int = 0) -> dict:

@@ -11,9 +11,9 @@ from .split import Split
 from .trainer import accuracy, resolve_device
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto"):
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto", data=None):
     """(method in eval mode with the checkpoint's weights and its readout fitted, resolved config, split,
-    (train, test))."""
+    (train, test)). `data` = (train, test) for runs trained on in-memory data; else the run's dataset is loaded."""
     from .export import method_from_run  # export imports encoders, which need not load for plain evaluation
 
     run_dir = Path(run_dir)
@@ -21,7 +21,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
         raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")
     cfg = build_run_config(load_yaml(run_dir / "config.yaml"))
     dev = resolve_device(device)
-    train, test = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+    train, test = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
     method, cfg, _ = method_from_run(run_dir, checkpoint, data=(train, test), device=dev)
     split = Split.load(run_dir / "split.pt")
     x_l = to_float(train.images[split.labeled].to(dev))
