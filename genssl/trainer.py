@@ -198,7 +198,7 @@ class Trainer:
             self._check_weights_finite(method, at_step)
             if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
                 self.ddp.sync_buffers()
-            method.fit_readout(x_lab, y_lab)
+            method.fit_readout(x_lab, y_lab, seed=t.seed)
             val_acc = accuracy(method, x_val, y_val, t.eval_batch_size, t.precision)
             monitor.scalars({"val/acc": val_acc}, at_step)
             if val_acc > best_val:
@@ -253,7 +253,7 @@ class Trainer:
             self.ddp.barrier()  # rank 0 has finished writing best.pt
         best = safe_torch_load(self.run_dir / "best.pt", map_location=device)
         method.load_state_dict(best["model"])
-        method.fit_readout(x_lab, y_lab)
+        method.fit_readout(x_lab, y_lab, seed=t.seed)
         test_acc = accuracy(method, test.images.to(device), test.labels.to(device), t.eval_batch_size, t.precision)
         results = {
             "method": cfg.method_name, "dataset": cfg.data.dataset, "n_labels": cfg.data.n_labels,

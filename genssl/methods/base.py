@@ -56,9 +56,10 @@ class Method(nn.Module):
     def initialize(self, batch) -> None:
         """Data-dependent initialization on a fresh run (not on resume)."""
 
-    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
+    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor, seed: int = 0) -> None:
         """Called before each evaluation with all labeled images; methods whose classifier is trained apart
-        from the model (e.g. a probe on M1's latents) fit it here."""
+        from the model (e.g. a probe on M1's latents) fit it here. The Trainer passes the run's seed, which
+        `genssl downstream --seed` also gives for the same split, so both report the same figure."""
 
     # ------------------------------------------------------------------ the step
     def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:

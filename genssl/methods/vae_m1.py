@@ -99,7 +99,7 @@ class VAEM1(Method):
         return self.encoder(x)  # posterior mean (B, D)
 
     @torch.no_grad()
-    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
+    def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor, seed: int = 0) -> None:
         from ..downstream import fit_classifier
 
         was_training = self.training
@@ -108,7 +108,7 @@ class VAEM1(Method):
         self.train(was_training)
         extra = {"k": self.cfg.readout_k} if self.cfg.readout == "knn" and self.cfg.readout_k else {}
         object.__setattr__(self, "_readout", fit_classifier(feats, y_l, self.spec.num_classes, self.cfg.readout,
-                                                            **extra))
+                                                            seed, **extra))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if self._readout is None:
