@@ -1,0 +1,197 @@
+"""A grid of methods x label counts x seeds: its YAML, read and validated into ordered `GridRun`s (run by
+genssl/compare.py).
+
+Grid YAML::
+
+    out: checkpoints/compare-fmnist             # the report (tables, plots, tb/)
+    runs: checkpoints/fmnist_runs               # the run folders (optional; default <out>/runs), so grids
+                                                # that share runs (a baselines grid, the full table) reuse them
+    overrides: {train: {steps: 2000}}          # applied to every run (optional)
+    methods:                                    # display name -> one of four forms:
+      supervised: fmnist_supervised.yaml        #   a config file (relative to this grid file)
+      m1: {config: fmnist_vae_m1.yaml,          #   a config file plus overrides for this entry only
+           overrides: {train: {steps: 500}}}
+      pl: {method: {name: pseudo_label}, data: {dataset: fashion_mnist}}   # an inline run config
+      m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
+              overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
+      sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
+    n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its
+    seeds: [0, 1, 2]                            # own config's data.n_labels (train.seed)
+
+Any registered method is accepted: an entry is only a run config, so a method added later needs no change
+here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
+command line (``--train.threads=1``), then the grid's label count and seed. Runs land in
+``<runs>/<name>-n<labels>-s<seed>``; a run whose config names another run's folder (M1+M2 naming its M1)
+is ordered after it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import compare_samples
+from .config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
+                     parse_overrides, to_dict)
+
+GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class GridRun:
+    label: str       # display name of the method entry
+    n_labels: int
+    seed: int
+    raw: dict        # resolved raw run config (for a samples entry: its source folder and classifier config)
+    run_dir: Path
+    samples: object = None                          # SampleClassifierConfig for a samples entry, else None
+    deps: list[str] = field(default_factory=list)   # names of the grid runs this one needs finished first
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def steps(self) -> int:
+        return self.samples.steps if self.samples is not None else build_run_config(self.raw).train.steps
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None):
+    """(out_dir, [GridRun]) (runs under the grid's `runs` folder, else <out_dir>/runs) with every run's config built and validated before any run starts, ordered so
+    that a run comes after the runs it needs."""
+    path = Path(path)
+    grid = load_yaml(path)
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: a grid must be a mapping with keys {', '.join(GRID_KEYS)}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid key(s) {', '.join(unknown)}; valid keys: {', '.join(GRID_KEYS)}")
+    if not isinstance(grid.get("methods"), dict) or not grid["methods"]:
+        raise ConfigError(f"{path}: `methods` must map display names to run configs (a file, "
+                          f"{{config: file, overrides: ...}}, an inline config, or {{samples_from: ...}})")
+    shared = grid.get("overrides") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{path}: `overrides` must be a mapping, got {shared!r}")
+    cli = parse_overrides(overrides or [])
+    out_dir = Path(out or grid.get("out") or "checkpoints/compare")
+    # --out moves everything, runs included; otherwise the grid may keep its runs in a shared folder.
+    runs_dir = out_dir / "runs" if out or not grid.get("runs") else Path(grid["runs"])
+    # Without `n_labels` / `seeds`, each entry keeps its own config's data.n_labels / train.seed.
+    label_counts = _int_list(grid["n_labels"], "n_labels", path) if "n_labels" in grid else None
+    seeds = _int_list(grid["seeds"], "seeds", path) if "seeds" in grid else None
+    runs: list[GridRun] = []
+    by_entry: dict[str, dict[tuple[int, int], GridRun]] = {}
+    for label, entry in grid["methods"].items():
+        if not isinstance(label, str) or not _NAME.match(label):
+            raise ConfigError(f"{path}: method name {label!r} must be letters, digits, '_', '.', '+' or '-' "
+                              f"(it names the run folders)")
+        where = f"{path}: method entry {label!r}"
+        by_entry[label] = {}
+        if compare_samples.is_samples_entry(entry):
+            source = entry["samples_from"]
+            if source not in by_entry or any(r.samples is not None for r in by_entry[source].values()):
+                raise ConfigError(f"{where}: samples_from={source!r} must name an earlier model entry; "
+                                  f"earlier entries: {', '.join(by_entry) or 'none'}")
+            pairs = list(by_entry[source])
+        else:
+            raw = merge(merge(_entry_config(entry, where, path), shared), _entry_overrides(entry, where))
+            raw = merge(raw, cli)
+            pairs = [(n, seed) for n in label_counts or [_get(raw, "data", "n_labels", DataConfig().n_labels)]
+                     for seed in seeds or [_get(raw, "train", "seed", TrainConfig().seed)]]
+        for n, seed in pairs:
+            run_dir = runs_dir / f"{label}-n{n}-s{seed}"
+            if compare_samples.is_samples_entry(entry):
+                src = by_entry[source][(n, seed)]
+                scfg = compare_samples.samples_config(entry, where, seed)
+                run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": to_dict(scfg)},
+                              run_dir, samples=scfg, deps=[src.name])
+            else:
+                cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
+                            {"{out}": str(out_dir), "{runs}": str(runs_dir), "{n_labels}": str(n),
+                             "{seed}": str(seed)})
+                try:
+                    build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
+                except (ConfigError, ValueError) as e:
+                    raise ConfigError(f"{where}: {e}") from e
+                run = GridRun(label, n, seed, cfg, run_dir)
+            by_entry[label][(n, seed)] = run
+            runs.append(run)
+    _link_dependencies(runs)
+    return out_dir, runs
+
+
+def _entry_config(entry, where: str, path: Path) -> dict:
+    if isinstance(entry, str):
+        return load_yaml(path.parent / entry)
+    if isinstance(entry, dict) and "config" in entry:
+        extra = sorted(set(entry) - {"config", "overrides"})
+        if extra or not isinstance(entry["config"], str):
+            raise ConfigError(f"{where}: with `config`, only `overrides` may be given and `config` must be a "
+                              f"file name; got keys {', '.join(sorted(entry))}")
+        return load_yaml(path.parent / entry["config"])
+    if isinstance(entry, dict):
+        return dict(entry)
+    raise ConfigError(f"{where} must be a config file name or a mapping, got {entry!r}")
+
+
+def _entry_overrides(entry, where: str) -> dict:
+    if isinstance(entry, dict) and "config" in entry:
+        extra = entry.get("overrides") or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{where}: `overrides` must be a mapping, got {extra!r}")
+        return extra
+    return {}
+
+
+def _fill(value, table: dict[str, str]):
+    """Replace the grid placeholders in every string of a nested config (plain replace: other braces stay)."""
+    if isinstance(value, dict):
+        return {k: _fill(v, table) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, table) for v in value]
+    if isinstance(value, str):
+        for key, sub in table.items():
+            value = value.replace(key, sub)
+    return value
+
+
+def _link_dependencies(runs: list[GridRun]) -> None:
+    """A run that names another grid run's folder in its config needs it; order runs so it comes after."""
+    folders = {str(r.run_dir): r for r in runs}
+    for run in runs:
+        if run.samples is None:
+            for v in flatten(run.raw).values():
+                if isinstance(v, str) and v.rstrip("/") in folders and folders[v.rstrip("/")] is not run:
+                    run.deps.append(folders[v.rstrip("/")].name)
+    order, placed = [], set()
+
+    def place(run, stack=()):
+        if run.name in placed:
+            return
+        if run.name in stack:
+            raise ConfigError(f"grid runs depend on each other in a cycle: {' -> '.join([*stack, run.name])}")
+        for dep in run.deps:
+            place(by_name[dep], (*stack, run.name))
+        placed.add(run.name)
+        order.append(run)
+
+    by_name = {r.name: r for r in runs}
+    for run in runs:
+        place(run)
+    runs[:] = order
+
+
+def _get(raw: dict, section: str, key: str, default):
+    """raw[section][key], or the default when either is missing (a malformed section fails later, named)."""
+    part = raw.get(section)
+    return part.get(key, default) if isinstance(part, dict) else default
+
+
+def _int_list(v, key, path) -> list[int]:
+    v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(v, list) or not v or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise ConfigError(f"{path}: `{key}` must be an integer or a list of integers, got {v!r}")
+    return v
