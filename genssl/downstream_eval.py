@@ -33,9 +33,10 @@ def adapt_images(x: torch.Tensor, input_shape) -> torch.Tensor:
 
 def evaluate_encoder(encoder, train, test, n_labels=(100,), kinds=("linear",), seeds=(0,), n_val: int = 5000,
                      batch_size: int = 1000, **options) -> list[dict]:
-    """Downstream test accuracy of a frozen encoder: for each labeled-subset seed, the class-balanced labeled
-    set that genssl.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives
-    the labeled images of a run with split seed s); a classifier of each kind fitted on their features."""
+    """Downstream accuracy of a frozen encoder: for each labeled-subset seed, the class-balanced labeled set
+    that genssl.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives the
+    labeled images and validation split of a run with split seed s); a classifier of each kind fitted on their
+    features, scored on the validation split (`val_acc`, None without one) and the test set (`test_acc`)."""
     from .split import make_split
 
     shape = getattr(encoder, "input_shape", None)
@@ -52,15 +53,31 @@ def evaluate_encoder(encoder, train, test, n_labels=(100,), kinds=("linear",), s
     rows = []
     for n in n_labels:
         for seed in seeds:
-            idx = make_split(train.labels, train.num_classes, int(n), n_val, int(seed)).labeled
-            f_l, y_l = feats(train.images[idx]), train.labels[idx].to(device)
+            split = make_split(train.labels, train.num_classes, int(n), n_val, int(seed))
+            f_l, y_l = feats(train.images[split.labeled]), train.labels[split.labeled].to(device)
+            f_val, y_val = feats(train.images[split.val]), train.labels[split.val].to(device)
             for kind in kinds:
                 start = time.perf_counter()
                 clf = fit_classifier(f_l, y_l, train.num_classes, kind, int(seed), **options)
                 fit_s = time.perf_counter() - start
                 rows.append({"n_labels": int(n), "kind": kind, "seed": int(seed),
+                             "val_acc": accuracy(clf, f_val, y_val) if len(y_val) else None,
                              "test_acc": accuracy(clf, f_test, y_test), "fit_s": round(fit_s, 3)})
     return rows
+
+
+BEST = "best(val)"
+
+
+def best_on_validation(rows: list[dict]) -> list[dict]:
+    """Per (n_labels, seed), the row of the kind with the highest validation accuracy, renamed kind=BEST (and
+    `chosen` = that kind): "M1 + best downstream" with the choice made without the test set."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("val_acc") is not None:
+            groups.setdefault((r["n_labels"], r["seed"]), []).append(r)
+    best = [max(g, key=lambda r: r["val_acc"]) for g in groups.values() if len(g) > 1]
+    return [{**r, "kind": BEST, "chosen": r["kind"]} for r in best]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -95,6 +112,7 @@ def _cmd_downstream(args, overrides) -> int:
     dataset = args.dataset or encoder.source.get("dataset") or "fashion_mnist"
     train, test = load_dataset(dataset, args.data_root, download=not args.no_download)
     rows = evaluate_encoder(encoder, train, test, args.n_labels, args.kind, args.seed, args.n_val)
+    rows += best_on_validation(rows)
     summary = summarize(rows)
     print(f"encoder {source} ({encoder.out_dim} features) on {dataset}: test accuracy")
     for s in summary:

@@ -13,7 +13,7 @@ import torch
 from genssl import Trainer, fit_and_score, fit_classifier
 from genssl.cli import main
 from genssl.downstream import KINDS, LINEAR_LAMBDAS, cross_validate_lambda
-from genssl.downstream_eval import adapt_images, summarize
+from genssl.downstream_eval import BEST, adapt_images, best_on_validation, summarize
 
 
 def gaussian_features(n, d=20, k=5, seed=0, spread=1.0):
@@ -87,6 +87,18 @@ def test_adapt_images_and_summary():
     assert s["seeds"] == 2 and abs(s["mean_acc"] - 0.6) < 1e-9
 
 
+def test_best_readout_is_chosen_on_validation_not_test():
+    rows = [{"n_labels": 10, "seed": 0, "kind": "linear", "val_acc": 0.6, "test_acc": 0.9},
+            {"n_labels": 10, "seed": 0, "kind": "mlp", "val_acc": 0.7, "test_acc": 0.5},
+            {"n_labels": 10, "seed": 1, "kind": "linear", "val_acc": 0.8, "test_acc": 0.8},
+            {"n_labels": 10, "seed": 1, "kind": "mlp", "val_acc": 0.4, "test_acc": 0.95}]
+    best = best_on_validation(rows)
+    assert [(r["seed"], r["chosen"], r["test_acc"]) for r in best] == [(0, "mlp", 0.5), (1, "linear", 0.8)]
+    (s,) = summarize(best)
+    assert s["kind"] == BEST and abs(s["mean_acc"] - 0.65) < 1e-9
+    assert best_on_validation(rows[:1]) == []  # one kind: nothing to choose
+
+
 # ------------------------------------------------------------------------------------------------ CLI end to end
 
 def _write_idx(path, array):
@@ -127,8 +139,10 @@ def test_cli_export_and_downstream(idx_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "20 labels  linear" in printed
     res = json.loads(result_file.read_text())
-    assert len(res["runs"]) == 8 and len(res["summary"]) == 4
-    assert all(0.0 <= r["test_acc"] <= 1.0 for r in res["runs"])
+    # 2 label counts x 2 seeds x 2 kinds, plus the kind chosen on validation per (label count, seed)
+    assert len(res["runs"]) == 12 and len(res["summary"]) == 6
+    assert all(0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["val_acc"] <= 1.0 for r in res["runs"])
+    assert {r["chosen"] for r in res["runs"] if r["kind"] == BEST} <= {"linear", "knn"}
     # a run folder works the same (on-the-fly export; its dataset and root come from its config)
     assert main(["downstream", str(run_dir), "--data-root", str(root), "--no-download", "--n-labels", "20",
                  "--n-val", "100", "--seed", "0", "1", "--kind", "linear", "knn", "--device", "cpu"]) == 0
