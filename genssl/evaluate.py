@@ -25,7 +25,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     method, cfg, _ = method_from_run(run_dir, checkpoint, data=(train, test), device=dev)
     split = Split.load(run_dir / "split.pt")
     x_l = to_float(train.images[split.labeled].to(dev))
-    method.fit_readout(x_l, train.labels[split.labeled].to(dev))
+    method.fit_readout(x_l, train.labels[split.labeled].to(dev), seed=cfg.train.seed)  # as in training
     method.eval()
     return method, cfg, split, (train, test)
 

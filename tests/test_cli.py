@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from datafiles import write_idx_dataset
 from genssl.cli import main
@@ -33,15 +34,30 @@ def _run(capsys, *argv):
     return rc, out, err
 
 
-def test_train_then_eval(tiny_dataset, tmp_path, capsys):
+@pytest.mark.parametrize("method", [
+    [],
+    # a readout fitted at evaluation (seeded by the run's seed, in training and in `genssl eval` alike)
+    ["--method.name=vae_m1", "--method.hidden=[32]", "--method.z_dim=4", "--method.readout=mlp"],
+])
+def test_train_then_eval(tiny_dataset, tmp_path, capsys, method):
     run_dir = tmp_path / "run"
-    rc, out, err = _run(capsys, "train", str(tiny_dataset), "--run-dir", str(run_dir), "--train.seed=2")
+    rc, out, err = _run(capsys, "train", str(tiny_dataset), "--run-dir", str(run_dir), "--train.seed=2", *method)
     assert rc == 0, err
     results = json.loads(out)
     assert results["steps"] == 6 and results["seed"] == 2
     rc, out, err = _run(capsys, "eval", str(run_dir), "--device", "cpu")
     assert rc == 0, err
     assert json.loads(out)["test_acc"] == pytest.approx(results["test_acc"])
+    if method:  # the reloaded readout is the one seeded like the run's, not any other
+        from genssl.evaluate import load_run
+
+        model, _, split, (train, test) = load_run(run_dir, device="cpu")
+        x_l, y_l, x = train.images[split.labeled].float() / 255, train.labels[split.labeled], test.images.float() / 255
+        reloaded = model.predict(x)
+        model.fit_readout(x_l, y_l, seed=2)
+        assert torch.equal(model.predict(x), reloaded)
+        model.fit_readout(x_l, y_l, seed=0)
+        assert not torch.equal(model.predict(x), reloaded)
 
 
 @pytest.mark.parametrize("args, code, match", [
