@@ -60,8 +60,8 @@ class GridRun:
 
 # ---------------------------------------------------------------------------------------------- the grid
 def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None):
-    """(out_dir, [GridRun]) (runs under the grid's `runs` folder, else <out_dir>/runs) with every run's config built and validated before any run starts, ordered so
-    that a run comes after the runs it needs."""
+    """(out_dir, [GridRun]): runs under the grid's `runs` folder (else <out_dir>/runs), every run's config built
+    and validated before any run starts, ordered so that a run comes after the runs it needs."""
     path = Path(path)
     grid = load_yaml(path)
     if not isinstance(grid, dict):
