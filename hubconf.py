@@ -3,7 +3,7 @@
     import torch
     enc = torch.hub.load("/path/to/genssl", "fmnist_m1", source="local")           # the released M1 encoder
     enc = torch.hub.load("/path/to/genssl", "encoder", "runs/my-run", source="local")  # any load_encoder source
-    feats = enc(images)  # (B, 1, 28, 28) float in [0, 1] -> (B, 50)
+    feats = enc(images)  # (B, 1, 28, 28) float in [0, 1] -> (B, 10)
 
 Each entry returns the same frozen, eval-mode genssl.encoders.Encoder that genssl.load_encoder gives.
 """
@@ -25,7 +25,7 @@ def encoder(source, **kwargs):
 
 
 def fmnist_m1(pretrained: bool = True, device: str = "cpu"):
-    """M1 VAE encoder trained on Fashion-MNIST (no labels): (B, 1, 28, 28) in [0, 1] -> (B, 50) posterior means;
+    """M1 VAE encoder trained on Fashion-MNIST (no labels): (B, 1, 28, 28) in [0, 1] -> (B, 10) posterior means;
     `.posterior(x)` gives (mu, logvar). See checkpoints/released/fmnist-m1/MODEL_CARD.md."""
     if not pretrained:
         raise ValueError("fmnist_m1 exists only as a trained encoder; build an untrained one with genssl.vae_nets")

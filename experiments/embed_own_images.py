@@ -8,7 +8,7 @@
 read with weights_only=True, so it cannot run code. The core is five lines:
 
     encoder = genssl.load_encoder("fmnist-m1")                        # frozen, eval mode
-    feats = genssl.extract_features(encoder, images)                  # (N, C, H, W) -> (N, 50)
+    feats = genssl.extract_features(encoder, images)                  # (N, C, H, W) -> (N, encoder.out_dim)
     labeled = genssl.make_split(labels, K, n_labels=100, n_val=0, seed=0).labeled
     clf = genssl.fit_classifier(feats[labeled], labels[labeled], K, kind="linear")
     predictions = clf(feats).argmax(1)

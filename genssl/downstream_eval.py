@@ -116,7 +116,7 @@ def _cmd_downstream(args, overrides) -> int:
     summary = summarize(rows)
     print(f"encoder {source} ({encoder.out_dim} features) on {dataset}: test accuracy")
     for s in summary:
-        print(f"  {s['n_labels']:>6} labels  {s['kind']:<6}  {100 * s['mean_acc']:6.2f}% "
+        print(f"  {s['n_labels']:>6} labels  {s['kind']:<9}  {100 * s['mean_acc']:6.2f}% "
               f"+- {100 * s['std_acc']:.2f}  ({s['seeds']} seed{'s' * (s['seeds'] > 1)})")
     result = {"encoder": str(source), "dataset": dataset, "n_val": args.n_val, "runs": rows, "summary": summary}
     if args.out:
