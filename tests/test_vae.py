@@ -111,6 +111,43 @@ def test_all_labels_observed_reduces_to_labeled_elbo_plus_classifier_term():
     assert "neg_U" not in out
 
 
+def test_m2_class_conditional_samples_feed_the_samples_classifier():
+    from genssl.sample_classifier import SampleClassifierConfig, labeled_samples, train_sample_classifier
+
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC)
+    y = torch.tensor([0, 3, 9, 3])
+    x = m2.sample(4, y)
+    assert x.shape == (4, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    # same z, other classes: the decoder's class input changes the images
+    torch.manual_seed(1)
+    a = m2.sample(4, y)
+    torch.manual_seed(1)
+    assert not torch.equal(a, m2.sample(4, (y + 1) % 10))
+    assert m2.sample(5).shape == (5, 1, 28, 28)  # classes drawn from p(y)
+    with pytest.raises(ValueError, match=r"y must be 3 class indices in \[0, 9\]"):
+        m2.sample(3, torch.tensor([0, 1, 10]))
+    x_g, y_g, conf = labeled_samples(m2, 6, 10, "conditional", torch.Generator().manual_seed(0))
+    assert x_g.shape == (6, 1, 28, 28) and y_g.shape == conf.shape == (6,) and ((0 <= conf) & (conf <= 1)).all()
+    b = _batch()
+    cfg = SampleClassifierConfig(hidden=(16,), steps=3, batch_size=8, labeled_batch_size=4, threshold=0.0,
+                                 label_source="conditional", eval_every=3)
+    net, stats = train_sample_classifier(m2, b.x_l, b.y_l, 10, cfg, b.x_l, b.y_l)
+    assert net(b.x_l).shape == (6, 10) and stats["kept_fraction"] == 1.0
+
+
+def test_m1_m2_cannot_sample_images(tmp_path):
+    from genssl.encoders import export_encoder
+
+    torch.manual_seed(0)
+    m1 = create_method("vae_m1", SMALL["vae_m1"], SPEC)
+    export_encoder(m1.encoder_module(), tmp_path / "m1", input_shape=SPEC.image_shape)
+    m1m2 = create_method("vae_m2", {**SMALL["vae_m2"], "encoder": str(tmp_path / "m1"),
+                                    "likelihood": "gaussian"}, SPEC)
+    with pytest.raises(ValueError, match="M1\\+M2 generates M1 latents"):
+        m1m2.sample(2)
+
+
 def test_classification_weight_is_alpha_times_N_over_N_labeled():
     m2 = create_method("vae_m2", {**SMALL["vae_m2"], "alpha": 0.1}, DataSpec((1, 28, 28), 10, 100, 54900))
     assert m2.cls_weight == pytest.approx(0.1 * 55000 / 100)

@@ -200,6 +200,25 @@ class VAEM2(Method):
         return self.classifier.features(self.features_in(x))  # (B, H): the classifier's last hidden layer
 
     @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1]: the likelihood's mean of p(x | y, z), z ~ N(0, I), for the classes
+        y (n,), drawn from the uniform p(y) when None. Feeds genssl.sample_classifier (label_source
+        'conditional'). Pixel M2 only: M1+M2 generates M1 latents and has no M1 decoder to turn them into images."""
+        if self.m1 is not None:
+            raise ValueError("M1+M2 generates M1 latents, not images (it has no M1 decoder); sample from a "
+                             "pixel vae_m2 run instead")
+        K, device = self.spec.num_classes, next(self.decoder.parameters()).device
+        if y is None:
+            y = torch.randint(K, (n,), device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.shape != (n,) or y.dtype.is_floating_point or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < K):
+            raise ValueError(f"y must be {n} class indices in [0, {K - 1}], got shape {tuple(y.shape)}, "
+                             f"dtype {y.dtype}")
+        z = torch.randn(n, self.cfg.z_dim, device=device)
+        params = self.decoder(z, F.one_hot(y, K).float())
+        return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)
+
+    @torch.no_grad()
     def eval_images(self, x: torch.Tensor):
         if self.m1 is not None:
             return {}  # M2 lives in M1's latent space: no pixels to show without M1's decoder
