@@ -68,6 +68,21 @@ def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:
     return run_one(run, data, progress=False, threads=threads)
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
+    """Worker initializer: end this process soon after the grid process dies. A killed (SIGTERM/SIGKILL) pool
+    owner does not take its spawn workers with it; left alone they would train on, and a restarted grid would
+    resume the same runs into the same folders beside them. The run keeps its last checkpoint, as when the
+    grid itself is stopped."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class _TimeLeft:
     """Time left in a grid, from seconds per step measured on the runs done so far (same method entry when
     possible, else all entries). Reused runs count: their wall time is in their results.json."""
@@ -212,7 +227,8 @@ def _run_parallel(todo, jobs, data, results, blocked, announce, finish) -> None:
     queue = list(todo)
     running = {}
     # spawn, not fork: torch's thread pools and any CUDA context do not survive a fork.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         while queue or running:
             for run in [r for r in queue if blocked(r)]:
                 queue.remove(run)

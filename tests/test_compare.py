@@ -197,3 +197,45 @@ def test_the_demo_grid_is_packaged_and_runs_every_registered_method():
     assert names == set(list_methods()), "add the missing methods to experiments/demo.yaml (short schedules)"
     assert {r.n_labels for r in runs} == {100} and {r.seed for r in runs} == {0}
     assert all(r.raw["data"]["dataset"] == "fashion_mnist" for r in runs if r.samples is None)
+
+
+def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
+    """A grid process killed without cleanup must not leave its workers training on (they would write the run
+    folders a restarted grid resumes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import multiprocessing as mp, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from genssl.compare import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_with_parent,\n"
+        "                               initargs=(os.getpid(), 0.1))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 60)\n"
+        "    time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(owner.stdout.readline())
+        os.kill(worker, 0)  # alive while its owner is
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            raise AssertionError("the worker outlived the grid process by 20 s")
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
