@@ -211,7 +211,8 @@ class VAEM2(Method):
         if y is None:
             y = torch.randint(K, (n,), device=device)
         y = torch.as_tensor(y, device=device)
-        if y.shape != (n,) or y.dtype.is_floating_point or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < K):
+        in_range = y.numel() == 0 or (0 <= int(y.min()) and int(y.max()) < K)
+        if y.shape != (n,) or y.dtype.is_floating_point or not in_range:
             raise ValueError(f"y must be {n} class indices in [0, {K - 1}], got shape {tuple(y.shape)}, "
                              f"dtype {y.dtype}")
         z = torch.randn(n, self.cfg.z_dim, device=device)
