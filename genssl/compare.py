@@ -3,12 +3,14 @@ report them in one folder.
 
 Runs land in ``<runs>/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
 checking its config still matches the grid's); one with only last.pt is resumed; so a stopped grid picks up
-where it left off. A run whose config names another run's folder (M1+M2 naming its M1) runs after it. The
+where it left off. A run whose config names another run's folder (M1+M2 naming its M1) runs after it, and
+records in upstream.json which results it was built on, so it is not reused once those runs change. The
 report (genssl/report.py) is rewritten from all runs at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import compare_samples
+from .checkpoint import atomic_write_json
 from .config import ConfigError, build_run_config, flatten, load_yaml, merge
 from .grid import GridRun, load_grid
 from .report import fmt_duration, markdown_table, write_report
@@ -43,7 +46,36 @@ def finished_results(run: GridRun) -> dict | None:
             diffs = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
             raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({diffs}). Delete "
                               f"that folder to rerun it, or write the grid elsewhere with --out")
+    _check_upstream(run)
     return json.loads(done.read_text())
+
+
+UPSTREAM_FILE = "upstream.json"
+
+
+def _fingerprint(results_path: Path) -> str | None:
+    return hashlib.sha256(results_path.read_bytes()).hexdigest()[:16] if results_path.is_file() else None
+
+
+def upstream_fingerprints(run: GridRun) -> dict[str, str | None]:
+    """{dependency run name: fingerprint of its results.json} for the runs `run` was built from."""
+    return {d: _fingerprint(run.run_dir.parent / d / "results.json") for d in run.deps}
+
+
+def _check_upstream(run: GridRun) -> None:
+    """A derived run (M1+M2 on its M1, a samples classifier on its GAN) is only as current as the runs it was
+    built from: refuse to reuse it once one of them was rerun or removed. Runs written before upstream.json
+    existed are not checked."""
+    saved_path = run.run_dir / UPSTREAM_FILE
+    if not run.deps or not saved_path.is_file():
+        return
+    saved, now = json.loads(saved_path.read_text()), upstream_fingerprints(run)
+    stale = sorted(d for d in run.deps if saved.get(d) != now[d])
+    if stale:
+        what = "; ".join(f"{d} {'has no results.json now' if now[d] is None else 'has been rerun since'}"
+                         for d in stale)
+        raise ConfigError(f"{run.run_dir} was built on runs that changed ({what}), so its results are stale. "
+                          f"Delete that folder to rebuild it on the current runs")
 
 
 def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) -> tuple[dict, bool]:
@@ -51,17 +83,22 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
     results = finished_results(run)
     if results is not None:
         return results, True
+    upstream = upstream_fingerprints(run)  # taken before training: what this run is built on
     if run.samples is not None:
-        return compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
-                                                      data, threads), False
-    from .trainer import Trainer
+        results = compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
+                                                         data, threads)
+    else:
+        from .trainer import Trainer
 
-    raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
-    if threads and not raw.get("train", {}).get("threads"):
-        raw = merge(raw, {"train": {"threads": threads}})
-    cfg = build_run_config(raw)
-    trainer = Trainer(cfg, run_dir=run.run_dir, resume=(run.run_dir / "last.pt").is_file(), data=data)
-    return trainer.fit(), False
+        raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
+        if threads and not raw.get("train", {}).get("threads"):
+            raw = merge(raw, {"train": {"threads": threads}})
+        cfg = build_run_config(raw)
+        trainer = Trainer(cfg, run_dir=run.run_dir, resume=(run.run_dir / "last.pt").is_file(), data=data)
+        results = trainer.fit()
+    if run.deps:
+        atomic_write_json(upstream, run.run_dir / UPSTREAM_FILE)
+    return results, False
 
 
 def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:

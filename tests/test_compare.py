@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -152,6 +153,17 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
     assert row["wall_time_s_mean"] == pytest.approx(walls["m1"] + walls["m1+m2"])
     assert "includes that run's" in (out_dir / "results.md").read_text()
     assert run_grid(grid, progress=False) == table  # all four reused, the samples run included
+    # A rerun GAN (or a removed M1) leaves the runs built on it stale: the grid refuses to reuse them.
+    sgan_path = out_dir / "runs" / "sgan-n20-s0" / "results.json"
+    sgan_path.write_text(json.dumps({**sgan, "test_acc": sgan["test_acc"] / 2}))
+    with pytest.raises(ConfigError, match=r"sgan\+samples-n20-s0 was built on runs that changed \(sgan-n20-s0 "
+                                          r"has been rerun since\), so its results are stale"):
+        run_grid(grid, progress=False)
+    shutil.rmtree(out_dir / "runs" / "sgan+samples-n20-s0")
+    shutil.rmtree(out_dir / "runs" / "m1-n20-s0")
+    with pytest.raises(ConfigError, match=r"m1\+m2-n20-s0 was built on runs that changed \(m1-n20-s0 has no "
+                                          r"results.json now\)"):
+        run_grid(grid, progress=False)
     with pytest.raises(ConfigError, match=r"samples_from='nope' must name an earlier model entry"):
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
 
