@@ -61,6 +61,11 @@ def validate_images_labels(images, labels, num_classes: int, name: str = "data")
     if num_classes > 2**31:
         raise ValueError(f"{name}: num_classes={num_classes} is absurd (labels hold values up to "
                          f"{labels.max().item()}); labels must be class indices 0..K-1")
+    check_label_range(labels, num_classes, name)
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, name: str) -> None:
+    """Raise a ValueError naming how many labels (N,) fall outside [0, num_classes) and the first of them."""
     bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
     if bad.numel():
         raise ValueError(f"{name}: labels must be in [0, {num_classes - 1}]; {bad.numel()} are not, e.g. "

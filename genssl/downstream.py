@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .datasets import check_label_range
+
 KINDS = ("linear", "mlp", "knn")
 LINEAR_LAMBDAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -104,8 +106,7 @@ def _check_inputs(features, labels, num_classes):
         raise ValueError("features contain NaN or inf")
     labels = labels.long()
     num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"labels must be in [0, {num_classes - 1}], got range [{labels.min()}, {labels.max()}]")
+    check_label_range(labels, num_classes, "downstream readout")
     return features.detach().float(), labels.to(features.device), num_classes
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .datasets import check_label_range
+
 
 @dataclass
 class Split:
@@ -65,8 +67,7 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
         raise ValueError(f"n_labels must be a positive integer, got {n_labels!r}")
     if not isinstance(n_val, int) or isinstance(n_val, bool) or n_val < 0:
         raise ValueError(f"n_val must be a non-negative integer, got {n_val!r}")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes - 1}], got range [{labels.min()}, {labels.max()}]")
+    check_label_range(labels, num_classes, "make_split")
     if n_labels < num_classes:
         raise ValueError(f"n_labels={n_labels} is fewer than the {num_classes} classes; a class-balanced split "
                          f"needs at least one label per class")

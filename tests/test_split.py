@@ -77,9 +77,10 @@ def test_class_with_no_examples():
 
 
 def test_labels_out_of_range_or_wrong_type():
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 9\], got range \[0, 12\]"):
+    with pytest.raises(ValueError, match=r"make_split: labels must be in \[0, 9\]; 20 are not, e.g. index 2 has "
+                                         r"label 12"):
         make_split(torch.tensor([0, 1, 12] * 20), 10, 10, 0, seed=0)
-    with pytest.raises(ValueError, match=r"range \[-1"):
+    with pytest.raises(ValueError, match=r"index 0 has label -1"):
         make_split(torch.tensor([-1, 1] * 20), 2, 2, 0, seed=0)
     with pytest.raises(ValueError, match="integer class indices"):
         make_split(torch.tensor([0.0, 1.0] * 20), 2, 2, 0, seed=0)
