@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genssl.config import build_run_config  # noqa: E402
-from genssl.datasets import DatasetNotFoundError, ImageData, load_dataset  # noqa: E402
+from genssl.data.datasets import DatasetNotFoundError, ImageData, load_dataset  # noqa: E402
 from genssl.registry import get_method_class  # noqa: E402
-from genssl.trainer import Trainer  # noqa: E402
+from genssl.training.trainer import Trainer  # noqa: E402
 
 MIB = 2**20
 

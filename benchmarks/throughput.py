@@ -51,12 +51,12 @@ def measure(setting: dict) -> dict:
 
     import torch
 
-    from genssl.batching import SSLBatcher
+    from genssl.data.batching import SSLBatcher
     from genssl.config import build_run_config, load_yaml, merge
-    from genssl.methods.base import DataSpec
-    from genssl.multiseed import stack_methods
-    from genssl.registry import create_method
-    from genssl.trainer import autocast
+    from genssl.data.spec import DataSpec
+    from genssl.training.stacked import stack_methods
+    from genssl.methods import create_method
+    from genssl.training.device import autocast
 
     if setting["threads"]:
         torch.set_num_threads(setting["threads"])
@@ -83,8 +83,8 @@ def measure(setting: dict) -> dict:
         with autocast(device, setting["precision"]):
             method.initialize(batchers[-1].next())
         methods.append(method)
-    if n_seeds > 1:  # all seeds in one stacked step (genssl.multiseed)
-        from genssl.multiseed import StackedStep, stack_batches
+    if n_seeds > 1:  # all seeds in one stacked step (genssl.training.stacked)
+        from genssl.training.stacked import StackedStep, stack_batches
 
         method = stack_methods(methods)
         method.setup(10 * total, setting["precision"])
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--labeled-batch-size", type=int, default=100)
     p.add_argument("--n-labels", type=int, default=100)
     p.add_argument("--seeds", nargs="*", type=int, default=[1],
-                   help="seeds trained together in one stacked step (genssl.multiseed); samples/s counts all seeds")
+                   help="seeds trained together in one stacked step (genssl.training.stacked); samples/s counts all seeds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)

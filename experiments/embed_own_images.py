@@ -21,8 +21,8 @@ import argparse
 import torch
 
 import genssl
-from genssl.checkpoint import safe_torch_load
-from genssl.downstream import KINDS, accuracy
+from genssl.runs.checkpoint import safe_torch_load
+from genssl.nn.probes import KINDS, accuracy
 
 
 def demo_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 with --label-source=conditional).
 
 For each run folder: load the model chosen on validation (best.pt), train a fresh MLP classifier on the run's
-own labeled split plus confidence-filtered generated samples (genssl.sample_classifier), choose it on the
+own labeled split plus confidence-filtered generated samples (genssl.downstream.samples), choose it on the
 run's validation split, and report its test accuracy next to the model's own. `--control` also trains the same
 classifier on the labeled images alone (generated_weight 0), to show whether the samples help. Each run folder
 also gets samples_by_class.png (row k: the 10 generated images the model is most confident are class k) and
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from genssl.batching import to_float
-from genssl.evaluate import load_run
-from genssl.sample_classifier import SampleClassifierConfig, accuracy, labeled_samples, train_sample_classifier
+from genssl.data.batching import to_float
+from genssl.training.evaluate import load_run
+from genssl.downstream.samples import SampleClassifierConfig, accuracy, labeled_samples, train_sample_classifier
 
 
 @torch.no_grad()

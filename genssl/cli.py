@@ -1,4 +1,5 @@
-"""`genssl train | eval | compare | demo | methods` (more sub-commands register themselves in COMMANDS)."""
+"""The `genssl` command: every sub-command is declared here (train, eval, export, downstream, compare, demo,
+methods); each parses its arguments and calls the layer that does the work."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from importlib.resources import files
+
+from genssl.compare.runner import run_grid
+from genssl.config import ConfigError, load_run_config
+from genssl.downstream.evaluate import run_downstream_command
+from genssl.encoders.format import SPEC_FILE
+from genssl.encoders.from_run import export_run
+from genssl.nn.probes import KINDS
+from genssl.registry import list_methods
+from genssl.training.distributed import env_from_torchrun, init_distributed, shutdown
+from genssl.training.evaluate import evaluate_run
+from genssl.training.stacked import parse_seeds, train_seeds
+from genssl.training.trainer import Trainer
 
 
 def _cmd_train(args, overrides: list[str]) -> int:
-    from .config import load_run_config
-    from .distributed import env_from_torchrun, init_distributed, shutdown
-    from .trainer import Trainer
-
     cfg = load_run_config(args.config, overrides)
     env = env_from_torchrun()  # launched by `torchrun --nproc_per_node=N -m genssl train ...`
     if args.seeds:
-        from .multiseed import parse_seeds, train_seeds
-
         if env is not None:
             raise ConfigError("--seeds trains several seeds in one process; do not combine it with torchrun")
         results = train_seeds(cfg, parse_seeds(args.seeds), args.run_dir, args.resume)
@@ -40,16 +47,12 @@ def _cmd_train(args, overrides: list[str]) -> int:
 
 
 def _cmd_eval(args, overrides: list[str]) -> int:
-    from .evaluate import evaluate_run
-
     results = evaluate_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     print(json.dumps(results, indent=2))
     return 0
 
 
 def _cmd_compare(args, overrides: list[str]) -> int:
-    from .compare import run_grid
-
     run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs)
     return 0
 
@@ -57,8 +60,6 @@ def _cmd_compare(args, overrides: list[str]) -> int:
 def demo_grid() -> Path:
     """The demo grid: experiments/demo.yaml, which the package also ships (genssl/experiments is a link to
     the repo's experiments/ folder, packaged as data), so `genssl demo` works from any folder."""
-    from importlib.resources import files
-
     grid = Path(str(files("genssl").joinpath("experiments", "demo.yaml")))
     if not grid.is_file():
         raise FileNotFoundError(f"the demo grid is missing from the installed package (looked for {grid}); "
@@ -67,8 +68,6 @@ def demo_grid() -> Path:
 
 
 def _cmd_demo(args, overrides: list[str]) -> int:
-    from .compare import run_grid
-
     grid = demo_grid()
     print(f"genssl demo: every method on Fashion-MNIST with 100 labels, 1 seed, short schedules ({grid})",
           flush=True)
@@ -77,8 +76,6 @@ def _cmd_demo(args, overrides: list[str]) -> int:
 
 
 def _cmd_methods(args, overrides: list[str]) -> int:
-    from .registry import list_methods
-
     print("\n".join(list_methods()))
     return 0
 
@@ -115,28 +112,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=_cmd_methods)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("downstream", help="fit classifiers on a frozen encoder's features of a few labels "
+                                               "and report test accuracy")
+    p.add_argument("source", nargs="?", default=None, help="a run folder (or any load_encoder source)")
+    p.add_argument("--encoder", default=None, help="exported folder, run folder, released name or torchvision:<arch>")
+    p.add_argument("--weights", default=None, help="local weights file for torchvision:<arch>")
+    p.add_argument("--n-labels", type=int, nargs="+", default=[100])
+    p.add_argument("--kind", nargs="+", choices=KINDS, default=["linear"])
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="labeled-subset seeds (results are averaged)")
+    p.add_argument("--dataset", default=None, help="default: the encoder's training dataset, else fashion_mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--n-val", type=int, default=5000, help="images held out as in training runs (default 5000)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=run_downstream_command)
+
+    p = sub.add_parser("export", help="export a run's encoder (weights + encoder.yaml) for load_encoder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/encoder)")
+    p.add_argument("--checkpoint", default="best.pt", help="best.pt (chosen on validation) or last.pt")
+    p.add_argument("--force", action="store_true", help="replace an existing export in the output folder")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
-EXTRA_COMMANDS: list = []  # (subparsers) -> None; modules such as downstream/export add their commands here
-
-
-def _load_extra_commands() -> None:
-    for module in ("downstream", "export"):
-        try:
-            mod = __import__(f"genssl.{module}", fromlist=["add_cli"])
-        except ModuleNotFoundError as e:
-            if e.name != f"genssl.{module}":
-                raise
-            continue
-        if hasattr(mod, "add_cli") and mod.add_cli not in EXTRA_COMMANDS:
-            EXTRA_COMMANDS.append(mod.add_cli)
+def _cmd_export(args, overrides) -> int:
+    if overrides:
+        raise ValueError(f"genssl export: unexpected arguments {' '.join(overrides)}")
+    out = export_run(args.run_dir, args.out, args.checkpoint, overwrite=args.force)
+    print(f"exported encoder to {out}")
+    print((out / SPEC_FILE).read_text(), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extra_commands()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from genssl.registry import get_method_class, list_methods
+
 
 class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names it and the valid choices."""
@@ -250,8 +252,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def build_run_config(raw: dict) -> RunConfig:
     """Resolve a raw mapping (YAML + overrides) into a RunConfig, looking the method up in the registry."""
-    from .registry import get_method_class  # registry imports methods, which import this module
-
     if not isinstance(raw, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
     allowed = {"name", "out_dir", "method", "data", "train"}
@@ -266,8 +266,6 @@ def build_run_config(raw: dict) -> RunConfig:
     method_raw = dict(method_raw)
     method_name = method_raw.pop("name")
     if not isinstance(method_name, str):
-        from .registry import list_methods
-
         raise ConfigError(f"method.name: expected a method name, got {method_name!r}; registered methods: "
                           f"{', '.join(list_methods())}")
     cls = get_method_class(method_name)

@@ -1,46 +1,67 @@
-"""Name -> Method class registry. A new method is one file that uses @register_method plus one import line
-in genssl/methods/__init__.py; the tests parametrized over list_methods() then cover it."""
+"""Name -> class registries: one generic `Registry`, used for methods and for exportable encoder architectures.
+
+A leaf module: it imports nothing of genssl, so any layer may look a name up. Entries arrive when the module
+that defines them is imported; `import genssl` imports every built-in one (methods, VAE and foreign encoder
+archs), so the registries are full before user code runs::
+
+    @METHODS.register("supervised")
+    class Supervised(Method): ...
+
+    METHODS.get("supervised")        # the class, or a ValueError that lists the registered names
+"""
 
 from __future__ import annotations
 
-_METHODS: dict[str, type] = {}
+from typing import Callable
 
 
-def register_method(name: str):
-    def deco(cls):
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].__module__})")
-        if not hasattr(cls, "Config"):
-            raise TypeError(f"method {name!r} must define a nested Config dataclass")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
+class Registry:
+    """name -> class. `register(name)` is a class decorator that records the class, sets `cls.<name_attr> = name`
+    and runs `check(name, cls)` (which raises TypeError for a class that cannot serve)."""
 
-    return deco
+    def __init__(self, kind: str, name_attr: str, check: Callable[[str, type], None] | None = None):
+        self.kind, self.name_attr, self.check = kind, name_attr, check
+        self._entries: dict[str, type] = {}
+
+    def register(self, name: str):
+        def deco(cls):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {self._entries[name].__module__})")
+            if self.check is not None:
+                self.check(name, cls)
+            setattr(cls, self.name_attr, name)
+            self._entries[name] = cls
+            return cls
+
+        return deco
+
+    def get(self, name: str) -> type:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
 
 
-def _ensure_loaded() -> None:
-    from . import methods  # noqa: F401  (importing registers the built-in methods)
+def _check_method(name: str, cls: type) -> None:
+    if not hasattr(cls, "Config"):
+        raise TypeError(f"method {name!r} must define a nested Config dataclass")
 
 
-def list_methods() -> list[str]:
-    _ensure_loaded()
-    return sorted(_METHODS)
+def _check_encoder_arch(name: str, cls: type) -> None:
+    if not isinstance(cls, type) or not callable(getattr(cls, "spec_args", None)) or not callable(cls):
+        raise TypeError(f"encoder arch {name!r} must be an nn.Module class with a spec_args() method")
 
 
-def get_method_class(name: str) -> type:
-    _ensure_loaded()
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}") from None
+METHODS = Registry("method", "name", _check_method)
+ENCODER_ARCHS = Registry("encoder arch", "encoder_arch", _check_encoder_arch)
 
-
-def create_method(name: str, cfg, spec):
-    """Instantiate method `name` with its Config `cfg` (or a dict of overrides) for data described by `spec`."""
-    from .config import from_dict
-
-    cls = get_method_class(name)
-    if cfg is None or isinstance(cfg, dict):
-        cfg = from_dict(cls.Config, cfg or {}, "method")
-    return cls(cfg, spec)
+register_method = METHODS.register
+register_encoder_arch = ENCODER_ARCHS.register
+get_method_class = METHODS.get
+list_methods = METHODS.names

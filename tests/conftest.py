@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genssl.config import build_run_config, merge
-from genssl.datasets import ImageData
+from genssl.data.datasets import ImageData
 
 torch.set_num_threads(int(os.environ.get("GENSSL_TEST_THREADS", "1")))
 

@@ -4,10 +4,10 @@ argmax labels; self_training's rounds, frozen teacher and confidence threshold."
 import pytest
 import torch
 
-from genssl.batching import SSLBatch
-from genssl.methods.base import DataSpec
-from genssl.methods.pseudo_label import ramp_weight
-from genssl.registry import create_method
+from genssl.data.batching import SSLBatch
+from genssl.data.spec import DataSpec
+from genssl.methods.schedules import ramp_weight
+from genssl.methods import create_method
 
 SPEC = DataSpec((1, 8, 8), 3, 6, 12)
 

@@ -49,7 +49,7 @@ def test_train_then_eval(tiny_dataset, tmp_path, capsys, method):
     assert rc == 0, err
     assert json.loads(out)["test_acc"] == pytest.approx(results["test_acc"])
     if method:  # the reloaded readout is the one seeded like the run's, not any other
-        from genssl.evaluate import load_run
+        from genssl.training.evaluate import load_run
 
         model, _, split, (train, test) = load_run(run_dir, device="cpu")
         x_l, y_l, x = train.images[split.labeled].float() / 255, train.labels[split.labeled], test.images.float() / 255
@@ -69,7 +69,7 @@ def test_train_then_eval(tiny_dataset, tmp_path, capsys, method):
     (["train.steps=3"], 2, "expected an override like --train.steps=100"),
 ])
 def test_train_errors(tiny_dataset, tmp_path, capsys, monkeypatch, args, code, match):
-    import genssl.datasets as ds
+    import genssl.data.datasets as ds
 
     monkeypatch.setattr(ds, "DEBIAN_ROOT", tmp_path / "no-debian")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

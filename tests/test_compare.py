@@ -14,7 +14,7 @@ from PIL import Image
 
 from genssl import list_methods
 from genssl.cli import demo_grid
-from genssl.compare import load_grid, run_grid
+from genssl.compare.runner import load_grid, run_grid
 from genssl.config import ConfigError
 
 from datafiles import write_idx_dataset
@@ -77,7 +77,7 @@ def test_grid_report_matches_runs_and_second_call_reuses(tmp_path, tiny_data, mo
 
     # A second call trains nothing: every run is reused from its results.json.
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
-    monkeypatch.setattr("genssl.trainer.Trainer.fit", lambda self: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr("genssl.training.trainer.Trainer.fit", lambda self: pytest.fail("a finished run was retrained"))
     capsys.readouterr()
     again = run_grid(grid, data=tiny_data, progress=False)
     assert "reusing 4 finished run(s)" in capsys.readouterr().out
@@ -103,7 +103,7 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path, tiny_data):
 
 
 def test_a_failed_run_is_reported_and_the_rest_is_tabulated(tmp_path, tiny_data, monkeypatch):
-    from genssl.trainer import DivergenceError, Trainer
+    from genssl.training.trainer import DivergenceError, Trainer
 
     fit = Trainer.fit
 
@@ -224,7 +224,7 @@ def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
     script.write_text(
         "import multiprocessing as mp, os, time\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from genssl.compare import exit_with_parent\n"
+        "from genssl.compare.runner import exit_with_parent\n"
         "if __name__ == '__main__':\n"
         "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_with_parent,\n"
         "                               initargs=(os.getpid(), 0.1))\n"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import genssl.datasets as ds
+import genssl.data.datasets as ds
 from datafiles import write_cifar10, write_idx, write_idx_dataset, write_svhn
-from genssl.datasets import DatasetNotFoundError, from_arrays, load_dataset, load_image_folder, read_idx
+from genssl.data.datasets import DatasetNotFoundError, from_arrays, load_dataset, load_image_folder, read_idx
 
 
 @pytest.fixture(autouse=True)

@@ -83,13 +83,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from conftest import synthetic_images
 
-    from genssl.distributed import DistEnv, init_distributed, shutdown
-    from genssl.trainer import Trainer
+    from genssl.training.distributed import DistEnv, init_distributed, shutdown
+    from genssl.training.trainer import Trainer
 
     from genssl import registry
 
-    registry._ensure_loaded()
-    registry._METHODS["ddp_probe"] = _probe_class()  # only in this child process
+    registry.METHODS._entries["ddp_probe"] = _probe_class()  # only in this child process
     data = synthetic_images(600, seed=0), synthetic_images(200, seed=1)
     out = Path(out)
     if world > 1:
@@ -133,9 +132,8 @@ def ddp_runs(tmp_path_factory):
     _spawn(WORLD, ddp_out)
     from genssl import registry
 
-    registry._ensure_loaded()
     with pytest.MonkeyPatch.context() as mp_:  # the probe leaves the registry when the reference run ends
-        mp_.setitem(registry._METHODS, "ddp_probe", _probe_class())
+        mp_.setitem(registry.METHODS._entries, "ddp_probe", _probe_class())
         _worker(0, 1, 0, str(ref_out))  # the single-process reference, in this process
     return ddp_out, ref_out
 
@@ -176,7 +174,7 @@ def test_resume_reproduces_the_uninterrupted_run(ddp_runs):
 
 def test_batcher_state_resumes_every_rank():
     """Rank 0's saved sampler state must give rank 1 its own shard, not rank 0's."""
-    from genssl.batching import EpochSampler
+    from genssl.data.batching import EpochSampler
 
     ranks = [EpochSampler(10, 3, seed=5, device="cpu", shard=(r, 2)) for r in range(2)]
     for s in ranks:

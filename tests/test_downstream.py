@@ -12,8 +12,8 @@ import torch
 
 from genssl import Trainer, fit_and_score, fit_classifier
 from genssl.cli import main
-from genssl.downstream import KINDS, LINEAR_LAMBDAS, cross_validate_lambda
-from genssl.downstream_eval import BEST, adapt_images, best_on_validation, summarize
+from genssl.nn.probes import KINDS, LINEAR_LAMBDAS, cross_validate_lambda
+from genssl.downstream.evaluate import BEST, adapt_images, best_on_validation, summarize
 
 
 def gaussian_features(n, d=20, k=5, seed=0, spread=1.0):

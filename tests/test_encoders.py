@@ -11,9 +11,11 @@ import yaml
 from torch import nn
 
 from genssl import Trainer, export_encoder, load_encoder
-from genssl.checkpoint import CheckpointError
-from genssl.encoders import Encoder, list_released, register_encoder_arch
-from genssl.export import encoder_from_run, export_run
+from genssl.fileio import CheckpointError
+from genssl.encoders.format import Encoder
+from genssl.encoders.load import list_released
+from genssl.registry import register_encoder_arch
+from genssl.encoders.from_run import encoder_from_run, export_run
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,7 +107,9 @@ def test_encoder_is_frozen_and_checks_inputs(tmp_path):
     with pytest.raises(ValueError, match="not registered"):
         export_encoder(ForeignNet(), tmp_path / "f", input_shape=(1, 28, 28))
     plain = load_encoder(ForeignNet().state_dict(), module=ForeignNet(), input_shape=(1, 28, 28))
-    assert not hasattr(plain, "posterior") and not plain.has_posterior and isinstance(plain, Encoder)
+    assert not plain.has_posterior and isinstance(plain, Encoder)
+    with pytest.raises(ValueError, match="has no Gaussian posterior"):
+        plain.posterior(x)
 
 
 def test_foreign_state_dict_through_key_map(tmp_path):
@@ -175,7 +179,7 @@ def test_spec_weights_mismatch_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"missing keys: body\.1\.bias"):
         load_encoder(folder)
     spec_path.write_text(yaml.safe_dump({**spec, "arch": "no_such_arch"}))
-    with pytest.raises(ValueError, match="unknown encoder arch 'no_such_arch'; registered: .*classifier_features"):
+    with pytest.raises(ValueError, match="unknown encoder arch 'no_such_arch'; registered encoder archs: .*classifier_features"):
         load_encoder(folder)
     spec_path.write_text(yaml.safe_dump({**spec, "format_version": 99}))
     with pytest.raises(CheckpointError, match="format_version 99"):

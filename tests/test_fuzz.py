@@ -18,8 +18,8 @@ from hypothesis.extra import numpy as hnp
 
 from datafiles import idx_bytes
 from genssl.config import ConfigError, build_run_config, dump_yaml, parse_overrides
-from genssl.datasets import from_arrays, read_idx
-from genssl.split import make_split
+from genssl.data.datasets import from_arrays, read_idx
+from genssl.data.split import make_split
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -1,4 +1,4 @@
-"""Seeds trained together (genssl.multiseed) against the same seeds trained one by one.
+"""Seeds trained together (genssl.training.stacked) against the same seeds trained one by one.
 
 With dropout off and no augmentation, the supervised baseline draws no random numbers while training, so a
 seed trained in a stacked group must follow its separate run's loss trajectory and end at its weights up to
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from genssl import Trainer
-from genssl.multiseed import MultiSeedTrainer, parse_seeds, supports_multiseed, train_seeds
+from genssl.training.stacked import MultiSeedTrainer, parse_seeds, supports_multiseed, train_seeds
 
 SEEDS = [3, 7]
 
@@ -89,7 +89,7 @@ def test_parse_seeds():
 def test_gan_seeds_train_together(run_config_factory, tiny_data, tmp_path):
     """Two optimizers, an EMA, batch norm in the generator and noise everywhere: every seed trains, differs from
     the others, and writes a best.pt that the ordinary method loads."""
-    from genssl.registry import create_method
+    from genssl.methods import create_method
 
     assert supports_multiseed("sgan")
     cfg = run_config_factory("sgan", {"d_hidden": [32, 16], "g_hidden": [16], "z_dim": 8},
@@ -103,7 +103,7 @@ def test_gan_seeds_train_together(run_config_factory, tiny_data, tmp_path):
 
 
 def _spec(data):
-    from genssl.methods.base import DataSpec
+    from genssl.data.spec import DataSpec
 
     train, _ = data
     return DataSpec(train.image_shape, train.num_classes, 20, len(train))

@@ -21,8 +21,8 @@ import torch
 import genssl
 from datafiles import write_idx_dataset
 from genssl import Trainer, list_methods
-from genssl.checkpoint import CheckpointError, atomic_torch_save, atomic_write_json, safe_torch_load
-from genssl.trainer import DivergenceError
+from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_json, safe_torch_load
+from genssl.training.trainer import DivergenceError
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = Path(genssl.__file__).resolve().parent
@@ -38,7 +38,7 @@ def _env(data_root: Path) -> dict:
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from genssl.checkpoint import atomic_torch_save
+    from genssl.fileio import atomic_torch_save
     path = sys.argv[1]
     i = 1
     while True:  # each save is ~16 MB, so a kill lands inside torch.save / write / fsync most of the time
@@ -88,7 +88,7 @@ def test_failing_save_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_trainer_keeps_last_good_checkpoint_when_a_save_fails(run_config_factory, tiny_data, monkeypatch):
-    import genssl.trainer as trainer_mod
+    import genssl.training.trainer as trainer_mod
 
     real = trainer_mod.atomic_torch_save
     saves = []
@@ -112,10 +112,10 @@ def test_trainer_keeps_last_good_checkpoint_when_a_save_fails(run_config_factory
 
 
 def test_every_run_file_is_written_atomically():
-    """Grep: run outputs go through genssl.checkpoint's atomic writers, never a bare open/save."""
+    """Grep: run outputs go through genssl.fileio's atomic writers, never a bare open/save."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "checkpoint.py":
+        if path.name == "fileio.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):

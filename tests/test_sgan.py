@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from genssl import Trainer
-from genssl.batching import SSLBatch
-from genssl.ema import EMA
-from genssl.gan_nets import MLPDiscriminator, WNConv2d, WNLinear, data_dependent_init, make_gan
+from genssl.data.batching import SSLBatch
+from genssl.nn.ema import EMA
+from genssl.nn.gan import MLPDiscriminator, WNConv2d, WNLinear, data_dependent_init, make_gan
 from genssl.losses import (feature_matching_loss, sgan_d_prob, sgan_unsupervised_loss,
                            sgan_unsupervised_loss_explicit)
-from genssl.methods.base import DataSpec
-from genssl.registry import create_method
+from genssl.data.spec import DataSpec
+from genssl.methods import create_method
 
 SPEC = DataSpec((1, 28, 28), 10, 20, 500)
 SMALL = {"d_hidden": [64, 32], "g_hidden": [32], "z_dim": 8, "n_samples": 20}
@@ -204,7 +204,7 @@ def test_sample_grid_and_sampling(tiny_data):
 
 
 def test_sample_classifier_trains_on_labeled_plus_confident_samples():
-    from genssl.sample_classifier import SampleClassifierConfig, labeled_samples, train_sample_classifier
+    from genssl.downstream.samples import SampleClassifierConfig, labeled_samples, train_sample_classifier
 
     m = small_sgan()
     m.initialize(batch())

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from genssl import Trainer, list_methods
-from genssl.export import method_from_run
+from genssl.encoders.from_run import method_from_run
 
 
 @pytest.mark.parametrize("method", list_methods())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from genssl.split import Split, make_split
+from genssl.data.split import Split, make_split
 
 
 def _labels(per_class=(30,) * 10, seed=0):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from genssl import Trainer
-from genssl.checkpoint import CheckpointError, safe_torch_load
+from genssl.fileio import CheckpointError, safe_torch_load
 from genssl.methods.supervised import Supervised
-from genssl.split import Split
+from genssl.data.split import Split
 
 
 def _scalars(run_dir):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from genssl import DataSpec, SSLBatch, Trainer, create_method, losses
-from genssl.checkpoint import safe_torch_load
-from genssl.vae_nets import Decoder, GaussianEncoder
+from genssl.fileio import safe_torch_load
+from genssl.nn.vae import Decoder, GaussianEncoder
 
 SPEC = DataSpec((1, 28, 28), 10, 20, 200)
 SMALL = {"vae_m1": {"hidden": [64, 32], "z_dim": 8},
@@ -112,7 +112,7 @@ def test_all_labels_observed_reduces_to_labeled_elbo_plus_classifier_term():
 
 
 def test_m2_class_conditional_samples_feed_the_samples_classifier():
-    from genssl.sample_classifier import SampleClassifierConfig, labeled_samples, train_sample_classifier
+    from genssl.downstream.samples import SampleClassifierConfig, labeled_samples, train_sample_classifier
 
     torch.manual_seed(0)
     m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC)
@@ -137,7 +137,7 @@ def test_m2_class_conditional_samples_feed_the_samples_classifier():
 
 
 def test_m1_m2_cannot_sample_images(tmp_path):
-    from genssl.encoders import export_encoder
+    from genssl.encoders.format import export_encoder
 
     torch.manual_seed(0)
     m1 = create_method("vae_m1", SMALL["vae_m1"], SPEC)
@@ -192,7 +192,7 @@ def test_method_trains_and_round_trips(method, overrides, run_config_factory, ti
 
 
 def _labeled(trainer, data):
-    from genssl.split import Split
+    from genssl.data.split import Split
 
     split = Split.load(trainer.run_dir / "split.pt")
     return data[0].images[split.labeled].float() / 255, data[0].labels[split.labeled]

@@ -1,5 +1,17 @@
-"""Built-in methods; importing a module registers it. A new method is one file and one line here."""
+"""Built-in methods; importing a module registers it. A new method is one file, one line here and one YAML
+config in experiments/."""
 
-from . import pseudo_label, self_training, supervised  # noqa: F401
-from . import sgan  # noqa: F401
-from . import vae_m1, vae_m2  # noqa: F401
+from genssl.config import from_dict
+from genssl.registry import get_method_class
+
+from genssl.methods import pseudo_label, self_training, supervised  # noqa: F401
+from genssl.methods import sgan  # noqa: F401
+from genssl.methods import vae_m1, vae_m2  # noqa: F401
+
+
+def create_method(name: str, cfg, spec):
+    """Instantiate method `name` with its Config `cfg` (or a dict of overrides) for data described by `spec`."""
+    cls = get_method_class(name)
+    if cfg is None or isinstance(cfg, dict):
+        cfg = from_dict(cls.Config, cfg or {}, "method")
+    return cls(cfg, spec)

@@ -8,20 +8,12 @@ need no special case anywhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a method may know about its data before training."""
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    num_classes: int
-    n_labeled: int
-    n_unlabeled: int
+from genssl.data.spec import DataSpec
 
 
 class Method(nn.Module):
@@ -40,7 +32,7 @@ class Method(nn.Module):
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self.total_steps = 1
         self.grad_clip: float | None = None
-        self.grad_sync = None  # set by genssl.distributed under torchrun: averages gradients across ranks
+        self.grad_sync = None  # set by genssl.training.distributed under torchrun: averages gradients across ranks
 
     # ------------------------------------------------------------------ set-up, called by the Trainer
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..augment import random_translate
-from ..nets import make_classifier
-from .base import DataSpec, Method
+from genssl.data.augment import random_translate
+from genssl.nn.classifiers import make_classifier
+from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
+from genssl.nn.classifiers import ClassifierFeatures
 
 
 @dataclass
@@ -54,9 +56,7 @@ class ClassifierMethod(Method):
         return self.net.features(x)
 
     def encoder_module(self):
-        """The feature extractor as an exportable net (shares this method's weights; see genssl.encoders)."""
-        from ..encoders import ClassifierFeatures
-
+        """The feature extractor as an exportable net (shares this method's weights; see genssl.encoders.format)."""
         c = self.cfg
         return ClassifierFeatures(c.arch, self.spec.image_shape, self.spec.num_classes, c.hidden, c.dropout,
                                   net=self.net)

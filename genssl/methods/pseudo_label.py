@@ -19,17 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_method
-from .classifier import ClassifierConfig, ClassifierMethod
-
-
-def ramp_weight(step: int, total: int, start: float, end: float, final: float) -> float:
-    t1, t2 = start * total, end * total
-    if step < t1:
-        return 0.0
-    if step >= t2 or t2 <= t1:
-        return final
-    return final * (step - t1) / (t2 - t1)
+from genssl.registry import register_method
+from genssl.methods.schedules import ramp_weight
+from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
 
 
 @register_method("pseudo_label")

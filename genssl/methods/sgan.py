@@ -30,13 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..augment import random_translate
-from ..ema import EMA
-from ..gan_nets import GAN_ARCHS, data_dependent_init, frozen, make_gan
-from ..losses import (entropy_from_logits, feature_matching_loss, sgan_d_prob, sgan_supervised_loss,
+from genssl.data.augment import random_translate
+from genssl.nn.ema import EMA
+from genssl.nn.gan import GAN_ARCHS, data_dependent_init, frozen, make_gan
+from genssl.losses import (entropy_from_logits, feature_matching_loss, sgan_d_prob, sgan_supervised_loss,
                       sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
-from ..registry import register_method
-from .base import DataSpec, Method
+from genssl.registry import register_method
+from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
 
 FAKE_LOGITS = ("implicit", "explicit")
 FM_REAL = ("fresh", "d_step")
@@ -131,7 +132,7 @@ class SGAN(Method):
         return logits[:, :-1] if self.explicit else logits  # (B, K)
 
     def stage_loss(self, name, batch, step, carry):
-        """The step's two losses apart from their updates ("d", then "g"), so that genssl.multiseed can train
+        """The step's two losses apart from their updates ("d", then "g"), so that genssl.training.stacked can train
         seeds together; `carry` hands the generated batch (with the generator's graph) from "d" to "g"."""
         if name == "d":
             lr = self.lr_at(step)
@@ -216,7 +217,7 @@ class SGAN(Method):
     @torch.no_grad()
     def sample(self, n: int, y=None) -> torch.Tensor:
         """n generated images (N, C, H, W) in [0, 1]. The generator is unconditional: label them with
-        `predict` (see genssl.sample_classifier)."""
+        `predict` (see genssl.downstream.samples)."""
         if y is not None:
             raise ValueError("sgan's generator is unconditional: sample(n, y) with labels is not supported; "
                              "call sample(n) and label the images with predict()")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..registry import register_method
-from .classifier import ClassifierConfig, ClassifierMethod
+from genssl.registry import register_method
+from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
 
 
 @register_method("supervised")
@@ -15,7 +15,7 @@ class Supervised(ClassifierMethod):
         pass
 
     def stage_loss(self, name, batch, step, carry):
-        """The step's one loss, apart from the update, so genssl.multiseed can train seeds together."""
+        """The step's one loss, apart from the update, so genssl.training.stacked can train seeds together."""
         loss = self.supervised_loss(self.net(self.augment(batch.x_l)), batch.y_l)
         return loss, {"train/sup_loss": loss.detach()}, carry
 

@@ -6,7 +6,7 @@ Objective, maximized on every unlabeled image (AEVB eq. 10):
     ELBO(x) = E_q[log p(x | z)] - beta_t * KL(q(z | x) || p(z))
 with one reparameterized sample and the analytic KL; beta_t ramps 0 -> 1 over `kl_warmup` of the run
 (KL warm-up, Sonderby et al. 2016) and is 1 without it. Labels are never used for training: before each
-evaluation `fit_readout` fits a classifier (linear | mlp | knn, genssl.downstream) on the posterior means
+evaluation `fit_readout` fits a classifier (linear | mlp | knn, genssl.nn.probes) on the posterior means
 of the labeled images, and `predict` applies it, so the trainer's accuracy is "M1 + downstream".
 With `binarize`, each image is re-binarized x ~ Bernoulli(x) at every step (the paper's dynamic binarization).
 """
@@ -17,20 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import losses
-from ..registry import register_method
-from ..vae_nets import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
+from genssl import losses
+from genssl.registry import register_method
+from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
                         resolve_likelihood)
-from .base import DataSpec, Method
+from genssl.data.spec import DataSpec
+from genssl.methods.schedules import kl_weight
+from genssl.nn.probes import fit_classifier
+from genssl.methods.base import Method
 
 READOUTS = ("linear", "mlp", "knn")
-
-
-def kl_weight(step: int, total: int, warmup: float) -> float:
-    """Linear KL warm-up over the first `warmup` fraction of the run (1.0 when warmup is 0)."""
-    if warmup <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / max(1.0, warmup * total))
 
 
 @register_method("vae_m1")
@@ -52,7 +48,7 @@ class VAEM1(Method):
         readout: str = "linear"
         """Downstream classifier on the latent means: linear | mlp | knn."""
         readout_k: int | None = None
-        """Neighbours for readout=knn; None uses genssl.downstream's default."""
+        """Neighbours for readout=knn; None uses genssl.nn.probes's default."""
 
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -100,8 +96,6 @@ class VAEM1(Method):
 
     @torch.no_grad()
     def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor, seed: int = 0) -> None:
-        from ..downstream import fit_classifier
-
         was_training = self.training
         self.eval()
         feats = torch.cat([self.encode(x).float() for x in x_l.split(1000)])  # (N_l, D)

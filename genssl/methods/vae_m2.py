@@ -16,7 +16,7 @@ counts 0.1 * N / N_l times one image's bound). Labeled and unlabeled bounds get 
 w directly instead.
 
 M1+M2: with `encoder:` set to an M1 run or exported encoder folder (loaded frozen with
-genssl.encoders.load_encoder), M2 models z1 ~ q(z1 | x) instead of pixels, with a Gaussian p(z1 | y, z2);
+genssl.encoders.load.load_encoder), M2 models z1 ~ q(z1 | x) instead of pixels, with a Gaussian p(z1 | y, z2);
 z1 is re-sampled at every step, as in the original, and is the posterior mean when predicting.
 """
 
@@ -28,13 +28,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import losses
-from ..nets import make_classifier
-from ..registry import register_method
-from ..vae_nets import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
+from genssl import losses
+from genssl.nn.classifiers import make_classifier
+from genssl.registry import register_method
+from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
                         resolve_likelihood)
-from .base import DataSpec, Method
-from .vae_m1 import kl_weight
+from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
+from genssl.methods.schedules import kl_weight
+from genssl.encoders.load import load_encoder
+from genssl.nn.classifiers import ClassifierFeatures
 
 
 @register_method("vae_m2")
@@ -69,10 +72,8 @@ class VAEM2(Method):
         self.m1 = None
         shape = spec.image_shape
         if cfg.encoder is not None:
-            from ..encoders import load_encoder
-
             m1 = load_encoder(cfg.encoder)
-            if not hasattr(m1, "posterior"):
+            if not m1.has_posterior:
                 raise ValueError(f"encoder {cfg.encoder!r} has no posterior(x) -> (mu, logvar); M1+M2 needs a "
                                  f"Gaussian (VAE) encoder")
             m1.requires_grad_(False)
@@ -186,8 +187,6 @@ class VAEM2(Method):
         """The classifier's last hidden layer as an exportable encoder (pixel M2 only)."""
         if self.m1 is not None:
             raise ValueError("M1+M2's classifier reads M1 latents, not images: export the M1 encoder instead")
-        from ..encoders import ClassifierFeatures
-
         c = self.cfg
         return ClassifierFeatures(c.cls_arch or c.arch, self.input_shape, self.spec.num_classes, c.cls_hidden,
                                   c.cls_dropout, net=self.classifier)
@@ -202,7 +201,7 @@ class VAEM2(Method):
     @torch.no_grad()
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in [0, 1]: the likelihood's mean of p(x | y, z), z ~ N(0, I), for the classes
-        y (n,), drawn from the uniform p(y) when None. Feeds genssl.sample_classifier (label_source
+        y (n,), drawn from the uniform p(y) when None. Feeds genssl.downstream.samples (label_source
         'conditional'). Pixel M2 only: M1+M2 generates M1 latents and has no M1 decoder to turn them into images."""
         if self.m1 is not None:
             raise ValueError("M1+M2 generates M1 latents, not images (it has no M1 decoder); sample from a "

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from . import losses
-from .encoders import register_encoder_arch
+from genssl import losses
+from genssl.registry import register_encoder_arch
 
 ARCHS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .nets import ARCHS, make_classifier
+from genssl.nn.classifiers import ARCHS, make_classifier
 
 LABEL_SOURCES = ("predict", "conditional")
 
@@ -29,7 +29,7 @@ LABEL_SOURCES = ("predict", "conditional")
 @dataclass
 class SampleClassifierConfig:
     arch: str = "mlp"
-    """mlp | conv (genssl.nets.make_classifier)."""
+    """mlp | conv (genssl.nn.classifiers.make_classifier)."""
     hidden: tuple[int, ...] = (500, 500)
     dropout: float = 0.3
     lr: float = 1e-3

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import check_label_range
+from genssl.data.datasets import check_label_range
 
 KINDS = ("linear", "mlp", "knn")
 LINEAR_LAMBDAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -249,10 +249,3 @@ def extract_features(encoder, images: torch.Tensor, batch_size: int = 1000) -> t
         xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb.float()
         out.append(fn(xb).float())
     return torch.cat(out)
-
-
-def add_cli(subparsers) -> None:
-    """`genssl downstream` (cli.py looks for add_cli here; the command lives in downstream_eval.py)."""
-    from .downstream_eval import add_cli as add
-
-    add(subparsers)

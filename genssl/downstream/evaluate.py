@@ -12,7 +12,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .downstream import KINDS, accuracy, extract_features, fit_classifier
+from genssl.nn.probes import KINDS, accuracy, extract_features, fit_classifier
+from genssl.data.split import make_split
+import json
+from genssl.fileio import atomic_write_json
+from genssl.data.datasets import load_dataset
+from genssl.encoders.load import load_encoder
+from genssl.training.device import resolve_device
 
 
 def adapt_images(x: torch.Tensor, input_shape) -> torch.Tensor:
@@ -34,11 +40,9 @@ def adapt_images(x: torch.Tensor, input_shape) -> torch.Tensor:
 def evaluate_encoder(encoder, train, test, n_labels=(100,), kinds=("linear",), seeds=(0,), n_val: int = 5000,
                      batch_size: int = 1000, **options) -> list[dict]:
     """Downstream accuracy of a frozen encoder: for each labeled-subset seed, the class-balanced labeled set
-    that genssl.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives the
+    that genssl.data.split.make_split draws (with `n_val` images held out, as training runs do, so seed s gives the
     labeled images and validation split of a run with split seed s); a classifier of each kind fitted on their
     features, scored on the validation split (`val_acc`, None without one) and the test set (`test_acc`)."""
-    from .split import make_split
-
     shape = getattr(encoder, "input_shape", None)
     prep = (lambda x: adapt_images(x, shape)) if shape is not None else (lambda x: x)
     device = next(encoder.parameters()).device
@@ -93,13 +97,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _cmd_downstream(args, overrides) -> int:
-    import json
-
-    from .checkpoint import atomic_write_json
-    from .datasets import load_dataset
-    from .encoders import load_encoder
-    from .trainer import resolve_device
+def run_downstream_command(args, overrides) -> int:
 
     if overrides:
         raise ValueError(f"genssl downstream: unexpected arguments {' '.join(overrides)}")
@@ -123,22 +121,3 @@ def _cmd_downstream(args, overrides) -> int:
         atomic_write_json(result, args.out)
     print(json.dumps(result))
     return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("downstream", help="fit classifiers on a frozen encoder's features of a few labels "
-                                                 "and report test accuracy")
-    p.add_argument("source", nargs="?", default=None, help="a run folder (or any load_encoder source)")
-    p.add_argument("--encoder", default=None, help="exported folder, run folder, released name or torchvision:<arch>")
-    p.add_argument("--weights", default=None, help="local weights file for torchvision:<arch>")
-    p.add_argument("--n-labels", type=int, nargs="+", default=[100])
-    p.add_argument("--kind", nargs="+", choices=KINDS, default=["linear"])
-    p.add_argument("--seed", type=int, nargs="+", default=[0], help="labeled-subset seeds (results are averaged)")
-    p.add_argument("--dataset", default=None, help="default: the encoder's training dataset, else fashion_mnist")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--n-val", type=int, default=5000, help="images held out as in training runs (default 5000)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
-    p.set_defaults(func=_cmd_downstream)

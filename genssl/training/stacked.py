@@ -32,16 +32,23 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import __version__
-from .batching import SSLBatch, SSLBatcher, to_float
-from .checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text, seed_everything
-from .config import RunConfig, dump_yaml
-from .datasets import load_dataset
-from .methods.base import DataSpec, Method
-from .monitor import Monitor, progress
-from .registry import create_method, get_method_class
-from .split import make_split
-from .trainer import DivergenceError, _device_name, accuracy, autocast, resolve_device
+from genssl._version import __version__
+from genssl.data.batching import SSLBatch, SSLBatcher, to_float
+from genssl.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
+from genssl.training.rng import seed_everything
+from genssl.config import RunConfig, dump_yaml
+from genssl.data.datasets import load_dataset
+from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
+from genssl.training.monitor import Monitor, progress
+from genssl.methods import create_method
+from genssl.registry import get_method_class
+from genssl.data.split import make_split
+from genssl.training.device import autocast, device_name, resolve_device
+from genssl.training.metrics import accuracy
+from genssl.training.trainer import DivergenceError
+from genssl.training.trainer import default_run_dir
+from genssl.training.trainer import Trainer
 
 
 def supports_multiseed(method_name: str) -> bool:
@@ -229,7 +236,7 @@ class MultiSeedTrainer:
                    "seed": seed, "test_acc": accuracy(evals[i], x_test, y_test, t.eval_batch_size, t.precision),
                    "best_val_acc": best[i][0], "best_step": best[i][1], "steps": t.steps,
                    "wall_time_s": wall / n, "group_wall_time_s": wall, "seeds_trained_together": n,
-                   "device": _device_name(device), "precision": t.precision, "torch": torch.__version__,
+                   "device": device_name(device), "precision": t.precision, "torch": torch.__version__,
                    "genssl": __version__, "config_digest": seeds_cfg[i].digest(), "resume_overrides": {}}
             atomic_write_json(res, run_dir / "results.json")
             monitors[i].close()
@@ -255,8 +262,6 @@ def parse_seeds(text: str) -> list[int]:
 
 def seed_run_dirs(cfg: RunConfig, seeds: list[int], run_dir: str | None) -> list[Path]:
     """<run_dir>/s<seed> when a folder is given, else each seed's default folder (its name + -s<seed>)."""
-    from .trainer import default_run_dir
-
     if run_dir is not None:
         return [Path(run_dir) / f"s{s}" for s in seeds]
     return [default_run_dir(replace(cfg, name=f"{cfg.name}-s{s}" if cfg.name else None,
@@ -267,8 +272,6 @@ def train_seeds(cfg: RunConfig, seeds: list[int], run_dir: str | None = None, re
                 together: bool | None = None, data=None) -> list[dict]:
     """Train `seeds` of `cfg`: together in one process when the method supports it (and this is not a resume),
     else one after another. Each seed gets its own folder and results.json either way."""
-    from .trainer import Trainer
-
     dirs = seed_run_dirs(cfg, seeds, run_dir)
     if together is None:
         together = len(seeds) > 1 and not resume and supports_multiseed(cfg.method_name)

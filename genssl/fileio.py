@@ -1,4 +1,4 @@
-"""Crash-safe files and safe loading.
+"""Crash-safe files and safe loading (the bottom layer every file a run writes or reads goes through).
 
 Every file a run writes goes through `atomic_write_bytes`: a temporary file in the same folder, flushed and
 fsynced, then renamed over the target, then the folder fsynced. A kill at any moment leaves the old file or
@@ -12,17 +12,13 @@ import io
 import json
 import os
 import pickle
-import random
 import re
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
-
-FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -113,35 +109,3 @@ def _unpickler_detail(message: str) -> str:
                 rest = lines[i + 1]
             return rest.split(". Please use")[0]
     return lines[0] if lines else "no detail"
-
-
-def rng_state() -> dict:
-    """torch, CUDA, numpy and python RNG states, in types that weights_only loading accepts."""
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss": py_gauss},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

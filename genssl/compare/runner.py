@@ -17,11 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import compare_samples
-from .checkpoint import atomic_write_json
-from .config import ConfigError, build_run_config, flatten, load_yaml, merge
-from .grid import GridRun, load_grid
-from .report import fmt_duration, markdown_table, write_report
+from genssl.compare import samples as compare_samples
+from genssl.fileio import atomic_write_json
+from genssl.config import ConfigError, build_run_config, flatten, load_yaml, merge
+from genssl.compare.grid import GridRun, load_grid
+from genssl.compare.report import fmt_duration, markdown_table, write_report
+from genssl.training.trainer import Trainer
+import threading
+from tqdm.auto import tqdm
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 __all__ = ["GridRun", "finished_results", "load_grid", "run_grid", "run_one"]
 
@@ -88,7 +93,6 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
         results = compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
                                                          data, threads)
     else:
-        from .trainer import Trainer
 
         raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
         if threads and not raw.get("train", {}).get("threads"):
@@ -110,8 +114,6 @@ def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
     owner does not take its spawn workers with it; left alone they would train on, and a restarted grid would
     resume the same runs into the same folders beside them. The run keeps its last checkpoint, as when the
     grid itself is stopped."""
-    import threading
-
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
@@ -160,8 +162,6 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    from tqdm.auto import tqdm
-
     out_dir, runs = load_grid(path, overrides, out)
     runs_dir = runs[0].run_dir.parent
     show = progress if progress is not None else sys.stderr.isatty()
@@ -257,8 +257,6 @@ def _with_total_wall_time(runs: list[GridRun], results: dict[str, dict]) -> list
 
 
 def _run_parallel(todo, jobs, data, results, blocked, announce, finish) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     queue = list(todo)

@@ -1,6 +1,6 @@
 """The two pictures of a comparison: test accuracy against the number of labels, and against wall-clock time.
 
-Both read the summary rows of `genssl.compare.summarize` (one per method and label count). We draw on a bare
+Both read the summary rows of `genssl.compare.runner.summarize` (one per method and label count). We draw on a bare
 `matplotlib.figure.Figure` with the Agg canvas instead of pyplot: no global backend state, no GUI, so it works
 on headless machines and inside tests.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
+from genssl.fileio import atomic_write_bytes
 
 
 def _by_method(table: list[dict]) -> dict[str, list[dict]]:

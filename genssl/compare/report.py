@@ -7,7 +7,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from genssl.fileio import atomic_write_text
+import csv
+import io
+from genssl.compare import plots
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -61,8 +64,6 @@ def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
 
 
 def csv_table(rows: list[dict], keys: list[str]) -> str:
-    import csv
-    import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -105,8 +106,6 @@ def write_hparams(tb_dir: Path, runs: list, results: list[dict | None]) -> None:
 
 def write_report(out_dir: Path, runs: list, results: list[dict | None]) -> dict:
     """Every output of a grid, rewritten from scratch; returns {kind: path}."""
-    from . import plots
-
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summarize(runs, results)
     devices = sorted({r.get("device", "") for r in results if r} - {""})

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import CheckpointError, safe_torch_load
-from .encoders import SPEC_FILE, Encoder, export_encoder, infer_out_dim, load_state_checked
+from genssl.config import build_run_config, load_yaml
+from genssl.data.datasets import load_dataset
+from genssl.data.spec import DataSpec
+from genssl.data.split import Split
+from genssl.registry import get_method_class
+from genssl.fileio import CheckpointError, safe_torch_load
+from genssl.encoders.format import SPEC_FILE, Encoder, export_encoder, infer_out_dim, load_state_checked
 
 
 def method_from_run(run_dir: str | Path, checkpoint: str = "best.pt", data=None, device="cpu"):
     """(method in eval mode with the checkpoint's weights, resolved RunConfig, checkpoint dict). `data` is the
     run's (train, test) or train ImageData; without it the run's dataset is loaded to learn the image shape and
     class count (needed to rebuild the nets)."""
-    from .config import build_run_config, load_yaml
-    from .datasets import load_dataset
-    from .methods.base import DataSpec
-    from .registry import create_method
-    from .split import Split
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")
@@ -30,7 +29,7 @@ def method_from_run(run_dir: str | Path, checkpoint: str = "best.pt", data=None,
     split = Split.load(run_dir / "split.pt")
     split.check_against(len(train), str(run_dir / "split.pt"))
     spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
-    method = create_method(cfg.method_name, cfg.method, spec)
+    method = get_method_class(cfg.method_name)(cfg.method, spec)
     path = run_dir / checkpoint
     ckpt = safe_torch_load(path)
     if "model" in ckpt:
@@ -65,21 +64,3 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, checkpoint: s
     if (out / SPEC_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an exported encoder; pass overwrite=True (--force) to replace it")
     return export_encoder(encoder_from_run(run_dir, checkpoint, data), out)
-
-
-def _cmd_export(args, overrides) -> int:
-    if overrides:
-        raise ValueError(f"genssl export: unexpected arguments {' '.join(overrides)}")
-    out = export_run(args.run_dir, args.out, args.checkpoint, overwrite=args.force)
-    print(f"exported encoder to {out}")
-    print((out / SPEC_FILE).read_text(), end="")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("export", help="export a run's encoder (weights + encoder.yaml) for load_encoder")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/encoder)")
-    p.add_argument("--checkpoint", default="best.pt", help="best.pt (chosen on validation) or last.pt")
-    p.add_argument("--force", action="store_true", help="replace an existing export in the output folder")
-    p.set_defaults(func=_cmd_export)

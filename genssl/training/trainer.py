@@ -18,56 +18,30 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .batching import SSLBatcher, to_float
-from .checkpoint import (FORMAT_VERSION, CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                         rng_state, safe_torch_load, seed_everything, set_rng_state)
-from .config import RESUMABLE_OVERRIDES, RunConfig, dump_yaml, flatten
-from .datasets import ImageData, load_dataset
-from .methods.base import DataSpec, Method
-from .monitor import Monitor, progress
-from .registry import create_method
-from .split import Split, make_split
+from genssl._version import __version__
+from genssl.data.batching import SSLBatcher, to_float
+from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+FORMAT_VERSION = 1
+from genssl.config import RESUMABLE_OVERRIDES, RunConfig, dump_yaml, flatten
+from genssl.data.datasets import ImageData, load_dataset
+from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
+from genssl.training.monitor import Monitor, progress
+from genssl.methods import create_method
+from genssl.data.split import Split, make_split
+from genssl.training.device import autocast, device_name, resolve_device
+from genssl.training.distributed import wrap_method_for_ddp
+from genssl.training.metrics import accuracy
+from genssl.training.rng import rng_state, seed_everything, set_rng_state
 
 
 class DivergenceError(RuntimeError):
     """A loss or weight went NaN/inf; the run stopped and its last good checkpoint is intact."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return device
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def default_run_dir(cfg: RunConfig) -> Path:
     name = cfg.name or f"{cfg.method_name}-{cfg.data.dataset}-{cfg.data.n_labels}-s{cfg.train.seed}"
     return Path(cfg.out_dir) / name
-
-
-@torch.no_grad()
-def accuracy(method: Method, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             precision: str = "fp32") -> float:
-    """Top-1 accuracy of method.predict over uint8 images, in eval mode, in batches."""
-    was_training = method.training
-    method.eval()
-    correct = 0
-    for i in range(0, images_u8.shape[0], batch_size):
-        with autocast(images_u8.device, precision):
-            logits = method.predict(to_float(images_u8[i:i + batch_size]))
-        correct += (logits.argmax(1) == labels[i:i + batch_size]).sum()
-    method.train(was_training)
-    return float(correct) / max(images_u8.shape[0], 1)
 
 
 class Trainer:
@@ -166,8 +140,6 @@ class Trainer:
                 method.initialize(batcher.next())
         self.ddp = None
         if self.world_size > 1:  # after initialize/resume, so every rank starts from rank 0's state
-            from .distributed import wrap_method_for_ddp
-
             self.ddp = wrap_method_for_ddp(method)
         if t.compile:
             method.compile_networks()
@@ -258,7 +230,7 @@ class Trainer:
         results = {
             "method": cfg.method_name, "dataset": cfg.data.dataset, "n_labels": cfg.data.n_labels,
             "seed": t.seed, "test_acc": test_acc, "best_val_acc": best_val, "best_step": best_step,
-            "steps": t.steps, "wall_time_s": wall_time, "device": _device_name(device), "precision": t.precision,
+            "steps": t.steps, "wall_time_s": wall_time, "device": device_name(device), "precision": t.precision,
             "torch": torch.__version__, "genssl": __version__, "config_digest": cfg.digest(),
             "resume_overrides": {k: list(v) for k, v in self.resume_overrides.items()},
         }
@@ -317,9 +289,3 @@ class Trainer:
                 pass
         hp = {k: v for k, v in flatten(self.cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
         monitor.hparams(hp, {"hparam/test_acc": results["test_acc"], "hparam/best_val_acc": results["best_val_acc"]})
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

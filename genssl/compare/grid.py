@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import compare_samples
-from .config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
+from genssl.compare import samples as compare_samples
+from genssl.config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
                      parse_overrides, to_dict)
 
 GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 
 class Monitor:
@@ -53,7 +54,6 @@ class Monitor:
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr, leave=True)

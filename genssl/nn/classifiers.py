@@ -1,5 +1,5 @@
-"""Classifier networks shared by the discriminative methods: an MLP and a small conv net.
-Generative networks live beside the methods that own them (vae_nets.py, gan_nets.py)."""
+"""Classifier networks: an MLP and a small conv net, and `ClassifierFeatures`, their penultimate layer as an
+exportable encoder. Generative networks live in genssl.nn.vae and genssl.nn.gan."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 
 import torch
 from torch import nn
+
+from genssl.registry import register_encoder_arch
 
 
 class MLP(nn.Module):
@@ -70,3 +72,25 @@ def make_classifier(arch: str, image_shape: tuple[int, int, int], num_classes: i
     if arch == "conv":
         return ConvNet(image_shape[0], num_classes, dropout=dropout)
     raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+@register_encoder_arch("classifier_features")
+class ClassifierFeatures(nn.Module):
+    """The penultimate layer of a discriminative method's classifier (genssl.nn.classifiers.MLP or ConvNet)."""
+
+    def __init__(self, arch: str, image_shape, num_classes: int, hidden=(500, 500), dropout: float = 0.0,
+                 net: nn.Module | None = None):
+        super().__init__()
+        self.args = {"arch": arch, "image_shape": [int(d) for d in image_shape], "num_classes": int(num_classes),
+                     "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
+        # `net` lets a live method share its classifier instead of copying it
+        self.net = net if net is not None else make_classifier(arch, tuple(image_shape), num_classes,
+                                                               tuple(hidden), dropout)
+        self.out_dim = self.net.feature_dim
+
+    def spec_args(self) -> dict:
+        return dict(self.args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, feature_dim)
+        return self.net.features(x)
+

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .batching import to_float
-from .config import build_run_config, load_yaml
-from .datasets import load_dataset
-from .split import Split
-from .trainer import accuracy, resolve_device
+from genssl.data.batching import to_float
+from genssl.config import build_run_config, load_yaml
+from genssl.data.datasets import load_dataset
+from genssl.data.split import Split
+from genssl.encoders.from_run import method_from_run
+from genssl.training.device import resolve_device
+from genssl.training.metrics import accuracy
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto", data=None):
     """(method in eval mode with the checkpoint's weights and its readout fitted, resolved config, split,
     (train, test)). `data` = (train, test) for runs trained on in-memory data; else the run's dataset is loaded."""
-    from .export import method_from_run  # export imports encoders, which need not load for plain evaluation
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a genssl run folder (no config.yaml)")

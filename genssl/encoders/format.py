@@ -1,4 +1,4 @@
-"""Pretrained encoders: an architecture registry, the export format, and `load_encoder`, the one entry point.
+"""The exported-encoder format: the frozen `Encoder` wrapper, `export_encoder`, and reading an export back.
 
 An exported encoder is a folder holding the weights (a state_dict saved by torch.save) and `encoder.yaml`, a
 readable spec in the spirit of diffusers' weights + config.json; never a pickled module::
@@ -16,9 +16,7 @@ readable spec in the spirit of diffusers' weights + config.json; never a pickled
     weights: weights.pt
     weights_sha256: ...
 
-`load_encoder(source)` accepts an exported folder, a genssl run folder, a released name (under
-checkpoints/released/), ``"torchvision:<arch>"`` with a local weights file, or a raw state_dict with a module
-and a key map (see genssl/foreign.py). Every source returns the same frozen, eval-mode `Encoder`.
+`genssl.encoders.load.load_encoder` is the one entry point that reads every kind of encoder.
 """
 
 from __future__ import annotations
@@ -30,49 +28,14 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
+from genssl._version import __version__
+from genssl.registry import ENCODER_ARCHS
+from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 
 FORMAT = "genssl-encoder"
 FORMAT_VERSION = 1
 SPEC_FILE = "encoder.yaml"
 WEIGHTS_FILE = "weights.pt"
-RELEASED_ROOT = Path(__file__).resolve().parent.parent / "checkpoints" / "released"
-
-_ARCHS: dict[str, type] = {}
-
-
-# ------------------------------------------------------------------------------------------------ registry
-
-def register_encoder_arch(name: str):
-    """Class decorator: the nn.Module can be exported and rebuilt from `cls(**instance.spec_args())`."""
-    def deco(cls):
-        if name in _ARCHS:
-            raise ValueError(f"encoder arch {name!r} is already registered (by {_ARCHS[name].__module__})")
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not callable(getattr(cls, "spec_args", None)):
-            raise TypeError(f"encoder arch {name!r} must be an nn.Module class with a spec_args() method")
-        cls.encoder_arch = name
-        _ARCHS[name] = cls
-        return cls
-
-    return deco
-
-
-def _ensure_loaded() -> None:
-    from . import foreign, methods  # noqa: F401  (importing registers the built-in archs)
-
-
-def list_encoder_archs() -> list[str]:
-    _ensure_loaded()
-    return sorted(_ARCHS)
-
-
-def get_encoder_arch(name: str) -> type:
-    _ensure_loaded()
-    try:
-        return _ARCHS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder arch {name!r}; registered: {', '.join(sorted(_ARCHS))}") from None
-
 
 # ------------------------------------------------------------------------------------------------ the wrapper
 
@@ -92,14 +55,9 @@ class Encoder(nn.Module):
 
     It applies its own `normalization`, stays in eval mode even when a parent module calls .train() (it may sit
     inside a Method, e.g. M1 under M2), and its parameters never require grad (gradients still flow to x).
-    When the net has `posterior(x) -> (mu, logvar)` (VAE encoders) the instance is a `PosteriorEncoder`, so
-    `hasattr(encoder, "posterior")` tells exactly whether it can be used where a Gaussian posterior is needed.
+    `has_posterior` says whether the net is a Gaussian (VAE) encoder with `posterior(x) -> (mu, logvar)`; M1+M2
+    needs one.
     """
-
-    def __new__(cls, net: nn.Module | None = None, *args, **kwargs):  # (deepcopy calls it with no args)
-        if cls is Encoder and callable(getattr(net, "posterior", None)):
-            cls = PosteriorEncoder
-        return super().__new__(cls)
 
     def __init__(self, net: nn.Module, input_shape, out_dim: int, normalization: dict | None = None,
                  source: dict | None = None):
@@ -147,16 +105,15 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, D)
         return self.net(self.prepare(x))
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> (mu, logvar), each (B, D), for Gaussian (VAE) encoders."""
+        if not self.has_posterior:
+            raise ValueError(f"encoder {self.arch or type(self.net).__name__} has no Gaussian posterior (it is not "
+                             f"a VAE encoder); only features via forward(x)")
+        return self.net.posterior(self.prepare(x))
+
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, out_dim={self.out_dim}, normalization={self.normalization}"
-
-
-class PosteriorEncoder(Encoder):
-    """An Encoder whose net has a Gaussian posterior; `Encoder(net, ...)` returns one when it applies."""
-
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> (mu, logvar), each (B, D)."""
-        return self.net.posterior(self.prepare(x))
 
 
 def infer_out_dim(net: nn.Module, input_shape) -> int | None:
@@ -226,9 +183,9 @@ def export_encoder(module: nn.Module, folder: str | Path, *, input_shape=None, n
     else:
         source = {}
     arch = getattr(type(module), "encoder_arch", None)
-    if arch is None or _ARCHS.get(arch) is not type(module):
+    if arch not in ENCODER_ARCHS or ENCODER_ARCHS.get(arch) is not type(module):
         raise ValueError(f"cannot export {type(module).__name__}: its class is not registered with "
-                         f"@register_encoder_arch (registered: {', '.join(sorted(_ARCHS))})")
+                         f"genssl.registry.register_encoder_arch (registered: {', '.join(ENCODER_ARCHS.names())})")
     if input_shape is None:
         raise ValueError("export_encoder needs input_shape=(C, H, W)")
     input_shape = [None if d is None else int(d) for d in input_shape]
@@ -240,8 +197,6 @@ def export_encoder(module: nn.Module, folder: str | Path, *, input_shape=None, n
     source.update(extra or {})
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
     atomic_torch_save(state, folder / WEIGHTS_FILE)
-    from . import __version__
-
     spec = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "args": args,
         "input_shape": input_shape, "input_range": [0, 1],
@@ -277,7 +232,7 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> Enc
     folder = Path(folder)
     spec = read_spec(folder)
     where = folder / SPEC_FILE
-    cls = get_encoder_arch(spec["arch"])
+    cls = ENCODER_ARCHS.get(spec["arch"])
     try:
         net = cls(**(spec["args"] or {}))
     except TypeError as e:
@@ -298,90 +253,3 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> Enc
                               f"{'has' if callable(getattr(net, 'posterior', None)) else 'lacks'} posterior(x)")
     source = {**(spec.get("source") or {}), "path": str(folder)}
     return Encoder(net, spec["input_shape"], spec["out_dim"], spec.get("normalization"), source).to(device)
-
-
-def list_released(root: str | Path | None = None) -> list[str]:
-    root = Path(root) if root is not None else RELEASED_ROOT
-    return sorted(p.parent.name for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
-
-
-def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_map=None, input_shape=None,
-                 normalization=None, out_dim: int | None = None, device: str | torch.device = "cpu",
-                 checkpoint: str = "best.pt", released_root: str | Path | None = None) -> Encoder:
-    """One entry point for every kind of pretrained encoder; always a frozen, eval-mode `Encoder`.
-
-    source:
-      - an exported encoder folder (holding encoder.yaml),
-      - a genssl run folder: its `encoder/` export if present and not older than best.pt, else exported on the
-        fly (in memory) from `checkpoint`,
-      - a released encoder name (a folder under checkpoints/released/, e.g. "fmnist-m1"),
-      - ``"torchvision:<arch>"`` with ``weights=<local .pth>``: features are the penultimate layer,
-      - a state_dict (or a path to one) with ``module=<nn.Module>`` and an optional ``key_map`` (a callable
-        old_key -> new_key or None to drop, or a dict of old_prefix -> new_prefix or None); ``input_shape`` and
-        ``normalization`` describe what the module expects,
-      - an `Encoder`, returned as it is.
-    """
-    if isinstance(source, Encoder):
-        return source.to(device)
-    if module is not None:
-        from .foreign import load_state_dict_encoder
-
-        return load_state_dict_encoder(source, module, key_map=key_map, input_shape=input_shape,
-                                       normalization=normalization, out_dim=out_dim, device=device)
-    if not isinstance(source, (str, Path)):
-        raise ValueError(f"load_encoder: source must be a path, a name or an Encoder; a {type(source).__name__} "
-                         f"(state_dict?) also needs module=<the nn.Module it belongs to>")
-    text = str(source)
-    if text.startswith("torchvision:"):
-        from .foreign import load_torchvision_encoder
-
-        return load_torchvision_encoder(text.split(":", 1)[1], weights, normalization=normalization,
-                                        device=device)
-    path = Path(source)
-    if (path / SPEC_FILE).is_file():
-        return load_exported(path, device)
-    if (path / "config.yaml").is_file():
-        exported, best = path / "encoder" / SPEC_FILE, path / "best.pt"
-        # use the run's export unless best.pt was rewritten after it (a resumed run found a better step)
-        if checkpoint == "best.pt" and exported.is_file() and (
-                not best.is_file() or exported.stat().st_mtime >= best.stat().st_mtime):
-            return load_exported(exported.parent, device)
-        from .export import encoder_from_run
-
-        return encoder_from_run(path, checkpoint=checkpoint, device=device)
-    root = Path(released_root) if released_root is not None else RELEASED_ROOT
-    if "/" not in text and (root / text / SPEC_FILE).is_file():
-        return load_exported(root / text, device)
-    if path.is_file():
-        raise ValueError(f"{path} is a file: a foreign state_dict needs module=<nn.Module> (and key_map), a "
-                         f"torchvision one load_encoder('torchvision:<arch>', weights='{path}')")
-    released = list_released(root)
-    raise FileNotFoundError(f"load_encoder: {text!r} is not an encoder folder (no {SPEC_FILE}), a genssl run "
-                            f"folder (no config.yaml), 'torchvision:<arch>', or a released encoder "
-                            f"(released: {', '.join(released) or 'none'} in {root})")
-
-
-# ------------------------------------------------------------------------------------------------ built-in archs
-
-@register_encoder_arch("classifier_features")
-class ClassifierFeatures(nn.Module):
-    """The penultimate layer of a discriminative method's classifier (genssl.nets.MLP or ConvNet)."""
-
-    def __init__(self, arch: str, image_shape, num_classes: int, hidden=(500, 500), dropout: float = 0.0,
-                 net: nn.Module | None = None):
-        super().__init__()
-        from .nets import make_classifier
-
-        self.args = {"arch": arch, "image_shape": [int(d) for d in image_shape], "num_classes": int(num_classes),
-                     "hidden": [int(h) for h in hidden], "dropout": float(dropout)}
-        # `net` lets a live method share its classifier instead of copying it
-        self.net = net if net is not None else make_classifier(arch, tuple(image_shape), num_classes,
-                                                               tuple(hidden), dropout)
-        self.out_dim = self.net.feature_dim
-
-    def spec_args(self) -> dict:
-        return dict(self.args)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, feature_dim)
-        return self.net.features(x)
-

@@ -1,4 +1,4 @@
-"""Grid entries derived from another entry's runs: the generated-samples classifier (genssl.sample_classifier).
+"""Grid entries derived from another entry's runs: the generated-samples classifier (genssl.downstream.samples).
 
 In a grid, ``sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}`` trains, for every label count and
 seed, a fresh classifier on the labeled split of the finished ``sgan`` run of the same label count and seed
@@ -15,6 +15,14 @@ import time
 from pathlib import Path
 
 import torch
+from genssl.config import ConfigError, from_dict
+from genssl.downstream.samples import SampleClassifierConfig
+from genssl.training.evaluate import load_run
+import yaml
+from genssl.data.batching import to_float
+from genssl.fileio import atomic_write_json, atomic_write_text
+from genssl.config import to_dict
+from genssl.downstream.samples import accuracy, train_sample_classifier
 
 ENTRY_KEYS = ("samples_from", "classifier")
 
@@ -25,9 +33,6 @@ def is_samples_entry(entry) -> bool:
 
 def samples_config(entry: dict, where: str, seed: int):
     """The SampleClassifierConfig of an entry (its seed is the grid's), with errors naming the bad key."""
-    from .config import ConfigError, from_dict
-    from .sample_classifier import SampleClassifierConfig
-
     extra = sorted(set(entry) - set(ENTRY_KEYS))
     if extra:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)} in a samples entry; valid keys: "
@@ -43,21 +48,12 @@ def samples_config(entry: dict, where: str, seed: int):
 
 def load_source(run_dir: Path, data=None, device: str = "auto"):
     """(method with the source run's best weights, in eval mode with its readout fitted; cfg; split;
-    (train, test)): genssl.evaluate.load_run, which also takes `data` for runs trained on in-memory data."""
-    from .evaluate import load_run
-
+    (train, test)): genssl.training.evaluate.load_run, which also takes `data` for runs trained on in-memory data."""
     return load_run(run_dir, "best.pt", device, data=data)
 
 
 def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, threads: int = 0) -> dict:
     """Train the generated-samples classifier on a finished source run; write config.yaml and results.json."""
-    import yaml
-
-    from .batching import to_float
-    from .checkpoint import atomic_write_json, atomic_write_text
-    from .config import to_dict
-    from .sample_classifier import accuracy, train_sample_classifier
-
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .datasets import check_label_range
+from genssl.data.datasets import check_label_range
+from genssl.fileio import atomic_torch_save
+from genssl.fileio import safe_torch_load
 
 
 @dataclass
@@ -32,13 +34,11 @@ class Split:
         return cls(**state)
 
     def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_torch_save
 
         atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":
-        from .checkpoint import safe_torch_load
 
         return cls.from_state_dict(safe_torch_load(path))
 
