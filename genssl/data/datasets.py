@@ -290,6 +290,14 @@ def candidate_roots(root: str | Path | None) -> list[Path]:
     return roots
 
 
+HFLIP_DATASETS = frozenset({"fashion_mnist", "cifar10"})
+"""Built-in datasets whose classes survive a horizontal flip (not digits: MNIST, SVHN)."""
+
+
+def allows_hflip(name: str) -> bool:
+    return name in HFLIP_DATASETS
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True) -> tuple[ImageData, ImageData]:
     """(train, test) for a built-in dataset, read from the first root that holds it, else downloaded."""
     if name not in BUILTIN:

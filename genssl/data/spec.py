@@ -13,6 +13,9 @@ class DataSpec:
     num_classes: int
     n_labeled: int
     n_unlabeled: int
+    hflip: bool = False
+    """Whether a horizontal flip keeps an image's class (clothes, CIFAR-10: yes; digits: no); augmentation
+    flips only where it is True."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "image_shape": list(self.image_shape)}
@@ -20,4 +23,4 @@ class DataSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
         return cls(tuple(int(v) for v in d["image_shape"]), int(d["num_classes"]), int(d["n_labeled"]),
-                   int(d["n_unlabeled"]))
+                   int(d["n_unlabeled"]), bool(d.get("hflip", False)))

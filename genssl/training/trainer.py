@@ -23,7 +23,7 @@ from genssl.data.batching import SSLBatcher, to_float
 from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 FORMAT_VERSION = 1
 from genssl.config import RESUMABLE_OVERRIDES, RunConfig, dump_yaml, flatten
-from genssl.data.datasets import ImageData, load_dataset
+from genssl.data.datasets import ImageData, allows_hflip, load_dataset
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.training.monitor import Monitor, progress
@@ -116,7 +116,8 @@ class Trainer:
         x_val, y_val = images[split.val.to(device)], labels[split.val.to(device)]
         x_lab = to_float(images[split.labeled.to(device)])
         y_lab = labels[split.labeled.to(device)]
-        spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled))
+        spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled),
+                        allows_hflip(cfg.data.dataset))
         method = create_method(cfg.method_name, cfg.method, spec).to(device)
         method.setup(t.steps, t.precision)
         batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size, t.batch_size,
