@@ -11,10 +11,14 @@ import torch
 
 
 class SSLBatch(NamedTuple):
-    """One semi-supervised step's data, float images in [0, 1]."""
+    """One semi-supervised step's data, float images in [0, 1].
+
+    `y_u` holds the hidden true labels of the unlabeled images, for logging only (e.g. the accuracy of a
+    method's pseudo-labels): a method must never use it in a loss. It is None where they are not known."""
     x_l: torch.Tensor  # (B_l, C, H, W)
     y_l: torch.Tensor  # (B_l,) int64
     x_u: torch.Tensor  # (B_u, C, H, W)
+    y_u: torch.Tensor | None = None  # (B_u,) int64, hidden labels of x_u: logs only, never a loss
 
 
 def to_float(images_u8: torch.Tensor) -> torch.Tensor:
@@ -69,7 +73,8 @@ class EpochSampler:
 
 
 class SSLBatcher:
-    """Draws SSLBatch(x_l, y_l, x_u) from device-resident uint8 images and a split's index pools."""
+    """Draws SSLBatch(x_l, y_l, x_u, y_u) from device-resident uint8 images and a split's index pools (y_u, the
+    unlabeled images' hidden labels, only for logs)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, labeled_idx: torch.Tensor,
                  unlabeled_idx: torch.Tensor, labeled_batch_size: int, batch_size: int, seed: int,
@@ -85,7 +90,7 @@ class SSLBatcher:
     def next(self) -> SSLBatch:
         li = self.labeled_idx[self.labeled.next()]
         ui = self.unlabeled_idx[self.unlabeled.next()]
-        return SSLBatch(to_float(self.images[li]), self.labels[li], to_float(self.images[ui]))
+        return SSLBatch(to_float(self.images[li]), self.labels[li], to_float(self.images[ui]), self.labels[ui])
 
     def state_dict(self) -> dict:
         return {"labeled": self.labeled.state_dict(), "unlabeled": self.unlabeled.state_dict()}

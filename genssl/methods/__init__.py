@@ -5,6 +5,7 @@ from genssl.config import from_dict
 from genssl.registry import get_method_class
 
 from genssl.methods import pseudo_label, self_training, supervised  # noqa: F401
+from genssl.methods import fixmatch  # noqa: F401
 from genssl.methods import sgan  # noqa: F401
 from genssl.methods import vae_m1, vae_m2  # noqa: F401
 

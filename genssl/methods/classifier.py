@@ -1,5 +1,6 @@
-"""Shared pieces of the purely discriminative methods (supervised and the pseudo-labeling baselines):
-one classifier network, Adam, and a fused forward over labeled and unlabeled images."""
+"""Shared pieces of the purely discriminative methods (supervised, the pseudo-labeling baselines, FixMatch):
+one classifier network, Adam, augmentation (genssl.data.augment) and a fused forward over labeled and
+unlabeled images."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genssl.data.augment import random_translate
+from genssl.data.augment import AUGMENT_KINDS, augment as augment_images, random_translate, resolve_hflip
 from genssl.nn.classifiers import make_classifier
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.nn.classifiers import ClassifierFeatures
+
+WEAK_SHIFT = 2
+"""Pixels of the weak/strong views' shift when augment_shift is 0 (FixMatch: 12.5% of 32 px; ~2 of 28)."""
 
 
 @dataclass
@@ -25,20 +29,46 @@ class ClassifierConfig:
     lr: float = 1e-3
     weight_decay: float = 5e-4
     augment_shift: int = 0
-    """Random translation (pixels) applied to training images; 0 disables."""
+    """Random translation (pixels) of the training images. With augment: none it is the original zero-filled
+    shift (0 disables); with weak or strong it is their reflection-padded shift (0 = their default, 2)."""
+    augment: str = "none"
+    """none | weak (flip where the dataset allows it, shift) | strong (weak, RandAugment, Cutout): the
+    augmentation of the training images (genssl.data.augment)."""
+    hflip: bool | None = None
+    """Horizontal flips in weak/strong augmentation: null follows the dataset (DataSpec.hflip: fashion_mnist
+    and cifar10 yes, digits no); true on a dataset that forbids flips is an error; false never flips."""
+    strong_ops: int = 2
+    """RandAugment operations per image in strong augmentation."""
+    cutout: float = 0.5
+    """Largest Cutout square in strong augmentation, as a fraction of the image size (0 disables)."""
+
+    def __post_init__(self):
+        if self.augment not in AUGMENT_KINDS:
+            raise ValueError(f"augment={self.augment!r} is not one of {', '.join(AUGMENT_KINDS)}")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment_shift must be >= 0 pixels, got {self.augment_shift}")
+        if self.strong_ops < 0 or not 0.0 <= self.cutout <= 1.0:
+            raise ValueError(f"need strong_ops >= 0 and cutout in [0, 1], got {self.strong_ops} and {self.cutout}")
 
 
 class ClassifierMethod(Method):
     def __init__(self, cfg: ClassifierConfig, spec: DataSpec):
         super().__init__(cfg, spec)
         self.net = make_classifier(cfg.arch, spec.image_shape, spec.num_classes, cfg.hidden, cfg.dropout)
+        self.flip = resolve_hflip(cfg.hflip, spec.hflip, f"{type(self).__name__} (method.hflip)")
 
     def configure_optimizers(self):
         return {"main": torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr,
                                           weight_decay=self.cfg.weight_decay)}
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        return random_translate(x, self.cfg.augment_shift)
+    def augment(self, x: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """Training images (B, C, H, W) -> their `kind` view (default: the config's `augment`)."""
+        c = self.cfg
+        kind = c.augment if kind is None else kind
+        if kind == "none":
+            return random_translate(x, c.augment_shift)
+        return augment_images(x, kind, flip=self.flip, max_shift=c.augment_shift or WEAK_SHIFT, n_ops=c.strong_ops,
+                              cutout=c.cutout)
 
     def logits_lu(self, x_l: torch.Tensor, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass over labeled and unlabeled images together (one set of kernels, and batch norm
