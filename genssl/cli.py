@@ -1,5 +1,5 @@
-"""The `genssl` command: every sub-command is declared here (train, eval, export, downstream, compare, demo,
-methods); each parses its arguments and calls the layer that does the work."""
+"""The `genssl` command: every sub-command is declared here (train, eval, export, downstream, predict, compare,
+demo, methods); each parses its arguments and calls the layer that does the work."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from importlib.resources import files
 from genssl.compare.runner import run_grid
 from genssl.config import ConfigError, load_run_config
 from genssl.downstream.evaluate import run_downstream_command
+from genssl.downstream.predict import FORMATS, run_predict_command
 from genssl.encoders.format import SPEC_FILE
 from genssl.encoders.from_run import export_run
 from genssl.nn.probes import KINDS
 from genssl.registry import list_methods
 from genssl.training.distributed import env_from_torchrun, init_distributed, shutdown
 from genssl.training.evaluate import evaluate_run
-from genssl.training.stacked import parse_seeds, train_seeds
+from genssl.training.seeds import parse_seeds, train_seeds
 from genssl.training.trainer import Trainer
 
 
@@ -135,7 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best.pt", help="best.pt (chosen on validation) or last.pt")
     p.add_argument("--force", action="store_true", help="replace an existing export in the output folder")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="classify image files or folders with a trained run's best checkpoint")
+    p.add_argument("run_dir", help="a run folder (its best.pt alone is read; no dataset needed)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    p.add_argument("--out", default=None, help="write the predictions here (default: standard output)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="csv or json (default: from --out's suffix, "
+                   "else csv)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image, most probable first (default 3)")
+    p.add_argument("--device", default=None, help="default: the run's train.device (CPU where CUDA is missing)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (named on stderr) instead of "
+                   "stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_predict)
     return parser
+
+
+def _cmd_predict(args, overrides) -> int:
+    if overrides:
+        raise ValueError(f"genssl predict: unexpected arguments {' '.join(overrides)}")
+    return run_predict_command(args)
 
 
 def _cmd_export(args, overrides) -> int:

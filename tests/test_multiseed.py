@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from genssl import Trainer
-from genssl.training.stacked import MultiSeedTrainer, parse_seeds, supports_multiseed, train_seeds
+from genssl.registry import get_method_class
+from genssl.training.seeds import parse_seeds, train_seeds
 
 SEEDS = [3, 7]
 
@@ -36,7 +37,7 @@ def deterministic_cfg(run_config_factory):
 
 def test_seeds_together_match_separate_runs(deterministic_cfg, tiny_data, tmp_path):
     cfg = deterministic_cfg
-    together = MultiSeedTrainer(cfg, SEEDS, [tmp_path / "g" / f"s{s}" for s in SEEDS], data=tiny_data).fit()
+    together = Trainer(cfg, data=tiny_data, seeds=SEEDS, run_dirs=[tmp_path / "g" / f"s{s}" for s in SEEDS]).fit_all()
     for seed, res in zip(SEEDS, together):
         sep_dir = tmp_path / "sep" / f"s{seed}"
         from dataclasses import replace
@@ -72,7 +73,7 @@ def test_each_seed_is_its_own_run(deterministic_cfg, tiny_data, tmp_path):
 
 def test_unsupported_methods_fall_back_to_separate_runs(run_config_factory, tiny_data, tmp_path):
     cfg = run_config_factory("self_training", train={"steps": 2, "eval_every": 2, "ckpt_every": 2})
-    assert not supports_multiseed("self_training")
+    assert not get_method_class("self_training").supports_stacking
     results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "seq"), data=tiny_data)
     assert [r["seed"] for r in results] == [0, 1] and "seeds_trained_together" not in results[0]
 
@@ -91,7 +92,7 @@ def test_gan_seeds_train_together(run_config_factory, tiny_data, tmp_path):
     the others, and writes a best.pt that the ordinary method loads."""
     from genssl.methods import create_method
 
-    assert supports_multiseed("sgan")
+    assert get_method_class("sgan").supports_stacking
     cfg = run_config_factory("sgan", {"d_hidden": [32, 16], "g_hidden": [16], "z_dim": 8},
                              train={"steps": 4, "eval_every": 2, "ckpt_every": 2, "log_every": 2})
     results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "gan"), data=tiny_data)

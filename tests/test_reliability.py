@@ -88,19 +88,19 @@ def test_failing_save_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_trainer_keeps_last_good_checkpoint_when_a_save_fails(run_config_factory, tiny_data, monkeypatch):
-    import genssl.training.trainer as trainer_mod
+    import genssl.runs.run_dir as run_dir_mod
 
-    real = trainer_mod.atomic_torch_save
+    real = run_dir_mod.atomic_torch_save
     saves = []
 
     def flaky(obj, path):
-        if Path(path).name == "last.pt":
+        if Path(path).name in ("last.pt", "last.pt.staged"):
             saves.append(obj["step"])
             if len(saves) == 2:
                 raise OSError(28, "No space left on device")
         real(obj, path)
 
-    monkeypatch.setattr(trainer_mod, "atomic_torch_save", flaky)
+    monkeypatch.setattr(run_dir_mod, "atomic_torch_save", flaky)
     cfg = run_config_factory("supervised", train={"steps": 9, "ckpt_every": 3, "eval_every": 3})
     trainer = Trainer(cfg, data=tiny_data)
     with pytest.raises(OSError, match="No space"):

@@ -116,5 +116,12 @@ def test_resume_adopts_a_best_checkpoint_newer_than_last(run_config_factory, tin
     trainer.fit()
     best = safe_torch_load(trainer.run_dir / "best.pt")
     last = safe_torch_load(trainer.run_dir / "last.pt")
-    assert trainer._adopt_newer_best(best["step"] - 1, -1.0, -1) == (best["val_acc"], best["step"])
-    assert trainer._adopt_newer_best(last["step"], 0.123, 2) == (0.123, 2)
+    lane = trainer.lanes[0]
+
+    def adopted(step, best_val, best_step):
+        lane.step, lane.best_val, lane.best_step = step, best_val, best_step
+        trainer._adopt_newer_best(lane)
+        return lane.best_val, lane.best_step
+
+    assert adopted(best["step"] - 1, -1.0, -1) == (best["val_acc"], best["step"])
+    assert adopted(last["step"], 0.123, 2) == (0.123, 2)

@@ -66,11 +66,10 @@ def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, thr
                       run_dir / "config.yaml")
     x_l, y_l = to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev)
     x_val, y_val = to_float(train.images[split.val].to(dev)), train.labels[split.val].to(dev)
-    try:
-        net, stats = train_sample_classifier(method, x_l, y_l, train.num_classes, scfg, x_val, y_val)
-    except (AttributeError, NotImplementedError) as e:
-        raise ValueError(f"{source_dir}: method {cfg.method_name!r} cannot generate labeled samples ({e}); "
-                         f"samples_from must name an entry whose method implements sample()") from e
+    if not method.can_sample:
+        raise ValueError(f"{source_dir}: method {cfg.method_name!r} cannot generate samples (can_sample is False); "
+                         f"samples_from must name an entry whose method can sample")
+    net, stats = train_sample_classifier(method, x_l, y_l, train.num_classes, scfg, x_val, y_val)
     test_acc = accuracy(net, to_float(test.images.to(dev)), test.labels.to(dev))
     own = time.perf_counter() - start
     results = {

@@ -1,0 +1,2 @@
+"""Downstream use of trained models: encoder evaluation with probes (`genssl downstream`) and the
+generated-samples classifier."""

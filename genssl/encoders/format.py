@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from genssl._version import __version__
+from genssl.nn.state import load_state_checked
 from genssl.registry import ENCODER_ARCHS
 from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 
@@ -129,34 +130,6 @@ def infer_out_dim(net: nn.Module, input_shape) -> int | None:
     if out.dim() != 2:
         raise ValueError(f"an encoder must map images to (B, D) features, {type(net).__name__} gave {tuple(out.shape)}")
     return out.shape[1]
-
-
-# ------------------------------------------------------------------------------------------------ weights check
-
-def load_state_checked(net: nn.Module, state, where: str) -> None:
-    """load_state_dict with one clear error listing missing and unexpected keys and shape mismatches."""
-    # Modules may keep non-tensor state under "<prefix>_extra_state" (nn.Module.get_extra_state), e.g. the
-    # EMA's update count; everything else must be a tensor.
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))
-            for k, v in state.items()):
-        raise CheckpointError(f"{where}: expected a state_dict (a dict of name -> tensor), got "
-                              f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs net {tuple(own[k].shape)}"
-              for k in own if k in state and isinstance(own[k], torch.Tensor)
-              and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def show(items):
-            return ", ".join(items[:6]) + (f" ... ({len(items)} in all)" if len(items) > 6 else "")
-        parts = ([f"missing keys: {show(missing)}"] if missing else []) + \
-                ([f"unexpected keys: {show(unexpected)}"] if unexpected else []) + \
-                ([f"shape mismatches: {show(shapes)}"] if shapes else [])
-        raise CheckpointError(f"{where}: the weights do not match the architecture {type(net).__name__}; "
-                              + "; ".join(parts))
-    net.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------------------------------ export / load

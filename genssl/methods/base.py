@@ -25,6 +25,19 @@ class Method(nn.Module):
     name: ClassVar[str]  # set by @register_method
     Config: ClassVar[type]
 
+    # Declared capabilities: what a method can do beyond the contract. Code asks these, never hasattr; the
+    # registry-parametrized tests check every claim (tests/test_capabilities.py).
+    can_sample: ClassVar[bool] = False
+    """sample(n) -> (n, C, H, W) images in [0, 1] (feeds genssl.downstream.samples)."""
+    can_sample_conditional: ClassVar[bool] = False
+    """sample(n, y) draws images of the given classes."""
+    has_encoder: ClassVar[bool] = False
+    """encoder_module() -> a registered-arch net that genssl export / load_encoder can rebuild."""
+    has_features: ClassVar[bool] = True
+    """encode(x) -> (B, D) features (embeddings in TensorBoard)."""
+    supports_stacking: ClassVar[bool] = False
+    """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
+
     def __init__(self, cfg, spec: DataSpec):
         super().__init__()
         self.cfg, self.spec = cfg, spec
@@ -56,8 +69,35 @@ class Method(nn.Module):
     # ------------------------------------------------------------------ the step
     def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
         """One optimization step. Returns detached scalar tensors named like ``train/sup_loss``; the Trainer
-        reads them only every log_every steps, so a GPU step needs no host synchronisation."""
-        raise NotImplementedError
+        reads them only every log_every steps, so a GPU step needs no host synchronisation.
+
+        The default runs the method's stages: for each optimizer in order, `stage_loss`, `update`,
+        `after_update`; parameters updated by an earlier stage get no gradient in later ones (a GAN's
+        generator stage leaves the discriminator's weights alone). The stacked-seeds strategy runs the same
+        stages under vmap, so a method written this way trains identically alone and stacked."""
+        carry, logs, done = {}, {}, []
+        try:
+            for name, opt in self.optimizers.items():
+                for p in done:
+                    p.requires_grad_(False)
+                loss, stage_logs, carry = self.stage_loss(name, batch, step, carry)
+                self.update(loss, name)
+                self.after_update(name)
+                logs |= stage_logs
+                done += [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        finally:
+            for p in done:
+                p.requires_grad_(True)
+        return logs
+
+    def stage_loss(self, name: str, batch, step: int, carry: dict) -> tuple[torch.Tensor, dict, dict]:
+        """The loss of optimizer `name`'s stage: (loss, logs, carry), where `carry` hands tensors (with their
+        graphs) to the next stage, e.g. a GAN's generated batch. Written as a pure function of the parameters,
+        buffers and inputs (no in-place state changes), so that torch.vmap can run it for stacked seeds."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither train_step nor stage_loss")
+
+    def after_update(self, name: str) -> None:
+        """Called after optimizer `name` stepped (e.g. an EMA update of the weights it just changed)."""
 
     def update(self, loss: torch.Tensor, name: str = "main") -> None:
         opt, scaler = self.optimizers[name], self.scalers[name]

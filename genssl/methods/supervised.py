@@ -10,16 +10,13 @@ from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
 
 @register_method("supervised")
 class Supervised(ClassifierMethod):
+    supports_stacking = True
+
     @dataclass
     class Config(ClassifierConfig):
         pass
 
     def stage_loss(self, name, batch, step, carry):
-        """The step's one loss, apart from the update, so genssl.training.stacked can train seeds together."""
+        """Cross-entropy on the labeled batch (one stage: Method.train_step runs it)."""
         loss = self.supervised_loss(self.net(self.augment(batch.x_l)), batch.y_l)
         return loss, {"train/sup_loss": loss.detach()}, carry
-
-    def train_step(self, batch, step):
-        loss, logs, _ = self.stage_loss("main", batch, step, {})
-        self.update(loss)
-        return logs

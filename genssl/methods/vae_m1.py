@@ -31,6 +31,7 @@ READOUTS = ("linear", "mlp", "knn")
 
 @register_method("vae_m1")
 class VAEM1(Method):
+    has_encoder = True
     @dataclass
     class Config:
         arch: str = "mlp"
@@ -61,9 +62,11 @@ class VAEM1(Method):
         self.encoder = GaussianEncoder(shape, cfg.z_dim, cfg.arch, cfg.hidden)
         self.decoder = Decoder(shape, cfg.z_dim, cfg.arch, tuple(reversed(cfg.hidden)),
                                n_params=n_params(self.likelihood))
-        # The readout is refitted before every evaluation and is not part of the model's state: kept out of
-        # the module tree so checkpoints hold only the VAE.
-        object.__setattr__(self, "_readout", None)
+        # The readout is refitted before every evaluation from the labeled images' latent means. Those means,
+        # the labels and the seed are the method's extra state, so a checkpoint rebuilds the fitted readout
+        # without the dataset; the readout's own weights never enter the state_dict.
+        self._readout_data: dict = {}
+        self._readouts: list = []  # a plain list keeps the fitted classifier out of the module tree
 
     def configure_optimizers(self):
         return {"main": torch.optim.Adam(self.parameters(), lr=self.cfg.lr)}
@@ -100,14 +103,25 @@ class VAEM1(Method):
         self.eval()
         feats = torch.cat([self.encode(x).float() for x in x_l.split(1000)])  # (N_l, D)
         self.train(was_training)
+        self._fit_readout_on(feats, y_l, seed)
+
+    def _fit_readout_on(self, feats: torch.Tensor, y_l: torch.Tensor, seed: int) -> None:
         extra = {"k": self.cfg.readout_k} if self.cfg.readout == "knn" and self.cfg.readout_k else {}
-        object.__setattr__(self, "_readout", fit_classifier(feats, y_l, self.spec.num_classes, self.cfg.readout,
-                                                            seed, **extra))
+        self._readouts = [fit_classifier(feats, y_l, self.spec.num_classes, self.cfg.readout, seed, **extra)]
+        self._readout_data = {"features": feats.detach(), "labels": y_l.detach(), "seed": int(seed)}
+
+    def get_extra_state(self) -> dict:
+        return dict(self._readout_data)
+
+    def set_extra_state(self, state: dict) -> None:
+        if state:  # a checkpoint saved after a readout was fitted: refit it (deterministic for the seed)
+            device = next(self.parameters()).device
+            self._fit_readout_on(state["features"].to(device), state["labels"].to(device), state["seed"])
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        if self._readout is None:
+        if not self._readouts:
             raise RuntimeError("vae_m1 predicts through its downstream classifier: call fit_readout(x_l, y_l) first")
-        return self._readout(self.encode(x).float())
+        return self._readouts[0](self.encode(x).float())
 
     @torch.no_grad()
     def eval_images(self, x: torch.Tensor):

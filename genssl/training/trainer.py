@@ -1,42 +1,43 @@
-"""The step loop. Owns device, autocast, compile, evaluation cadence, TensorBoard, checkpoints, resume and the
-NaN guard; knows nothing about what a method computes.
+"""The one training loop. Owns device, autocast, compile, evaluation cadence, TensorBoard, checkpoints, resume
+and the NaN/health guards; knows nothing about what a method computes.
 
-A run folder holds::
-
-    config.yaml   the resolved config          split.pt     the labeled/unlabeled/val indices
-    last.pt       everything to resume         best.pt      weights at the best validation accuracy
-    tb/           TensorBoard events           results.json final metrics (written last)
+A Trainer trains one run, or several seeds of one config at once (`seeds=[...]`): every seed is a *lane*
+with its own run folder (genssl.runs.RunDir), split, data order, monitor, best checkpoint, guards and
+results.json, exactly as a single run writes them. How the lanes' steps are computed is the step strategy:
+`SingleStep` calls `method.train_step`; `genssl.training.stacked.StackedStep` trains all lanes' parameters
+stacked, in one vmapped step. Everything else (guards, evaluation, checkpoints, resume) is shared code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from genssl._version import __version__
+from genssl.config import RESUMABLE_OVERRIDES, RunConfig, flatten
 from genssl.data.batching import SSLBatcher, to_float
-from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
-FORMAT_VERSION = 1
-from genssl.config import RESUMABLE_OVERRIDES, RunConfig, dump_yaml, flatten
 from genssl.data.datasets import ImageData, allows_hflip, load_dataset
 from genssl.data.spec import DataSpec
-from genssl.methods.base import Method
-from genssl.training.monitor import Monitor, progress
-from genssl.methods import create_method
 from genssl.data.split import Split, make_split
+from genssl.fileio import CheckpointError
+from genssl.methods import create_method
+from genssl.methods.base import Method
+from genssl.runs.run_dir import RunDir
 from genssl.training.device import autocast, device_name, resolve_device
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy
+from genssl.training.monitor import Monitor, progress
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
+from genssl.training.stacked import StackedStep
 
 
 class DivergenceError(RuntimeError):
-    """A loss or weight went NaN/inf; the run stopped and its last good checkpoint is intact."""
+    """A loss or weight went NaN/inf, or a method's health check failed; the run stopped and its last good
+    checkpoint is intact."""
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -44,52 +45,93 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.out_dir) / name
 
 
+class SingleStep:
+    """The plain strategy: one lane, the method's own train_step."""
+
+    stacked = False
+
+    def __init__(self, methods: list[Method]):
+        (self.method,) = methods
+
+    def __call__(self, batches, step: int) -> list[dict]:
+        return [self.method.train_step(batches[0], step)]
+
+    def lane_method(self, i: int) -> Method:
+        return self.method
+
+    def checkpoint_states(self) -> list[dict]:
+        return [self.method.checkpoint_state()]
+
+    def train(self) -> None:
+        self.method.train()
+
+
+@dataclass
+class Lane:
+    """One seed's run inside a Trainer."""
+    cfg: RunConfig
+    run: RunDir
+    resume: bool
+    split: Split | None = None
+    batcher: SSLBatcher | None = None
+    val: tuple = ()
+    lab: tuple = ()
+    monitor: Monitor | None = None
+    best_val: float = -1.0
+    best_step: int = -1
+    elapsed_before: float = 0.0
+    last_good_step: int | None = None
+    resume_overrides: dict = field(default_factory=dict)
+    sums: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
-                 data: tuple[ImageData, ImageData] | None = None, rank: int = 0, world_size: int = 1):
+                 data: tuple[ImageData, ImageData] | None = None, rank: int = 0, world_size: int = 1,
+                 seeds: list[int] | None = None, run_dirs: list[str | Path] | None = None):
+        """One run (cfg.train.seed, in `run_dir`), or with `seeds` several stacked seeds of cfg, each in its own
+        folder (`run_dirs`, one per seed)."""
         self.cfg = cfg
-        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-        self.resume = resume
         self._data = data
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
+        if seeds is None:
+            self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+            self.lanes = [Lane(cfg, RunDir(self.run_dir), resume)]
+        else:
+            if run_dirs is None or len(run_dirs) != len(seeds) or len(set(seeds)) != len(seeds):
+                raise ValueError(f"need one run folder per distinct seed, got seeds {seeds} and folders {run_dirs}")
+            if world_size > 1:
+                raise ValueError("stacked seeds train in one process; do not combine them with torchrun")
+            self.lanes = [Lane(replace(cfg, train=replace(cfg.train, seed=s)), RunDir(d), resume)
+                          for s, d in zip(seeds, run_dirs)]
+            self.run_dir = self.lanes[0].run.path
+        self.resume = resume
 
     # ------------------------------------------------------------------ set-up
-    def _prepare_run_dir(self) -> None:
-        last = self.run_dir / "last.pt"
-        if self.resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-            for stale in self.run_dir.glob(".*.tmp"):  # half-written saves of a killed process (atomic writes)
-                stale.unlink(missing_ok=True)
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise FileExistsError(f"run folder {self.run_dir} already holds a run; pass --resume to continue it or "
-                                  f"choose another name (nothing was overwritten)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def _load_data(self):
-        d = self.cfg.data
-        train, test = self._data if self._data is not None else load_dataset(d.dataset, d.root, d.download)
-        split_path = self.run_dir / "split.pt"
-        if self.resume and split_path.is_file():
-            split = Split.load(split_path)
-            split.check_against(len(train), str(split_path))
+    def _load_data(self, lane: Lane, train: ImageData) -> Split:
+        d = lane.cfg.data
+        if lane.resume and lane.run.has(RunDir.SPLIT):
+            split = lane.run.read_split()
+            split.check_against(len(train), str(lane.run / RunDir.SPLIT))
         else:
-            seed = d.split_seed if d.split_seed is not None else self.cfg.train.seed
+            seed = d.split_seed if d.split_seed is not None else lane.seed
             split = make_split(train.labels, train.num_classes, d.n_labels, d.n_val, seed, d.labeled_in_unlabeled)
             if self.is_main:
-                split.save(split_path)
+                lane.run.write_split(split)
         if split.unlabeled.numel() == 0:
             raise ValueError("the unlabeled pool is empty: lower data.n_labels/n_val or set labeled_in_unlabeled")
-        return train, test, split
+        return split
 
-    def _check_resume_compatible(self, ckpt: dict, path: Path) -> None:
-        if ckpt.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint format {ckpt.get('format_version')} is not {FORMAT_VERSION}")
-        if ckpt["method"] != self.cfg.method_name:
+    def _check_resume_compatible(self, lane: Lane, ckpt: dict, path: Path) -> None:
+        if ckpt["method"] != lane.cfg.method_name:
             raise CheckpointError(f"{path}: checkpoint is from method {ckpt['method']!r}, but the config asks for "
-                                  f"{self.cfg.method_name!r}; resume with the run's own config")
-        saved, now = flatten(ckpt["config"]), flatten(self.cfg.to_dict())
+                                  f"{lane.cfg.method_name!r}; resume with the run's own config")
+        saved, now = flatten(ckpt["config"]), flatten(lane.cfg.to_dict())
         changed = sorted(k for k in set(saved) | set(now)
                          if saved.get(k) != now.get(k) and k not in RESUMABLE_OVERRIDES and k != "name")
         if changed:
@@ -97,196 +139,242 @@ class Trainer:
             raise CheckpointError(f"{path}: the config differs from the checkpoint's in ways that change the "
                                   f"computation ({diffs}). Only {', '.join(sorted(RESUMABLE_OVERRIDES))} may "
                                   f"change on resume")
-        self.resume_overrides = {k: (saved.get(k), now.get(k)) for k in RESUMABLE_OVERRIDES
+        lane.resume_overrides = {k: (saved.get(k), now.get(k)) for k in RESUMABLE_OVERRIDES
                                  if saved.get(k) != now.get(k)}
+
+    def _build_lane(self, lane: Lane, train: ImageData, images, labels, device) -> Method:
+        """Split, batcher and method of one lane: fresh (initialized) or restored from its last checkpoint."""
+        t = lane.cfg.train
+        if self.is_main:
+            lane.run.prepare(lane.resume)
+        seed_everything(lane.seed + self.rank)
+        lane.split = split = self._load_data(lane, train)
+        lane.val = (images[split.val.to(device)], labels[split.val.to(device)])
+        lane.lab = (to_float(images[split.labeled.to(device)]), labels[split.labeled.to(device)])
+        self.spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled),
+                             allows_hflip(lane.cfg.data.dataset))
+        method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
+        method.setup(t.steps, t.precision)
+        lane.batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size,
+                                  t.batch_size, lane.seed, shard=(self.rank, self.world_size))
+        if lane.resume:
+            ckpt, name = lane.run.load_resume_checkpoint(map_location=device)
+            self._check_resume_compatible(lane, ckpt, lane.run / name)
+            method.load_checkpoint_state(ckpt["method_state"])
+            lane.batcher.load_state_dict(ckpt["batcher"])
+            ranks_rng = ckpt.get("rng_ranks")  # data-parallel runs keep every rank's noise stream
+            set_rng_state(ranks_rng[self.rank] if ranks_rng and len(ranks_rng) == self.world_size else ckpt["rng"])
+            lane.step = ckpt["step"]
+            lane.best_val, lane.best_step = ckpt["best_val"], ckpt["best_step"]
+            lane.elapsed_before = ckpt.get("wall_time_s", 0.0)
+            self._adopt_newer_best(lane)
+            lane.last_good_step = lane.step
+        else:
+            lane.step = 0
+            with autocast(device, t.precision):
+                method.initialize(lane.batcher.next())
+        return method
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
+        """Train the one run; returns its results (see `fit_all` for stacked seeds)."""
+        if len(self.lanes) != 1:
+            raise ValueError(f"this Trainer trains {len(self.lanes)} seeds: call fit_all()")
+        return self.fit_all()[0]
+
+    def fit_all(self) -> list[dict]:
         cfg, t = self.cfg, self.cfg.train
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
-        if self.is_main:
-            self._prepare_run_dir()
-        seed_everything(t.seed + self.rank)
-        train, test, split = self._load_data()
-        images = train.images.to(device)
-        labels = train.labels.to(device)
-        x_val, y_val = images[split.val.to(device)], labels[split.val.to(device)]
-        x_lab = to_float(images[split.labeled.to(device)])
-        y_lab = labels[split.labeled.to(device)]
-        spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled),
-                        allows_hflip(cfg.data.dataset))
-        method = create_method(cfg.method_name, cfg.method, spec).to(device)
-        method.setup(t.steps, t.precision)
-        batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size, t.batch_size,
-                             t.seed, shard=(self.rank, self.world_size))
-
-        step, best_val, best_step, elapsed_before = 0, -1.0, -1, 0.0
-        self.resume_overrides = {}
-        if self.resume:
-            path = self.run_dir / "last.pt"
-            ckpt = safe_torch_load(path, map_location=device)
-            self._check_resume_compatible(ckpt, path)
-            method.load_checkpoint_state(ckpt["method_state"])
-            batcher.load_state_dict(ckpt["batcher"])
-            ranks_rng = ckpt.get("rng_ranks")  # data-parallel runs keep every rank's noise stream
-            set_rng_state(ranks_rng[self.rank] if ranks_rng and len(ranks_rng) == self.world_size else ckpt["rng"])
-            step, best_val, best_step = ckpt["step"], ckpt["best_val"], ckpt["best_step"]
-            elapsed_before = ckpt.get("wall_time_s", 0.0)
-            best_val, best_step = self._adopt_newer_best(step, best_val, best_step)
+        train, test = self._data if self._data is not None else load_dataset(cfg.data.dataset, cfg.data.root,
+                                                                              cfg.data.download)
+        images, labels = train.images.to(device), train.labels.to(device)
+        methods = [self._build_lane(lane, train, images, labels, device) for lane in self.lanes]
+        steps = {lane.step for lane in self.lanes}
+        if len(steps) != 1:
+            raise CheckpointError(f"stacked seeds resume from the same step, but their last checkpoints are at "
+                                  f"steps {sorted(steps)}; resume them one by one (genssl train --resume per folder)")
+        step = steps.pop()
+        if len(methods) > 1:
+            strategy = StackedStep(methods, t.steps, t.precision)
+            if self.lanes[0].resume:  # the lanes share one noise stream, saved in every lane's checkpoint
+                set_rng_state(self.lanes[0].run.load_resume_checkpoint(map_location=device)[0]["rng"])
         else:
-            with autocast(device, t.precision):
-                method.initialize(batcher.next())
+            strategy = SingleStep(methods)
         self.ddp = None
         if self.world_size > 1:  # after initialize/resume, so every rank starts from rank 0's state
-            self.ddp = wrap_method_for_ddp(method)
+            self.ddp = wrap_method_for_ddp(methods[0])
         if t.compile:
-            method.compile_networks()
-        if self.is_main:
-            atomic_write_text(dump_yaml(cfg), self.run_dir / "config.yaml")
-        # Events up to the saved step were written before the checkpoint; later ones belong to the lost timeline.
-        monitor = Monitor(self.run_dir / "tb" if self.is_main else None,
-                          purge_step=step + 1 if self.resume else None)
-        self.last_good_step = step if self.resume else None
+            for m in methods:
+                m.compile_networks()
+        for lane in self.lanes:
+            if self.is_main:
+                lane.run.write_config(lane.cfg)
+            # Events up to the saved step were written before the checkpoint; later ones belong to the lost timeline.
+            lane.monitor = Monitor(lane.run.tb if self.is_main else None,
+                                   purge_step=step + 1 if lane.resume else None)
 
         def save_last(at_step: int) -> None:
-            self._check_weights_finite(method, at_step)
+            for i, lane in enumerate(self.lanes):
+                self._check_weights_finite(lane, strategy.lane_method(i), at_step)
             if self.ddp:
                 self.ddp.sync_buffers()
             rng_ranks = self.ddp.gather(rng_state()) if self.ddp else None
-            if self.is_main:
-                atomic_torch_save({
-                    "format_version": FORMAT_VERSION, "genssl_version": __version__, "method": cfg.method_name,
-                    "config": cfg.to_dict(), "method_state": method.checkpoint_state(),
-                    "batcher": batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks, "step": at_step,
-                    "best_val": best_val, "best_step": best_step,
-                    "wall_time_s": elapsed_before + time.perf_counter() - start_time,
-                }, self.run_dir / "last.pt")
-            self.last_good_step = at_step
-
-        def evaluate(at_step: int) -> float:
-            nonlocal best_val, best_step
-            self._check_weights_finite(method, at_step)
-            if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
-                self.ddp.sync_buffers()
-            method.fit_readout(x_lab, y_lab, seed=t.seed)
-            val_acc = accuracy(method, x_val, y_val, t.eval_batch_size, t.precision)
-            monitor.scalars({"val/acc": val_acc}, at_step)
-            if val_acc > best_val:
-                best_val, best_step = val_acc, at_step
+            wall = time.perf_counter() - start_time
+            for lane, state in zip(self.lanes, strategy.checkpoint_states()):
                 if self.is_main:
-                    atomic_torch_save({"format_version": FORMAT_VERSION, "method": cfg.method_name,
-                                       "config": cfg.to_dict(), "model": method.state_dict(), "step": at_step,
-                                       "val_acc": val_acc}, self.run_dir / "best.pt")
-            if self.is_main:
-                with torch.no_grad():
-                    method.eval()
-                    for tag, imgs in method.eval_images(to_float(x_val[:64])).items():
-                        imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
-                        monitor.images(tag, imgs, at_step, nrow)
-                    method.train()
-            return val_acc
+                    lane.run.save_checkpoint(RunDir.LAST, {
+                        "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
+                        "data_spec": strategy.lane_method(0).spec.to_dict(), "method_state": state,
+                        "batcher": lane.batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks,
+                        "step": at_step, "best_val": lane.best_val, "best_step": lane.best_step,
+                        "wall_time_s": lane.elapsed_before + wall,
+                    })
+                lane.last_good_step = at_step
 
-        bar = progress(t.steps, step, f"{cfg.method_name}", t.progress and self.is_main)
-        sums: dict[str, torch.Tensor] = {}
+        def evaluate(at_step: int) -> list[float]:
+            accs = []
+            for i, lane in enumerate(self.lanes):
+                method = strategy.lane_method(i)
+                self._check_weights_finite(lane, method, at_step)
+                if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
+                    self.ddp.sync_buffers()
+                method.fit_readout(*lane.lab, seed=lane.seed)
+                val_acc = accuracy(method, *lane.val, t.eval_batch_size, t.precision)
+                lane.monitor.scalars({"val/acc": val_acc}, at_step)
+                if val_acc > lane.best_val:
+                    lane.best_val, lane.best_step = val_acc, at_step
+                    if self.is_main:
+                        lane.run.save_checkpoint(RunDir.BEST, {
+                            "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
+                            "data_spec": method.spec.to_dict(), "model": method.state_dict(), "step": at_step,
+                            "val_acc": val_acc})
+                if self.is_main:
+                    with torch.no_grad():
+                        method.eval()
+                        for tag, imgs in method.eval_images(to_float(lane.val[0][:64])).items():
+                            imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
+                            lane.monitor.images(tag, imgs, at_step, nrow)
+                accs.append(val_acc)
+            strategy.train()
+            return accs
+
+        def flush(at_step: int, count: int) -> dict[str, float]:
+            for i, lane in enumerate(self.lanes):
+                means = self._flush_logs(lane, strategy.lane_method(i), count, at_step)
+                lane.monitor.scalars(means, at_step)
+            return means
+
+        desc = cfg.method_name + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else "")
+        bar = progress(t.steps, step, desc, t.progress and self.is_main)
         count = 0
-        method.train()
+        strategy.train()
         while step < t.steps:
-            batch = batcher.next()
+            batches = [lane.batcher.next() for lane in self.lanes]
             with autocast(device, t.precision):
-                logs = method.train_step(batch, step)
-            for k, v in logs.items():
-                sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+                lane_logs = strategy(batches, step)
+            for lane, logs in zip(self.lanes, lane_logs):
+                for k, v in logs.items():
+                    v = v.detach().float()
+                    lane.sums[k] = lane.sums[k] + v if k in lane.sums else v
             count += 1
             step += 1
-            if step % t.log_every == 0 or step == t.steps:
-                means = self._flush_logs(sums, count, step, method)
-                monitor.scalars(means, step)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()}, refresh=False)
-                sums, count = {}, 0
-            if step % t.eval_every == 0 or step == t.steps:
-                if sums:  # never save weights from steps whose losses were not yet checked
-                    monitor.scalars(self._flush_logs(sums, count, step, method), step)
-                    sums, count = {}, 0
-                val_acc = evaluate(step)
-                bar.set_postfix_str(f"val_acc={val_acc:.4f} best={best_val:.4f}", refresh=False)
-            if step % t.ckpt_every == 0 or step == t.steps:
-                if sums:
-                    monitor.scalars(self._flush_logs(sums, count, step, method), step)
-                    sums, count = {}, 0
+            boundary = step == t.steps
+            if step % t.log_every == 0 or boundary or (count and (step % t.eval_every == 0 or step % t.ckpt_every == 0)):
+                # never evaluate or save weights from steps whose losses were not yet checked
+                means = flush(step, count)
+                count = 0
+                if step % t.log_every == 0 or boundary:
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+            if step % t.eval_every == 0 or boundary:
+                accs = evaluate(step)
+                bar.set_postfix_str("val_acc=" + ",".join(f"{a:.4f}" for a in accs)
+                                    + " best=" + ",".join(f"{lane.best_val:.4f}" for lane in self.lanes),
+                                    refresh=False)
+            if step % t.ckpt_every == 0 or boundary:
                 save_last(step)
             bar.update(1)
         bar.close()
-        wall_time = elapsed_before + time.perf_counter() - start_time
-
-        # Final report: the weights chosen on validation, evaluated once on the test set.
+        wall = time.perf_counter() - start_time
         if self.ddp:
             self.ddp.barrier()  # rank 0 has finished writing best.pt
-        best = safe_torch_load(self.run_dir / "best.pt", map_location=device)
-        method.load_state_dict(best["model"])
-        method.fit_readout(x_lab, y_lab, seed=t.seed)
-        test_acc = accuracy(method, test.images.to(device), test.labels.to(device), t.eval_batch_size, t.precision)
-        results = {
-            "method": cfg.method_name, "dataset": cfg.data.dataset, "n_labels": cfg.data.n_labels,
-            "seed": t.seed, "test_acc": test_acc, "best_val_acc": best_val, "best_step": best_step,
-            "steps": t.steps, "wall_time_s": wall_time, "device": device_name(device), "precision": t.precision,
-            "torch": torch.__version__, "genssl": __version__, "config_digest": cfg.digest(),
-            "resume_overrides": {k: list(v) for k, v in self.resume_overrides.items()},
-        }
-        if self.is_main:
-            self._log_final(monitor, method, x_val, y_val, results)
-            atomic_write_json(results, self.run_dir / "results.json")
-        monitor.close()
-        self.method = method
+        x_test, y_test = test.images.to(device), test.labels.to(device)
+        results = [self._finish(lane, strategy.lane_method(i), x_test, y_test, wall, device)
+                   for i, lane in enumerate(self.lanes)]
+        self.method = strategy.lane_method(0)
         return results
 
-    # ------------------------------------------------------------------ helpers
-    def _adopt_newer_best(self, step: int, best_val: float, best_step: int) -> tuple[float, int]:
+    def _finish(self, lane: Lane, method: Method, x_test, y_test, wall: float, device) -> dict:
+        """The final report: the weights chosen on validation, evaluated once on the test set."""
+        t = lane.cfg.train
+        best = lane.run.load_checkpoint(RunDir.BEST, map_location=device)
+        method.load_state_dict(best["model"])
+        method.fit_readout(*lane.lab, seed=lane.seed)
+        test_acc = accuracy(method, x_test, y_test, t.eval_batch_size, t.precision)
+        n = len(self.lanes)
+        results = {
+            "method": lane.cfg.method_name, "dataset": lane.cfg.data.dataset, "n_labels": lane.cfg.data.n_labels,
+            "seed": lane.seed, "test_acc": test_acc, "best_val_acc": lane.best_val, "best_step": lane.best_step,
+            "steps": t.steps, "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
+            "precision": t.precision, "torch": torch.__version__, "genssl": __version__,
+            "config_digest": lane.cfg.digest(),
+            "resume_overrides": {k: list(v) for k, v in lane.resume_overrides.items()},
+        }
+        if n > 1:
+            results |= {"group_wall_time_s": wall, "seeds_trained_together": n}
+        if self.is_main:
+            self._log_final(lane, method, results)
+            lane.run.write_results(results)
+        lane.monitor.close()
+        return results
+
+    # ------------------------------------------------------------------ guards
+    def _adopt_newer_best(self, lane: Lane) -> None:
         """A run killed after an evaluation but before its next checkpoint leaves a best.pt newer than last.pt.
         Keep it as the incumbent, so best.pt and the recorded best accuracy always describe the same weights
         (a deterministic replay reaches the same choice; a non-deterministic one, e.g. on GPU, stays consistent)."""
-        path = self.run_dir / "best.pt"
-        if not path.is_file():
-            return best_val, best_step
-        best = safe_torch_load(path)
-        if best.get("method") == self.cfg.method_name and best.get("step", -1) > step:
-            return float(best["val_acc"]), int(best["step"])
-        return best_val, best_step
+        if not lane.run.has(RunDir.BEST):
+            return
+        best = lane.run.load_checkpoint(RunDir.BEST)
+        if best.get("method") == lane.cfg.method_name and best.get("step", -1) > lane.step:
+            lane.best_val, lane.best_step = float(best["val_acc"]), int(best["step"])
 
-    def _flush_logs(self, sums, count, step, method) -> dict[str, float]:
-        if getattr(self, "ddp", None):
+    def _flush_logs(self, lane: Lane, method: Method, count: int, step: int) -> dict[str, float]:
+        sums, lane.sums = lane.sums, {}
+        if self.ddp:
             sums = self.ddp.mean_logs(sums)  # global-batch means; every rank then takes the same decisions
         means = {k: float(v) / count for k, v in sums.items()}  # one host sync per log interval
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
-            self._diverged(step, method, ", ".join(f"{k} = {v}" for k, v in bad.items()))
+            self._diverged(lane, step, ", ".join(f"{k} = {v}" for k, v in bad.items()))
         problem = method.check_health(means, step)
         if problem:
-            self._diverged(step, method, problem)
+            self._diverged(lane, step, problem)
         return means
 
-    def _check_weights_finite(self, method: Method, step: int) -> None:
+    def _check_weights_finite(self, lane: Lane, method: Method, step: int) -> None:
         for name, p in method.named_parameters():
             if not torch.isfinite(p).all():
-                self._diverged(step, method, f"parameter {name} is not finite")
+                self._diverged(lane, step, f"parameter {name} is not finite")
 
-    def _diverged(self, step: int, method: Method, what: str) -> None:
-        last = self.run_dir / "last.pt"
-        kept = (f"the last good checkpoint {last} (step {self.last_good_step}) is intact"
-                if self.last_good_step is not None and last.is_file() else "no checkpoint had been written yet")
-        raise DivergenceError(f"method {self.cfg.method_name!r} diverged by step {step}: {what}. Stopped; {kept}. "
+    def _diverged(self, lane: Lane, step: int, what: str) -> None:
+        last = lane.run / RunDir.LAST
+        kept = (f"the last good checkpoint {last} (step {lane.last_good_step}) is intact"
+                if lane.last_good_step is not None and last.is_file() else "no checkpoint had been written yet")
+        who = f"method {lane.cfg.method_name!r}" + (f" (seed {lane.seed})" if len(self.lanes) > 1 else "")
+        raise DivergenceError(f"{who} diverged by step {step}: {what}. Stopped; {kept}. "
                               f"Try a lower learning rate, precision=fp32, or a different seed.")
 
-    def _log_final(self, monitor: Monitor, method: Method, x_val, y_val, results: dict) -> None:
-        with torch.no_grad():
-            method.eval()
-            try:
+    def _log_final(self, lane: Lane, method: Method, results: dict) -> None:
+        x_val, y_val = lane.val
+        if method.has_features:
+            with torch.no_grad():
+                method.eval()
                 n = min(500, x_val.shape[0])
                 feats = method.encode(to_float(x_val[:n]))
-                monitor.embedding(feats, y_val[:n], to_float(x_val[:n]), results["steps"])
-            except NotImplementedError:
-                pass
-        hp = {k: v for k, v in flatten(self.cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-        monitor.hparams(hp, {"hparam/test_acc": results["test_acc"], "hparam/best_val_acc": results["best_val_acc"]})
+                lane.monitor.embedding(feats, y_val[:n], to_float(x_val[:n]), results["steps"])
+        hp = {k: v for k, v in flatten(lane.cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+        lane.monitor.hparams(hp, {"hparam/test_acc": results["test_acc"],
+                                  "hparam/best_val_acc": results["best_val_acc"]})
