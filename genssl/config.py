@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"
-    """mnist | fashion_mnist | svhn | cifar10 (or a registered user dataset)."""
+    """mnist | fashion_mnist | svhn | cifar10 | folder (your own images: see `labeled` below)."""
     root: str | None = None
     """Folder holding the dataset; None searches $GENSSL_DATA, the cache and /usr/share/datasets."""
     download: bool = True
@@ -49,6 +49,23 @@ class DataConfig:
     """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
     split_seed: int | None = None
     """Seed of the labeled/unlabeled/val split; None uses train.seed."""
+    # ---- dataset: folder (your own images; genssl.data.folder). Relative paths are taken from `root` when set.
+    labeled: str | None = None
+    """Labeled images: a folder with one subfolder per class (the class names), or a CSV file of path,label rows."""
+    unlabeled: str | None = None
+    """Unlabeled images: a folder, searched recursively (files that are also labeled, val or test are left out)."""
+    test: str | None = None
+    """Test images, laid out like `labeled`; every class must also be a labeled class."""
+    val: str | None = None
+    """Validation images, laid out like `labeled`; None holds `val_fraction` of each labeled class out instead."""
+    val_fraction: float = 0.2
+    """Share of each labeled class held out for validation (at least one image per class) when `val` is None."""
+    image_size: int | list[int] | None = None
+    """[H, W] (or one number for square images) every image is resized to; required for dataset: folder."""
+    channels: int = 3
+    """1 (grey) or 3 (RGB): colour, grey, alpha and palette images are all converted to this."""
+    skip_bad: bool = False
+    """Leave out unreadable image files (with a warning that counts and names them) instead of stopping."""
 
 
 @dataclass
@@ -304,6 +321,48 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.n_labels must be positive, got {d.n_labels}")
     if d.n_val < 0:
         raise ConfigError(f"data.n_val must be >= 0, got {d.n_val}")
+    validate_folder_data(d)
+
+
+FOLDER_DATASET = "folder"
+FOLDER_KEYS = ("labeled", "unlabeled", "test", "val", "image_size")
+MAX_IMAGE_SIDE = 4096
+
+
+def folder_image_size(d: DataConfig) -> tuple[int, int]:
+    """data.image_size as (H, W)."""
+    size = d.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def validate_folder_data(d: DataConfig) -> None:
+    """The keys of `dataset: folder`: present when it is chosen, absent otherwise (they would be ignored). Paths
+    are not checked here: a run's config is also read where its folders do not exist (genssl predict)."""
+    if d.dataset != FOLDER_DATASET:
+        given = [k for k in FOLDER_KEYS if getattr(d, k) is not None]
+        if given:
+            raise ConfigError(f"data.{given[0]} is a key of `dataset: {FOLDER_DATASET}` (your own images), but "
+                              f"data.dataset is {d.dataset!r}; set dataset: {FOLDER_DATASET} or remove "
+                              f"{', '.join('data.' + k for k in given)}")
+        return
+    missing = [k for k in ("labeled", "unlabeled", "test", "image_size") if getattr(d, k) is None]
+    if missing:
+        raise ConfigError(f"dataset: {FOLDER_DATASET} needs {', '.join('data.' + k for k in missing)}, e.g. "
+                          f"data: {{dataset: folder, labeled: my/labeled, unlabeled: my/unlabeled, test: my/test, "
+                          f"image_size: [64, 64], channels: 3}}")
+    for key in ("labeled", "unlabeled", "test", "val"):
+        if getattr(d, key) == "":
+            raise ConfigError(f"data.{key}: an empty path; give a folder (or, for labeled/test/val, a CSV file)")
+    size = d.image_size
+    if isinstance(size, list) and len(size) != 2:
+        raise ConfigError(f"data.image_size: expected [H, W] (or one number), got {size!r}")
+    h, w = folder_image_size(d)
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise ConfigError(f"data.image_size: each side must be in [1, {MAX_IMAGE_SIDE}] pixels, got {size!r}")
+    if d.channels not in (1, 3):
+        raise ConfigError(f"data.channels: {d.channels!r} is not one of 1 (grey), 3 (RGB)")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
 
 
 def load_yaml(path: str | Path) -> dict:

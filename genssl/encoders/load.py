@@ -12,12 +12,16 @@ from torch import nn
 from genssl.encoders.foreign import load_state_dict_encoder, load_torchvision_encoder
 from genssl.encoders.format import SPEC_FILE, Encoder, load_exported
 from genssl.encoders.from_run import encoder_from_run
+from genssl.encoders.released import PACKAGE_ROOT, RELEASES, load_released
 
-RELEASED_ROOT = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "released"
+RELEASED_ROOT = PACKAGE_ROOT  # the package's own copies of the released encoders (genssl.encoders.released)
 
 
 def list_released(root: str | Path | None = None) -> list[str]:
-    root = Path(root) if root is not None else RELEASED_ROOT
+    """The released encoders' names (genssl.encoders.released.RELEASES), or the encoder folders under `root`."""
+    if root is None:
+        return sorted(RELEASES)
+    root = Path(root)
     return sorted(p.parent.name for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
 
 
@@ -30,7 +34,8 @@ def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_m
       - an exported encoder folder (holding encoder.yaml),
       - a genssl run folder: its `encoder/` export if present and not older than best.pt, else exported on the
         fly (in memory) from `checkpoint`,
-      - a released encoder name (a folder under checkpoints/released/, e.g. "fmnist-m1"),
+      - a released encoder name (e.g. "fmnist-m1"; genssl.encoders.released: the installed copy, the torch.hub
+        cache, or a download checked against its sha256), or a folder under `released_root`,
       - ``"torchvision:<arch>"`` with ``weights=<local .pth>``: features are the penultimate layer,
       - a state_dict (or a path to one) with ``module=<nn.Module>`` and an optional ``key_map`` (a callable
         old_key -> new_key or None to drop, or a dict of old_prefix -> new_prefix or None); ``input_shape`` and
@@ -59,13 +64,17 @@ def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_m
                 not best.is_file() or exported.stat().st_mtime >= best.stat().st_mtime):
             return load_exported(exported.parent, device)
         return encoder_from_run(path, checkpoint=checkpoint, device=device)
-    root = Path(released_root) if released_root is not None else RELEASED_ROOT
-    if "/" not in text and (root / text / SPEC_FILE).is_file():
-        return load_exported(root / text, device)
+    if released_root is not None:
+        root = Path(released_root)
+        if "/" not in text and (root / text / SPEC_FILE).is_file():
+            return load_exported(root / text, device)
+    elif text in RELEASES:
+        return load_released(text, device)
     if path.is_file():
         raise ValueError(f"{path} is a file: a foreign state_dict needs module=<nn.Module> (and key_map), a "
                          f"torchvision one load_encoder('torchvision:<arch>', weights='{path}')")
-    released = list_released(root)
+    released = list_released(released_root)
+    where = f" in {released_root}" if released_root is not None else ""
     raise FileNotFoundError(f"load_encoder: {text!r} is not an encoder folder (no {SPEC_FILE}), a genssl run "
                             f"folder (no config.yaml), 'torchvision:<arch>', or a released encoder "
-                            f"(released: {', '.join(released) or 'none'} in {root})")
+                            f"(released: {', '.join(released) or 'none'}{where})")

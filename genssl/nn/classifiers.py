@@ -35,9 +35,21 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+CONV_MIN_SIZE = 4
+"""ConvNet's smallest input side: its two 2x poolings need 4 pixels to leave one."""
+
+
+def check_conv_input(image_shape: tuple[int, ...], what: str = "arch='conv'") -> None:
+    """Raise a ValueError naming the sizes ConvNet takes when (C, H, W) is not one of them."""
+    if len(image_shape) != 3 or min(image_shape[1:]) < CONV_MIN_SIZE or image_shape[0] < 1:
+        raise ValueError(f"{what} takes (C, H, W) images of any channel count with H, W >= {CONV_MIN_SIZE} "
+                         f"(global average pooling makes the size otherwise free), got {tuple(image_shape)}; "
+                         f"use larger images (data.image_size) or arch='mlp', which takes any size")
+
+
 class ConvNet(nn.Module):
     """Three conv stages (32, 64, 128 channels; BN, ReLU, 2x pooling) -> global average -> linear head.
-    Works for 28x28 and 32x32 inputs of any channel count."""
+    Works for inputs of any channel count and any size from 4x4 up (`check_conv_input`)."""
 
     def __init__(self, in_channels: int, out_dim: int, width: int = 32, dropout: float = 0.0):
         super().__init__()
@@ -70,6 +82,7 @@ def make_classifier(arch: str, image_shape: tuple[int, int, int], num_classes: i
     if arch == "mlp":
         return MLP(math.prod(image_shape), tuple(hidden), num_classes, dropout)
     if arch == "conv":
+        check_conv_input(tuple(image_shape))
         return ConvNet(image_shape[0], num_classes, dropout=dropout)
     raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
 

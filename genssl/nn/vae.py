@@ -1,6 +1,6 @@
 """Networks of the VAE family (Kingma et al. 2014): a Gaussian encoder q(z|x[, y]), a decoder p(x|z[, y]) and
 the observation likelihoods. MLP (the paper's 784-500-500-50 shape is `hidden=(500, 500), z_dim=50`) or
-convolutional (28x28 and 32x32 images) bodies.
+convolutional (any image of at least 4x4 pixels) bodies.
 
 Conditioning on a class y (M2) enters additively at the first hidden layer, W_x x + W_y y, which is the same
 as a linear layer on concat(x, y). Written this way the x part is computed once per image and broadcast
@@ -22,19 +22,24 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 MIN_LOGVAR = -6.0  # floor on a Gaussian likelihood's log-variance: pixels that never vary must not give +inf
 
 
+CONV_MIN_SIZE = 4  # the conv trunk's two stride-2 convolutions leave H // 4 rows: at least one
+
+
 def _check_arch(arch: str, shape: tuple[int, ...]) -> None:
     if arch not in ARCHS:
         raise ValueError(f"unknown VAE arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if arch == "conv" and (len(shape) != 3 or shape[1] != shape[2] or shape[1] not in (28, 32)):
-        raise ValueError(f"arch='conv' needs (C, 28, 28) or (C, 32, 32) inputs, got {tuple(shape)}; use arch='mlp'")
+    if arch == "conv" and (len(shape) != 3 or min(shape[1:]) < CONV_MIN_SIZE):
+        raise ValueError(f"arch='conv' takes (C, H, W) images of any channel count with H, W >= {CONV_MIN_SIZE}, "
+                         f"got {tuple(shape)}; use larger images (data.image_size) or arch='mlp' (any size)")
 
 
 def _conv_trunk(shape: tuple[int, int, int], width: int) -> tuple[nn.Module, int]:
-    """(B, C, H, W) -> (B, 2*width*(H/4)^2): two stride-2 convolutions."""
-    c, h, _ = shape
+    """(B, C, H, W) -> (B, 2*width*(H//4)*(W//4)): two stride-2 convolutions (4x4 kernels, padding 1), each
+    giving floor(side / 2)."""
+    c, h, w = shape
     body = nn.Sequential(nn.Conv2d(c, width, 4, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU(),
                          nn.Flatten())
-    return body, 2 * width * (h // 4) ** 2
+    return body, 2 * width * (h // 4) * (w // 4)
 
 
 @register_encoder_arch("vae_gaussian_encoder")
@@ -131,9 +136,11 @@ class Decoder(nn.Module):
             layers.append(nn.Linear(hidden[-1], n_params * math.prod(output_shape)))
             self.body, self.deconv = nn.Sequential(*layers), None
         else:
-            c, h, _ = output_shape
-            self.side = h // 4
-            layers += [nn.Linear(hidden[-1], 2 * conv_width * self.side ** 2), nn.ReLU()]
+            # two stride-2 transposed convolutions double twice: start at ceil(side / 4) and crop the
+            # (at most 3) extra rows and columns of sizes that are not multiples of 4 (28 and 32 are)
+            c, h, w = output_shape
+            self.side = (-(-h // 4), -(-w // 4))
+            layers += [nn.Linear(hidden[-1], 2 * conv_width * self.side[0] * self.side[1]), nn.ReLU()]
             self.body = nn.Sequential(*layers)
             self.deconv = nn.Sequential(
                 nn.ConvTranspose2d(2 * conv_width, conv_width, 4, 2, 1), nn.ReLU(),
@@ -148,7 +155,9 @@ class Decoder(nn.Module):
         h = self.body(pre)
         lead = h.shape[:-1]
         if self.deconv is not None:
-            h = self.deconv(h.reshape(-1, h.shape[-1] // self.side ** 2, self.side, self.side))
+            sh, sw = self.side
+            h = self.deconv(h.reshape(-1, h.shape[-1] // (sh * sw), sh, sw))
+            h = h[..., :self.output_shape[1], :self.output_shape[2]]  # (B', P*C, H, W)
         return h.reshape(*lead, self.n_params, *self.output_shape)
 
 

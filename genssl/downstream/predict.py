@@ -1,0 +1,191 @@
+"""Classify image files with a trained run: `genssl predict RUN_DIR PATH... --out preds.csv [--top-k 3]`.
+
+The model is rebuilt from the run's best checkpoint alone (its resolved config and data spec; no dataset is
+read). Every file is decoded as the run's training images were (genssl.data.folder.decode_image: the run's
+channel count and image size), then classified in batches on the run's device. Each row names the file, the
+predicted class, its probability, and the top-k classes with theirs:
+
+    path,class,probability,class_2,probability_2,class_3,probability_3
+    shirts/0001.png,Shirt,0.8123,T-shirt/top,0.1022,Pullover,0.0511
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genssl.config import RunConfig, build_run_config
+from genssl.data.batching import to_float
+from genssl.data.folder import IMAGE_EXTENSIONS, decode_files, list_images
+from genssl.data.source import BUILTIN_CLASS_NAMES, config_image_shape
+from genssl.data.spec import DataSpec
+from genssl.data.split import Split
+from genssl.fileio import CheckpointError, atomic_write_text
+from genssl.methods.base import Method
+from genssl.runs.run_dir import RunDir
+from genssl.training.device import autocast, resolve_device
+from genssl.training.monitor import progress
+
+FORMATS = ("csv", "json")
+
+
+@dataclass
+class Predictor:
+    """A trained run's model in eval mode, with what it needs to read and name images."""
+    method: Method
+    cfg: RunConfig
+    spec: DataSpec
+    class_names: list[str]
+    device: torch.device
+
+    @torch.no_grad()
+    def probabilities(self, images_u8: torch.Tensor, batch_size: int | None = None,
+                      show_progress: bool = False) -> torch.Tensor:
+        """(N, C, H, W) uint8 images of the run's shape -> (N, K) class probabilities (on the CPU)."""
+        if tuple(images_u8.shape[1:]) != tuple(self.spec.image_shape):
+            raise ValueError(f"images of shape {tuple(images_u8.shape[1:])}, but the run's model takes "
+                             f"{tuple(self.spec.image_shape)}")
+        batch_size = batch_size or self.cfg.train.eval_batch_size
+        out = []
+        bar = progress(images_u8.shape[0], 0, "predicting", show_progress)
+        for xb in images_u8.split(batch_size):
+            with autocast(self.device, self.cfg.train.precision):
+                logits = self.method.predict(to_float(xb.to(self.device)))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+            bar.update(xb.shape[0])
+        bar.close()
+        return torch.cat(out) if out else torch.zeros(0, self.spec.num_classes)
+
+
+def load_predictor(run_dir: str | Path, device: str | None = None, checkpoint: str = RunDir.BEST) -> Predictor:
+    """The run's model from `checkpoint` alone, on `device` (default: the run's train.device; a CUDA run
+    predicts on the CPU where CUDA is missing)."""
+    run = RunDir(run_dir)
+    if not run.has(checkpoint):
+        raise FileNotFoundError(f"{run.path / checkpoint} not found: genssl predict needs a run folder with a "
+                                f"{checkpoint} (written at the run's first evaluation)")
+    ckpt = run.load_checkpoint(checkpoint)
+    spec = None if "data_spec" in ckpt else _fallback_spec(run, ckpt)
+    method, cfg, ckpt = run.load_method(checkpoint, device="cpu", spec=spec)
+    spec = method.spec
+    names = saved_class_names(ckpt, cfg, spec.num_classes)
+    if device is None:
+        device = cfg.train.device
+        if device != "auto" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+    dev = resolve_device(device)
+    return Predictor(method.to(dev).eval(), cfg, spec, names, dev)
+
+
+def saved_class_names(ckpt: dict, cfg: RunConfig, num_classes: int) -> list[str]:
+    """The class names a checkpoint carries (`class_names`, or inside its data spec); else a built-in dataset's
+    documented names; else the class indices as text."""
+    for names in (ckpt.get("class_names"), (ckpt.get("data_spec") or {}).get("class_names"),
+                  BUILTIN_CLASS_NAMES.get(cfg.data.dataset)):
+        if names is not None and len(names) == num_classes:
+            return [str(n) for n in names]
+    return [str(k) for k in range(num_classes)]
+
+
+def _fallback_spec(run: RunDir, ckpt: dict) -> DataSpec:
+    """A data spec for a checkpoint written before checkpoints carried one: the image shape from the config,
+    the class count from the saved class names or the built-in dataset, the pool sizes from split.pt."""
+    data = (build_run_config(ckpt["config"]) if "config" in ckpt else run.read_config()).data
+    shape = config_image_shape(data)
+    names = ckpt.get("class_names") or BUILTIN_CLASS_NAMES.get(data.dataset)
+    if shape is None or names is None:
+        raise CheckpointError(f"{run.path / RunDir.BEST}: this checkpoint carries no data spec and its dataset "
+                              f"{data.dataset!r} does not say the image shape and class count; retrain the run "
+                              f"with this genssl (its checkpoints carry them)")
+    n_lab = n_unl = 1
+    if run.has(RunDir.SPLIT):
+        split = Split.load(run / RunDir.SPLIT)
+        n_lab, n_unl = len(split.labeled), len(split.unlabeled)
+    return DataSpec(tuple(shape), len(names), n_lab, n_unl)
+
+
+def collect_paths(inputs: list[str | Path]) -> list[Path]:
+    """Files as given (in order), folders as their image files (recursively, sorted); a missing path is an
+    error naming it."""
+    paths, missing = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += list_images(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            missing.append(str(item))
+    if missing:
+        raise FileNotFoundError(f"genssl predict: no such file or folder: {', '.join(missing)}")
+    if not paths:
+        raise ValueError(f"genssl predict: no image files in {', '.join(map(str, inputs))} (image files end in "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return paths
+
+
+def predict_files(predictor: Predictor, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
+                  show_progress: bool = True, skip_bad: bool = False) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(one row per readable file: {"path", "class", "probability", "top_k": [{"class", "probability"}, ...]},
+    [(path, why)] of files that could not be read). Unreadable files are an error unless skip_bad."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    c, h, w = predictor.spec.image_shape
+    images, bad = decode_files(paths, (h, w), c, show_progress, "decoding")
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:20])
+        raise ValueError(f"genssl predict: {len(bad)} of {len(paths)} file(s) cannot be read as images:\n{listing}"
+                         f"{chr(10) + '  ...' if len(bad) > 20 else ''}\nRemove them or pass --skip-bad")
+    bad_paths = {p for p, _ in bad}
+    good = [p for p in paths if str(p) not in bad_paths]
+    probs = predictor.probabilities(images, batch_size, show_progress)  # (N, K)
+    k = min(top_k, probs.shape[1])
+    top_p, top_i = probs.topk(k, dim=1)
+    names = predictor.class_names
+    rows = []
+    for path, ps, idx in zip(good, top_p.tolist(), top_i.tolist()):
+        ranked = [{"class": names[i], "probability": p} for p, i in zip(ps, idx)]
+        rows.append({"path": str(path), "class": ranked[0]["class"], "probability": ranked[0]["probability"],
+                     "top_k": ranked})
+    return rows, bad
+
+
+def format_rows(rows: list[dict], fmt: str, top_k: int) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    k = max([len(r["top_k"]) for r in rows] + [min(top_k, 1)])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "class", "probability"] + [f"{col}_{i}" for i in range(2, k + 1)
+                                                        for col in ("class", "probability")])
+    for r in rows:
+        rest = [v for t in r["top_k"][1:] for v in (t["class"], f"{t['probability']:.4f}")]
+        writer.writerow([r["path"], r["class"], f"{r['probability']:.4f}"] + rest)
+    return buf.getvalue()
+
+
+def run_predict_command(args) -> int:
+    """`genssl predict RUN_DIR PATH... [--out FILE] [--format csv|json] [--top-k K]`."""
+    fmt = args.format or ("json" if args.out and args.out.lower().endswith(".json") else "csv")
+    if fmt not in FORMATS:
+        raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    paths = collect_paths(args.paths)
+    predictor = load_predictor(args.run_dir, args.device)
+    rows, bad = predict_files(predictor, paths, args.top_k, args.batch_size, not args.no_progress, args.skip_bad)
+    for p, why in bad:
+        print(f"genssl predict: skipped {p}: {why}", file=sys.stderr)
+    text = format_rows(rows, fmt, args.top_k)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(text, args.out)
+        print(f"genssl predict: {len(rows)} image(s) -> {args.out}"
+              + (f" ({len(bad)} unreadable skipped)" if bad else ""), file=sys.stderr)
+    return 0
