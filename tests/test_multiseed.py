@@ -108,3 +108,23 @@ def _spec(data):
 
     train, _ = data
     return DataSpec(train.image_shape, train.num_classes, 20, len(train))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_stacked_seeds_train_in_every_precision(precision, run_config_factory, tiny_data, tmp_path):
+    """bf16 autocast and fp16 with its loss scaler, stacked (the GAN's generator has batch norm, which under
+    vmap once refused bf16 inputs): finite losses, per-seed checkpoints, and a resume that continues."""
+    cfg = run_config_factory("sgan", {"d_hidden": [32, 16], "g_hidden": [16], "z_dim": 8},
+                             train={"steps": 4, "eval_every": 2, "ckpt_every": 2, "log_every": 2,
+                                    "precision": precision})
+    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "p"), data=tiny_data)
+    assert [r["precision"] for r in results] == [precision] * 2
+    assert all(r["seeds_trained_together"] == 2 for r in results)
+    for s in (0, 1):
+        losses = _losses(tmp_path / "p" / f"s{s}" / "tb")
+        assert np.isfinite(losses["train/sup_loss"]).all() and np.isfinite(losses["train/fm_loss"]).all()
+    from dataclasses import replace
+
+    longer = replace(cfg, train=replace(cfg.train, steps=6))
+    resumed = train_seeds(longer, [0, 1], run_dir=str(tmp_path / "p"), resume=True, data=tiny_data)
+    assert [r["steps"] for r in resumed] == [6, 6] and all(r["seeds_trained_together"] == 2 for r in resumed)

@@ -119,12 +119,13 @@ class StackedStep:
         def per_seed(state, batch, step, carry, name):
             return functional_call(caller, state, ("stage_loss", name, batch, step, carry))
 
-        self.stage = torch.vmap(per_seed, in_dims=(0, 0, None, 0, None), randomness="different")
-        self._synced = -1
+        self._per_seed = per_seed
 
     def __call__(self, batches: list[SSLBatch], step: int) -> list[dict[str, torch.Tensor]]:
         template, carry, logs = self.template, {}, {}
         batch = stack_batches(batches)
+        batch_dims = SSLBatch(*(None if f is None else 0 for f in batch))  # optional fields may be absent
+        stage = torch.vmap(self._per_seed, in_dims=(0, batch_dims, None, 0, None), randomness="different")
         done: list[torch.Tensor] = []
         for name, opt in template.optimizers.items():
             # Parameters already updated this step get no gradient in later stages (e.g. the discriminator
@@ -133,14 +134,13 @@ class StackedStep:
                 p.requires_grad_(False)
             state = {"m." + k: v for k, v in template.named_parameters()}
             state |= {"m." + k: v for k, v in template.named_buffers()}
-            loss, stage_logs, carry = self.stage(state, batch, step, carry, name)  # loss: (N,)
+            loss, stage_logs, carry = stage(state, batch, step, carry, name)  # loss: (N,)
             template.update(loss.sum(), name)
             template.after_update(name)
             logs |= stage_logs
             done += [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         for p in done:
             p.requires_grad_(True)
-        self._synced = -1
         return [{k: v.reshape(self.n, -1)[i].mean() for k, v in logs.items()} for i in range(self.n)]
 
     def lane_method(self, i: int) -> Method:
@@ -163,4 +163,4 @@ class StackedStep:
 
 
 def stack_batches(parts: list[SSLBatch]) -> SSLBatch:
-    return SSLBatch(*(torch.stack(x) for x in zip(*parts)))  # (N, B, ...)
+    return SSLBatch(*(None if x[0] is None else torch.stack(x) for x in zip(*parts)))  # (N, B, ...)
