@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from genssl.nn.probes import KINDS, accuracy, extract_features, fit_classifier
+from genssl.nn.probes import accuracy, extract_features, fit_classifier
 from genssl.data.split import make_split
 import json
 from genssl.fileio import atomic_write_json
