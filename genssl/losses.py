@@ -32,6 +32,16 @@ def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
 
 
+def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
+                logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, diag exp(logvar_q)) || N(mu_p, diag exp(logvar_p)))
+    = 1/2 sum_j (logvar_p - logvar_q + (exp(logvar_q) + (mu_q - mu_p)^2) / exp(logvar_p) - 1), the analytic KL
+    between diagonal Gaussians (AEVB appendix B with a learned prior, e.g. M2's class-mixture p(z | y)); equals
+    `gaussian_kl_standard` for mu_p = 0, logvar_p = 0. Broadcasting; (..., D) -> (...)."""
+    mu_q, logvar_q, mu_p, logvar_p = mu_q.float(), logvar_q.float(), mu_p.float(), logvar_p.float()
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0).sum(-1)
+
+
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, event_dims: int) -> torch.Tensor:
     """log p(x|logits) = sum_i x_i log s(l_i) + (1 - x_i) log(1 - s(l_i)) = sum_i x_i l_i - softplus(l_i),
     AEVB appendix C.1. `x` may be fractional (the usual relaxation for grey levels) and broadcasts against

@@ -32,6 +32,16 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(losses.gaussian_kl_standard(mu, logvar), expected)
 
 
+def test_gaussian_kl_matches_torch_distributions():
+    mu_q, logvar_q, mu_p, logvar_p = (torch.randn(4, 3) for _ in range(4))
+    q = torch.distributions.Normal(mu_q, (0.5 * logvar_q).exp())
+    p = torch.distributions.Normal(mu_p, (0.5 * logvar_p).exp())
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(losses.gaussian_kl(mu_q, logvar_q, mu_p, logvar_p), expected)
+    zero = torch.zeros(3)
+    torch.testing.assert_close(losses.gaussian_kl(mu_q, logvar_q, zero, zero), losses.gaussian_kl_standard(mu_q, logvar_q))
+
+
 def test_likelihoods_match_torch_distributions():
     logits, x = torch.randn(4, 1, 5, 5), torch.bernoulli(torch.full((4, 1, 5, 5), 0.4))
     expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum((1, 2, 3))
@@ -82,10 +92,15 @@ def test_bad_arch_and_likelihood_fail_loudly():
 
 
 # ------------------------------------------------------------------ M2's objective
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_enumerated_bound_equals_loop_over_classes(likelihood):
+@pytest.mark.parametrize("likelihood,prior", [("bernoulli", "standard"), ("gaussian", "standard"),
+                                              ("bernoulli", "mixture")])
+def test_enumerated_bound_equals_loop_over_classes(likelihood, prior):
     torch.manual_seed(0)
-    m2 = create_method("vae_m2", {**SMALL["vae_m2"], "likelihood": likelihood}, SPEC).eval()
+    m2 = create_method("vae_m2", {**SMALL["vae_m2"], "likelihood": likelihood, "prior": prior}, SPEC).eval()
+    if prior == "mixture":  # a prior that differs per class
+        with torch.no_grad():
+            m2.prior_mu.normal_()
+            m2.prior_logvar.normal_(0.0, 0.5)
     b = _batch()
     neg_L_l, neg_L_u, _ = m2.bounds(b.x_l, b.y_l, b.x_u, sample=False)
     assert neg_L_l.shape == (6,) and neg_L_u.shape == (5, 10)
@@ -154,6 +169,139 @@ def test_classification_weight_is_alpha_times_N_over_N_labeled():
     assert create_method("vae_m2", {**SMALL["vae_m2"], "classifier_weight": 3.0}, SPEC).cls_weight == 3.0
 
 
+def test_labeled_weight_is_per_example():
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC).eval()
+    b = _batch(b_l=4, b_u=8)
+    balanced = m2.objective(b.x_l, b.y_l, b.x_u, sample=False)
+    m2.cfg.labeled_weight = 8 / 4  # B_u / B_l: the balanced loss halved (a weighted mean over 2 * B_u images)
+    torch.testing.assert_close(m2.objective(b.x_l, b.y_l, b.x_u, sample=False)["loss"], balanced["loss"] / 2)
+    # by hand: [lambda * sum_l (L + w CE) + sum_u U] / (lambda * B_l + B_u)
+    m2.cfg.labeled_weight = 0.5
+    ce = F.cross_entropy(m2.classifier(b.x_l), b.y_l, reduction="none")
+    neg_L_l, neg_L_u, _ = m2.bounds(b.x_l, b.y_l, b.x_u, sample=False)
+    neg_U = losses.unlabeled_bound(neg_L_u, m2.classifier(b.x_u))
+    expected = (0.5 * (-neg_L_l + m2.cls_weight * ce).sum() - neg_U.sum()) / (0.5 * 4 + 8)
+    torch.testing.assert_close(m2.objective(b.x_l, b.y_l, b.x_u, sample=False)["loss"], expected, rtol=1e-5,
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="labeled_weight must be a positive number"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "labeled_weight": -1.0}, SPEC)
+
+
+def test_classifier_input_noise_only_while_training():
+    torch.manual_seed(0)
+    plain = create_method("vae_m2", SMALL["vae_m2"], SPEC)
+    noisy = create_method("vae_m2", {**SMALL["vae_m2"], "cls_input_noise": 0.5}, SPEC)
+    noisy.load_state_dict(plain.state_dict())
+    b = _batch()
+    for mode in ("eval", "train"):
+        getattr(plain, mode)(), getattr(noisy, mode)()
+        a, n = (m.objective(b.x_l, b.y_l, b.x_u, sample=False)["ce"] for m in (plain, noisy))
+        assert torch.equal(a, n) == (mode == "eval"), mode
+
+
+def test_classifier_weight_decay_on_classifier_weights_only():
+    m2 = create_method("vae_m2", {**SMALL["vae_m2"], "cls_weight_decay": 0.01}, SPEC)
+    m2.setup(10)
+    opt = m2.optimizers["main"]
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for p in m2.classifier.parameters() if p.dim() > 1}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m2.parameters()))
+    plain = create_method("vae_m2", SMALL["vae_m2"], SPEC)
+    plain.setup(10)
+    assert type(plain.optimizers["main"]) is torch.optim.Adam  # the default stays plain Adam
+
+
+def test_mixture_prior_starts_as_the_standard_prior_and_generates_per_class():
+    torch.manual_seed(0)
+    std = create_method("vae_m2", SMALL["vae_m2"], SPEC).eval()
+    mix = create_method("vae_m2", {**SMALL["vae_m2"], "prior": "mixture"}, SPEC).eval()
+    missing = mix.load_state_dict(std.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["prior_logvar", "prior_mu"]
+    b = _batch()
+    for a, m in zip(std.bounds(b.x_l, b.y_l, b.x_u, sample=False), mix.bounds(b.x_l, b.y_l, b.x_u, sample=False)):
+        torch.testing.assert_close(a, m)
+    with torch.no_grad():
+        mix.prior_mu[3] = 5.0
+        mix.prior_logvar[3] = math.log(0.25)
+    z = mix.prior_sample(torch.full((4000,), 3))
+    torch.testing.assert_close(z.mean(0), torch.full((6,), 5.0), atol=0.05, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.full((6,), 0.5), atol=0.05, rtol=0)
+    assert mix.sample(3, torch.tensor([3, 3, 0])).shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="standard, mixture"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "prior": "vamp"}, SPEC)
+
+
+def test_rec_gain_is_the_predicted_class_against_the_others():
+    from genssl.methods.enumerated import rec_gain
+
+    rec = torch.tensor([[0.0, -10.0, -10.0], [-5.0, -1.0, -3.0]])
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert float(rec_gain(rec, logits)) == pytest.approx((10.0 + 3.0) / 2)
+    torch.manual_seed(0)
+    m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC)
+    m2.setup(5)
+    assert "train/rec_gain_y" in m2.train_step(_batch(), 0)
+
+
+def _m1_with_dead_dims(folder, dead: int = 3):
+    """An exported M1 whose first `dead` latent means are constant over images."""
+    from genssl.encoders.format import export_encoder
+
+    torch.manual_seed(0)
+    m1 = create_method("vae_m1", SMALL["vae_m1"], SPEC)
+    with torch.no_grad():
+        m1.encoder.head.weight[:dead] = 0.0
+    export_encoder(m1.encoder_module(), folder, input_shape=SPEC.image_shape)
+    return str(folder)
+
+
+def test_m1_m2_keeps_only_active_m1_dims(tmp_path):
+    enc = _m1_with_dead_dims(tmp_path / "m1")
+    cfg = {**SMALL["vae_m2"], "encoder": enc, "likelihood": "gaussian", "m1_active_threshold": 0.01}
+    torch.manual_seed(0)
+    m = create_method("vae_m2", cfg, SPEC)
+    assert m.m1_keep.all()  # until initialize() has seen data
+    b = _batch(b_u=16)
+    m.initialize(b)
+    keep = m.m1_keep.clone()
+    assert keep.tolist() == [False] * 3 + [True] * 5
+    z1 = m.prepare(b.x_u)
+    assert (z1[:, :3] == 0).all() and (z1[:, 3:] != 0).all()  # dead dims zeroed at the networks' inputs
+    m.eval()
+    # log p(z1 | y, z2) counts the active dims only
+    x, y = m.features_in(b.x_l), b.y_l
+    y_code = F.one_hot(y, 10).float()
+    mu, _ = m.encoder.posterior(x, y_code)
+    params = m.decoder(mu, y_code)  # (B, 2, 8)
+    rec = losses.gaussian_log_likelihood(x[:, 3:], params[:, 0, 3:],
+                                         -6.0 + F.softplus(params[:, 1, 3:] + 6.0), 1)
+    expected = rec + m.log_prior_y - losses.gaussian_kl_standard(*m.encoder.posterior(x, y_code))
+    torch.testing.assert_close(m.neg_labeled_bound(x, y, sample=False), expected, rtol=1e-5, atol=1e-4)
+    # the mask is state: a checkpoint restores it
+    fresh = create_method("vae_m2", cfg, SPEC)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.m1_keep, keep)
+    with pytest.raises(ValueError, match="no M1 latent dim"):
+        create_method("vae_m2", {**cfg, "m1_active_threshold": 1e6}, SPEC).initialize(b)
+    with pytest.raises(ValueError, match="m1_active_threshold selects M1 latent dims: it needs `encoder`"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "m1_active_threshold": 0.1}, SPEC)
+
+
+def test_m1_m2_active_dims_survive_the_run_folder(tmp_path, run_config_factory, tiny_data):
+    from genssl.encoders.from_run import method_from_run
+
+    enc = _m1_with_dead_dims(tmp_path / "m1", dead=2)
+    cfg = run_config_factory("vae_m2", {**SMALL["vae_m2"], "encoder": enc, "likelihood": "gaussian",
+                                        "m1_active_threshold": 0.01})
+    trainer = Trainer(cfg, data=tiny_data)
+    trainer.fit()
+    assert trainer.method.m1_keep.tolist() == [False] * 2 + [True] * 6
+    reloaded, _, _ = method_from_run(trainer.run_dir, data=tiny_data)
+    assert torch.equal(reloaded.m1_keep, trainer.method.m1_keep)
+
+
 def test_kl_warmup_only_changes_the_loss_not_the_bounds():
     torch.manual_seed(0)
     m2 = create_method("vae_m2", SMALL["vae_m2"], SPEC).eval()
@@ -168,6 +316,7 @@ def test_kl_warmup_only_changes_the_loss_not_the_bounds():
     ("vae_m1", {}), ("vae_m1", {"readout": "knn", "binarize": True, "kl_warmup": 0.5}),
     ("vae_m1", {"readout": "mlp", "arch": "conv", "hidden": [32]}),
     ("vae_m2", {}), ("vae_m2", {"binarize": True, "kl_warmup": 0.5}),
+    ("vae_m2", {"prior": "mixture", "labeled_weight": 2.0, "cls_input_noise": 0.1, "cls_weight_decay": 1e-3}),
 ])
 def test_method_trains_and_round_trips(method, overrides, run_config_factory, tiny_data):
     cfg = run_config_factory(method, {**SMALL[method], **overrides})

@@ -13,11 +13,22 @@ w = alpha * N / N_l, alpha = 0.1, N all training images, N_l the labeled ones (t
 with its expectation over the N_l labeled points written as a sum: each labeled point's classification loss
 counts 0.1 * N / N_l times one image's bound). Labeled and unlabeled bounds get equal weight per step
 (labeled images are oversampled, as in the original code's balanced minibatches). `classifier_weight` sets
-w directly instead.
+w directly instead; `labeled_weight` fixes what one labeled image weighs against an unlabeled one instead of
+balancing the two means (genssl.methods.enumerated).
+
+Levers (defaults: off, the paper's model): `prior: mixture` replaces p(z) by a learned class mixture
+p(z | y) = N(mu_y, diag sigma_y^2) (the KL becomes KL(q(z | x, y) || p(z | y))); `cls_input_noise` and
+`cls_weight_decay` regularize the classifier; `z_dim`, `kl_warmup`, `cls_dropout`. `train/rec_gain_y` logs how
+much the decoder uses y (genssl.methods.enumerated.rec_gain).
 
 M1+M2: with `encoder:` set to an M1 run or exported encoder folder (loaded frozen with
 genssl.encoders.load.load_encoder), M2 models z1 ~ q(z1 | x) instead of pixels, with a Gaussian p(z1 | y, z2);
-z1 is re-sampled at every step, as in the original, and is the posterior mean when predicting.
+z1 is re-sampled at every step, as in the original, and is the posterior mean when predicting. With
+`m1_active_threshold`, only M1's active dims are modelled (std over images of the posterior means above the
+threshold, measured on the first unlabeled batch of a fresh run and kept in the `m1_keep` buffer, so a
+checkpoint restores it): the others are zeroed at the encoder's and classifier's inputs and left out of
+log p(z1 | y, z2). M1's unused dims are noise around 0 that the Gaussian p(z1 | y, z2) would spend its
+capacity on.
 """
 
 from __future__ import annotations
@@ -36,8 +47,11 @@ from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likeli
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.methods.schedules import kl_weight
-from genssl.encoders.load import load_encoder
+from genssl.methods.enumerated import (active_dims, check_labeled_weight, classification_weight, load_m1,
+                                       rec_gain, step_loss)
 from genssl.nn.classifiers import ClassifierFeatures
+
+PRIORS = ("standard", "mixture")
 
 
 @register_method("vae_m2")
@@ -65,23 +79,37 @@ class VAEM2(Method):
         lr: float = 1e-3
         encoder: str | None = None
         """M1+M2: an M1 run folder or exported encoder folder; M2 then runs on its latents."""
+        labeled_weight: float | None = None
+        """What one labeled image (its bound + w * its classification loss) weighs against one unlabeled image's
+        bound; None: balanced minibatches, the labeled mean counts as much as the unlabeled mean
+        (genssl.methods.enumerated)."""
+        cls_input_noise: float = 0.0
+        """Std of Gaussian noise added to the classifier's inputs (pixels or M1 latents) while training; 0: none."""
+        cls_weight_decay: float = 0.0
+        """Decoupled weight decay (AdamW) on the classifier's weight matrices; 0 keeps plain Adam."""
+        prior: str = "standard"
+        """standard: p(z) = N(0, I) | mixture: p(z | y) = N(mu_y, diag sigma_y^2), learned (starts at N(0, I))."""
+        m1_active_threshold: float | None = None
+        """M1+M2: model only M1's dims whose posterior-mean std over images exceeds this (e.g. 0.1); None: all."""
 
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
         K = spec.num_classes
         self.m1 = None
         shape = spec.image_shape
+        if cfg.prior not in PRIORS:
+            raise ValueError(f"unknown prior {cfg.prior!r}; choose one of {', '.join(PRIORS)}")
+        if cfg.cls_input_noise < 0 or cfg.cls_weight_decay < 0:
+            raise ValueError(f"cls_input_noise and cls_weight_decay must be >= 0, got {cfg.cls_input_noise} / "
+                             f"{cfg.cls_weight_decay}")
+        check_labeled_weight(cfg.labeled_weight)
+        if cfg.m1_active_threshold is not None and cfg.encoder is None:
+            raise ValueError("m1_active_threshold selects M1 latent dims: it needs `encoder` (M1+M2)")
         if cfg.encoder is not None:
-            m1 = load_encoder(cfg.encoder)
-            if not m1.has_posterior:
-                raise ValueError(f"encoder {cfg.encoder!r} has no posterior(x) -> (mu, logvar); M1+M2 needs a "
-                                 f"Gaussian (VAE) encoder")
-            m1.requires_grad_(False)
-            self.m1 = m1.eval()
-            shape = (int(m1.out_dim),)
-            if cfg.arch != "mlp" or (cfg.cls_arch or "mlp") != "mlp":
-                raise ValueError(f"M1+M2 models latent vectors: arch and cls_arch must be 'mlp', got "
-                                 f"{cfg.arch!r} / {cfg.cls_arch!r}")
+            self.m1 = load_m1(cfg.encoder, cfg.arch, cfg.cls_arch)
+            shape = (int(self.m1.out_dim),)
+            if cfg.m1_active_threshold is not None:  # set by initialize() on a fresh run, restored from checkpoints
+                self.register_buffer("m1_keep", torch.ones(shape[0], dtype=torch.bool))
         self.input_shape = shape
         self.likelihood = resolve_likelihood(cfg.likelihood, shape)
         if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
@@ -91,13 +119,28 @@ class VAEM2(Method):
         self.encoder = GaussianEncoder(shape, cfg.z_dim, cfg.arch, cfg.enc_hidden, cond_dim=K)
         self.decoder = Decoder(shape, cfg.z_dim, cfg.arch, cfg.dec_hidden, cond_dim=K,
                                n_params=n_params(self.likelihood))
-        n_total = spec.n_labeled + spec.n_unlabeled
-        self.cls_weight = (cfg.classifier_weight if cfg.classifier_weight is not None
-                           else cfg.alpha * n_total / max(spec.n_labeled, 1))
+        if cfg.prior == "mixture":  # p(z | y) = N(mu_y, diag exp(logvar_y)), starting at N(0, I)
+            self.prior_mu = torch.nn.Parameter(torch.zeros(K, cfg.z_dim))
+            self.prior_logvar = torch.nn.Parameter(torch.zeros(K, cfg.z_dim))
+        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec)
         self.log_prior_y = -math.log(K)  # log p(y), uniform
 
     def configure_optimizers(self):
-        return {"main": torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.cfg.lr)}
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.cfg.cls_weight_decay > 0:  # decay the classifier's weight matrices only (not biases / BN)
+            decayed = [p for p in self.classifier.parameters() if p.requires_grad and p.dim() > 1]
+            ids = {id(p) for p in decayed}
+            groups = [{"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+                      {"params": decayed, "weight_decay": self.cfg.cls_weight_decay}]
+            return {"main": torch.optim.AdamW(groups, lr=self.cfg.lr)}
+        return {"main": torch.optim.Adam(params, lr=self.cfg.lr)}
+
+    def initialize(self, batch) -> None:
+        """M1+M2 with m1_active_threshold: find M1's active dims on the first unlabeled batch of a fresh run."""
+        if self.m1 is not None and self.cfg.m1_active_threshold is not None:
+            with torch.no_grad():
+                mu = self.m1(batch.x_u).float()  # (B_u, D1) posterior means
+            self.m1_keep.copy_(active_dims(mu, self.cfg.m1_active_threshold))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -111,67 +154,85 @@ class VAEM2(Method):
         if self.m1 is not None:
             with torch.no_grad():
                 mu, logvar = self.m1.posterior(x)
-            return reparameterize(mu.float(), logvar.float())
+            return self._mask(reparameterize(mu.float(), logvar.float()))
         return torch.bernoulli(x) if self.cfg.binarize else x
 
     def features_in(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation inputs: the M1 posterior mean, or the images."""
-        return self.m1(x).float() if self.m1 is not None else x
+        return self._mask(self.m1(x).float()) if self.m1 is not None else x
+
+    def _mask(self, z1: torch.Tensor) -> torch.Tensor:
+        """M1 latents with the inactive dims zeroed (when m1_active_threshold is set)."""
+        keep = getattr(self, "m1_keep", None)
+        return z1 if keep is None else z1 * keep.to(z1.dtype)
+
+    def _log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | params) over the modelled dims: all of them, or M1's active ones."""
+        keep = getattr(self, "m1_keep", None)
+        if keep is not None:
+            params, x = params[..., keep], x[..., keep]
+        return log_likelihood(self.likelihood, params, x, len(self.input_shape))
+
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | y)) per row; y (R,) the class of each row of mu, logvar (R, D)."""
+        if self.cfg.prior == "mixture":
+            return losses.gaussian_kl(mu, logvar, self.prior_mu[y], self.prior_logvar[y])
+        return losses.gaussian_kl_standard(mu, logvar)
+
+    def prior_sample(self, y: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z ~ p(z | y) for the classes y (...,); eps (..., D) standard normal noise (drawn when None)."""
+        if eps is None:
+            eps = torch.randn(*y.shape, self.cfg.z_dim, device=y.device)
+        if self.cfg.prior == "mixture":
+            return self.prior_mu[y] + torch.exp(0.5 * self.prior_logvar[y]) * eps
+        return eps
 
     # ------------------------------------------------------------------ the bounds
-    def _neg_L(self, mu, logvar, y_code, x, sample: bool) -> torch.Tensor:
-        z = reparameterize(mu, logvar) if sample else mu
-        params = self.decoder(z, y_code)
-        rec = log_likelihood(self.likelihood, params, x, len(self.input_shape))
-        return rec + self.log_prior_y - losses.gaussian_kl_standard(mu, logvar)
-
     def neg_labeled_bound(self, x: torch.Tensor, y: torch.Tensor, sample: bool = True) -> torch.Tensor:
         """-L(x, y), eq. 6, for one given class per image: x (B, ...), y (B,) -> (B,). The reference path; the
         training step computes the same quantity fused with the enumeration in `bounds`."""
         y_code = F.one_hot(y, self.spec.num_classes).float()
         mu, logvar = self.encoder.posterior(x, y_code)
-        return self._neg_L(mu, logvar, y_code, x.float(), sample)
+        z = reparameterize(mu, logvar) if sample else mu
+        rec = self._log_likelihood(self.decoder(z, y_code), x.float())
+        return rec + self.log_prior_y - self._kl(mu, logvar, y)
 
     def bounds(self, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, sample: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """-L(x_l, y_l) (B_l,) and -L(x_u, y) for every class y (B_u, K), in one pass over B_l + B_u*K rows."""
         K, n_l, n_u = self.spec.num_classes, x_l.shape[0], x_u.shape[0]
-        event = len(self.input_shape)
         mu, logvar = self.encoder.posterior_labeled_and_all(x_l, y_l, x_u)  # (R, D), R = B_l + B_u*K
         eye = losses.class_conditions(K, x_l.device)
-        y_code = torch.cat([eye[y_l], eye.repeat(n_u, 1)])  # (R, K)
+        y_rows = torch.cat([y_l, torch.arange(K, device=y_l.device).repeat(n_u)])  # (R,) the class of each row
+        y_code = eye[y_rows]  # (R, K)
         z = reparameterize(mu, logvar) if sample else mu
         params = self.decoder(z, y_code)  # (R, P, *shape)
-        rec_l = log_likelihood(self.likelihood, params[:n_l], x_l.float(), event)  # (B_l,)
+        rec_l = self._log_likelihood(params[:n_l], x_l.float())  # (B_l,)
         params_u = params[n_l:].unflatten(0, (n_u, K))  # (B_u, K, P, *shape)
-        rec_u = log_likelihood(self.likelihood, params_u, x_u.float()[:, None], event)  # (B_u, K), no copy of x
-        kl = losses.gaussian_kl_standard(mu, logvar)  # (R,)
+        rec_u = self._log_likelihood(params_u, x_u.float()[:, None])  # (B_u, K), no copy of x
+        kl = self._kl(mu, logvar, y_rows)  # (R,)
         neg_L_l = rec_l + self.log_prior_y - kl[:n_l]
         neg_L_u = rec_u + self.log_prior_y - kl[n_l:].unflatten(0, (n_u, K))
-        return neg_L_l, neg_L_u, {"rec_l": rec_l, "kl_l": kl[:n_l], "kl_u": kl[n_l:].unflatten(0, (n_u, K))}
+        return neg_L_l, neg_L_u, {"rec_l": rec_l, "rec_u": rec_u, "kl_l": kl[:n_l],
+                                  "kl_u": kl[n_l:].unflatten(0, (n_u, K))}
 
     def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0) -> dict[str, torch.Tensor]:
         """The per-step loss (module docstring) and its terms. `beta` < 1 down-weights the KL terms (warm-up);
         the bounds reported are always the true ones."""
-        logits = self.classifier(torch.cat([x_l, x_u]))  # (B_l + B_u, K): one pass, batch norm sees both
+        x_cls = torch.cat([x_l, x_u])
+        if self.training and self.cfg.cls_input_noise > 0:
+            x_cls = x_cls + self.cfg.cls_input_noise * torch.randn_like(x_cls)
+        logits = self.classifier(x_cls)  # (B_l + B_u, K): one pass, batch norm sees both
         logits_l, logits_u = logits[: x_l.shape[0]].float(), logits[x_l.shape[0]:].float()
         neg_L_l, neg_L_u, parts = self.bounds(x_l, y_l, x_u, sample)
-        ce = F.cross_entropy(logits_l, y_l)
-        out = {"neg_L_l": neg_L_l.mean(), "ce": ce, "kl_l": parts["kl_l"].mean(), "rec_l": parts["rec_l"].mean()}
-        labeled = -neg_L_l
-        if beta != 1.0:  # warm-up: optimize rec + log p(y) - beta * KL
-            labeled = labeled - (1.0 - beta) * parts["kl_l"]
-        loss = labeled.mean() + self.cls_weight * ce
+        ce_l = F.cross_entropy(logits_l, y_l, reduction="none")  # (B_l,)
+        out = {"neg_L_l": neg_L_l.mean(), "ce": ce_l.mean(), "kl_l": parts["kl_l"].mean(),
+               "rec_l": parts["rec_l"].mean()}
+        out |= step_loss(neg_L_l, parts["kl_l"], ce_l, self.cls_weight, neg_L_u, parts["kl_u"], logits_u, beta,
+                         self.cfg.labeled_weight)
         if x_u.shape[0]:
-            neg_U = losses.unlabeled_bound(neg_L_u, logits_u)  # (B_u,)
-            out["neg_U"] = neg_U.mean()
             out["entropy_u"] = losses.entropy_from_logits(logits_u).mean()
-            loss_u = -neg_U
-            if beta != 1.0:  # -U with the KL scaled by beta = -U - (1 - beta) * sum_y q(y|x) KL(x, y)
-                q = F.softmax(logits_u, -1)  # (B_u, K)
-                loss_u = loss_u - (1.0 - beta) * (q * parts["kl_u"]).sum(-1)
-            loss = loss + loss_u.mean()
-        out["loss"] = loss
+            out["rec_gain_y"] = rec_gain(parts["rec_u"], logits_u)
         return out
 
     def train_step(self, batch, step):
@@ -214,7 +275,7 @@ class VAEM2(Method):
         if y.shape != (n,) or y.dtype.is_floating_point or not in_range:
             raise ValueError(f"y must be {n} class indices in [0, {K - 1}], got shape {tuple(y.shape)}, "
                              f"dtype {y.dtype}")
-        z = torch.randn(n, self.cfg.z_dim, device=device)
+        z = self.prior_sample(y)
         params = self.decoder(z, F.one_hot(y, K).float())
         return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)
 
@@ -230,9 +291,11 @@ class VAEM2(Method):
         # Analogies (paper fig. 1): row 0 the images, then a row per class, a column per image's z.
         analog = likelihood_mean(self.likelihood, self.decoder(mu[None].expand(K, -1, -1), eye[:, None]), event)
         analog = torch.cat([x[None].float(), analog]).flatten(0, 1)  # ((K + 1) * n, C, H, W)
-        # Class-conditional samples: a row per class, a column per shared z ~ N(0, I).
-        z = torch.randn(n, self.cfg.z_dim, device=x.device)
-        grid = likelihood_mean(self.likelihood, self.decoder(z[None].expand(K, -1, -1), eye[:, None]), event)
+        # Class-conditional samples: a row per class, a column per shared noise eps ~ N(0, I), z ~ p(z | y).
+        eps = torch.randn(n, self.cfg.z_dim, device=x.device)
+        ys = torch.arange(K, device=x.device)[:, None].expand(K, n)  # (K, n)
+        z = self.prior_sample(ys, eps[None].expand(K, -1, -1))  # (K, n, D)
+        grid = likelihood_mean(self.likelihood, self.decoder(z, eye[:, None]), event)
         recon = likelihood_mean(self.likelihood, self.decoder(mu, F.one_hot(y, K).float()), event)
         return {"vae_m2/analogies": (analog.clamp(0, 1), n), "vae_m2/class_samples": (grid.flatten(0, 1).clamp(0, 1), n),
                 "vae_m2/reconstructions": (torch.stack([x.float(), recon], 0).flatten(0, 1).clamp(0, 1), n)}
