@@ -8,6 +8,7 @@ from genssl.methods import pseudo_label, self_training, supervised  # noqa: F401
 from genssl.methods import fixmatch  # noqa: F401
 from genssl.methods import sgan  # noqa: F401
 from genssl.methods import vae_m1, vae_m2  # noqa: F401
+from genssl.methods import adgm  # noqa: F401
 
 
 def create_method(name: str, cfg, spec):
