@@ -20,9 +20,10 @@ import torch
 from genssl._version import __version__
 from genssl.config import RESUMABLE_OVERRIDES, RunConfig, flatten
 from genssl.data.batching import SSLBatcher, to_float
-from genssl.data.datasets import ImageData, allows_hflip, load_dataset
+from genssl.data.datasets import ImageData, allows_hflip
+from genssl.data.source import class_names, load_train_test, run_split
 from genssl.data.spec import DataSpec
-from genssl.data.split import Split, make_split
+from genssl.data.split import Split
 from genssl.fileio import CheckpointError
 from genssl.methods import create_method
 from genssl.methods.base import Method
@@ -115,14 +116,11 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _load_data(self, lane: Lane, train: ImageData) -> Split:
         d = lane.cfg.data
-        if lane.resume and lane.run.has(RunDir.SPLIT):
-            split = lane.run.read_split()
-            split.check_against(len(train), str(lane.run / RunDir.SPLIT))
-        else:
-            seed = d.split_seed if d.split_seed is not None else lane.seed
-            split = make_split(train.labels, train.num_classes, d.n_labels, d.n_val, seed, d.labeled_in_unlabeled)
-            if self.is_main:
-                lane.run.write_split(split)
+        saved = lane.run.read_split() if lane.resume and lane.run.has(RunDir.SPLIT) else None
+        seed = d.split_seed if d.split_seed is not None else lane.seed
+        split = run_split(train, d, seed, saved, str(lane.run / RunDir.SPLIT))
+        if saved is None and self.is_main:
+            lane.run.write_split(split)
         if split.unlabeled.numel() == 0:
             raise ValueError("the unlabeled pool is empty: lower data.n_labels/n_val or set labeled_in_unlabeled")
         return split
@@ -188,8 +186,8 @@ class Trainer:
         self.device = device = resolve_device(t.device)
         if t.threads:
             torch.set_num_threads(t.threads)
-        train, test = self._data if self._data is not None else load_dataset(cfg.data.dataset, cfg.data.root,
-                                                                              cfg.data.download)
+        train, test = self._data if self._data is not None else load_train_test(cfg.data, t.progress)
+        self.class_names = class_names(train, cfg.data.dataset)
         images, labels = train.images.to(device), train.labels.to(device)
         methods = [self._build_lane(lane, train, images, labels, device) for lane in self.lanes]
         steps = {lane.step for lane in self.lanes}
@@ -227,7 +225,8 @@ class Trainer:
                 if self.is_main:
                     lane.run.save_checkpoint(RunDir.LAST, {
                         "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
-                        "data_spec": strategy.lane_method(0).spec.to_dict(), "method_state": state,
+                        "data_spec": strategy.lane_method(0).spec.to_dict(), "class_names": self.class_names,
+                        "method_state": state,
                         "batcher": lane.batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks,
                         "step": at_step, "best_val": lane.best_val, "best_step": lane.best_step,
                         "wall_time_s": lane.elapsed_before + wall,
@@ -249,8 +248,8 @@ class Trainer:
                     if self.is_main:
                         lane.run.save_checkpoint(RunDir.BEST, {
                             "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
-                            "data_spec": method.spec.to_dict(), "model": method.state_dict(), "step": at_step,
-                            "val_acc": val_acc})
+                            "data_spec": method.spec.to_dict(), "class_names": self.class_names,
+                            "model": method.state_dict(), "step": at_step, "val_acc": val_acc})
                 if self.is_main:
                     with torch.no_grad():
                         method.eval()
