@@ -11,14 +11,13 @@ report (genssl/report.py) is rewritten from all runs at the end.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from genssl.runs.run_dir import RunDir
 from genssl.compare import samples as compare_samples
-from genssl.fileio import atomic_write_json
 from genssl.config import ConfigError, build_run_config, flatten, load_yaml, merge
 from genssl.compare.grid import GridRun, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
@@ -38,10 +37,10 @@ REUSE_IGNORED = frozenset({"name", "out_dir", "train.progress", "train.threads",
 # ---------------------------------------------------------------------------------------------- one run
 def finished_results(run: GridRun) -> dict | None:
     """The results of a finished run in run.run_dir, or None; raises if that run was made with another config."""
-    done = run.run_dir / "results.json"
-    if not done.is_file():
+    rd = RunDir(run.run_dir)
+    if not rd.has(RunDir.RESULTS):
         return None
-    saved_path = run.run_dir / "config.yaml"
+    saved_path = rd.config_path
     if saved_path.is_file():
         now = run.raw if run.samples is not None else build_run_config(run.raw).to_dict()
         saved, now = flatten(load_yaml(saved_path)), flatten(now)
@@ -52,10 +51,7 @@ def finished_results(run: GridRun) -> dict | None:
             raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({diffs}). Delete "
                               f"that folder to rerun it, or write the grid elsewhere with --out")
     _check_upstream(run)
-    return json.loads(done.read_text())
-
-
-UPSTREAM_FILE = "upstream.json"
+    return rd.read_results()
 
 
 def _fingerprint(results_path: Path) -> str | None:
@@ -64,17 +60,17 @@ def _fingerprint(results_path: Path) -> str | None:
 
 def upstream_fingerprints(run: GridRun) -> dict[str, str | None]:
     """{dependency run name: fingerprint of its results.json} for the runs `run` was built from."""
-    return {d: _fingerprint(run.run_dir.parent / d / "results.json") for d in run.deps}
+    return {d: _fingerprint(run.run_dir.parent / d / RunDir.RESULTS) for d in run.deps}
 
 
 def _check_upstream(run: GridRun) -> None:
     """A derived run (M1+M2 on its M1, a samples classifier on its GAN) is only as current as the runs it was
     built from: refuse to reuse it once one of them was rerun or removed. Runs written before upstream.json
     existed are not checked."""
-    saved_path = run.run_dir / UPSTREAM_FILE
-    if not run.deps or not saved_path.is_file():
+    saved = RunDir(run.run_dir).read_upstream()
+    if not run.deps or saved is None:
         return
-    saved, now = json.loads(saved_path.read_text()), upstream_fingerprints(run)
+    now = upstream_fingerprints(run)
     stale = sorted(d for d in run.deps if saved.get(d) != now[d])
     if stale:
         what = "; ".join(f"{d} {'has no results.json now' if now[d] is None else 'has been rerun since'}"
@@ -93,15 +89,14 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
         results = compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
                                                          data, threads)
     else:
-
         raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
         if threads and not raw.get("train", {}).get("threads"):
             raw = merge(raw, {"train": {"threads": threads}})
         cfg = build_run_config(raw)
-        trainer = Trainer(cfg, run_dir=run.run_dir, resume=(run.run_dir / "last.pt").is_file(), data=data)
+        trainer = Trainer(cfg, run_dir=run.run_dir, resume=RunDir(run.run_dir).has(RunDir.LAST), data=data)
         results = trainer.fit()
     if run.deps:
-        atomic_write_json(upstream, run.run_dir / UPSTREAM_FILE)
+        RunDir(run.run_dir).write_upstream(upstream)
     return results, False
 
 

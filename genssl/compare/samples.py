@@ -10,17 +10,17 @@ config) and results.json; its wall time includes the source run's, since the sam
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
+from genssl.runs.run_dir import RunDir
 from genssl.config import ConfigError, from_dict
 from genssl.downstream.samples import SampleClassifierConfig
 from genssl.training.evaluate import load_run
 import yaml
 from genssl.data.batching import to_float
-from genssl.fileio import atomic_write_json, atomic_write_text
+from genssl.fileio import atomic_write_text
 from genssl.config import to_dict
 from genssl.downstream.samples import accuracy, train_sample_classifier
 
@@ -49,7 +49,7 @@ def samples_config(entry: dict, where: str, seed: int):
 def load_source(run_dir: Path, data=None, device: str = "auto"):
     """(method with the source run's best weights, in eval mode with its readout fitted; cfg; split;
     (train, test)): genssl.training.evaluate.load_run, which also takes `data` for runs trained on in-memory data."""
-    return load_run(run_dir, "best.pt", device, data=data)
+    return load_run(run_dir, RunDir.BEST, device, data=data)
 
 
 def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, threads: int = 0) -> dict:
@@ -57,13 +57,13 @@ def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, thr
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    source_results = json.loads((source_dir / "results.json").read_text())
+    source_results = RunDir(source_dir).read_results()
     method, cfg, split, (train, test) = load_source(source_dir, data)
     dev = next(method.parameters()).device
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(yaml.safe_dump({"samples_from": str(source_dir),
                                       "classifier": to_dict(scfg)}, sort_keys=False),
-                      run_dir / "config.yaml")
+                      RunDir(run_dir).config_path)
     x_l, y_l = to_float(train.images[split.labeled].to(dev)), train.labels[split.labeled].to(dev)
     x_val, y_val = to_float(train.images[split.val].to(dev)), train.labels[split.val].to(dev)
     if not method.can_sample:
@@ -80,5 +80,5 @@ def run_samples_classifier(source_dir: Path, run_dir: Path, scfg, data=None, thr
         "own_wall_time_s": own, "wall_time_s": own + source_results["wall_time_s"],
         "device": source_results.get("device", ""), "source_run": str(source_dir),
     }
-    atomic_write_json(results, run_dir / "results.json")
+    RunDir(run_dir).write_results(results)
     return results

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from genssl.runs.run_dir import RunDir
 from genssl.encoders.foreign import load_state_dict_encoder, load_torchvision_encoder
 from genssl.encoders.format import SPEC_FILE, Encoder, load_exported
 from genssl.encoders.from_run import encoder_from_run
@@ -57,8 +58,8 @@ def load_encoder(source, *, weights=None, module: nn.Module | None = None, key_m
     path = Path(source)
     if (path / SPEC_FILE).is_file():
         return load_exported(path, device)
-    if (path / "config.yaml").is_file():
-        exported, best = path / "encoder" / SPEC_FILE, path / "best.pt"
+    if RunDir(path).is_run():
+        exported, best = path / RunDir.ENCODER / SPEC_FILE, path / RunDir.BEST
         # use the run's export unless best.pt was rewritten after it (a resumed run found a better step)
         if checkpoint == "best.pt" and exported.is_file() and (
                 not best.is_file() or exported.stat().st_mtime >= best.stat().st_mtime):
