@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genssl.data.datasets import load_dataset
+from genssl.data.source import load_train_test
 from genssl.data.spec import DataSpec
 from genssl.encoders.format import SPEC_FILE, Encoder, export_encoder, infer_out_dim
 from genssl.runs.run_dir import RunDir
@@ -21,7 +21,7 @@ def method_from_run(run_dir: str | Path, checkpoint: str = "best.pt", data=None,
     if "data_spec" not in run.load_checkpoint(checkpoint):
         cfg = run.read_config()
         if data is None:
-            train, _ = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+            train, _ = load_train_test(cfg.data, progress=False)
         else:
             train = data[0] if isinstance(data, (tuple, list)) else data
         split = run.read_split()
