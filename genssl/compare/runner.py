@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -93,7 +94,11 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
         if threads and not raw.get("train", {}).get("threads"):
             raw = merge(raw, {"train": {"threads": threads}})
         cfg = build_run_config(raw)
-        trainer = Trainer(cfg, run_dir=run.run_dir, resume=RunDir(run.run_dir).has(RunDir.LAST), data=data)
+        rd = RunDir(run.run_dir)
+        resume = rd.has(RunDir.LAST) or rd.has(RunDir.PREV)  # prev.pt alone: stopped between a save's renames
+        if not resume and run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+            shutil.rmtree(run.run_dir)  # stopped before its first checkpoint: nothing to resume, start it over
+        trainer = Trainer(cfg, run_dir=run.run_dir, resume=resume, data=data)
         results = trainer.fit()
     if run.deps:
         RunDir(run.run_dir).write_upstream(upstream)
