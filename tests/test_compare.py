@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -168,11 +169,29 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
 
 
-def test_parallel_jobs_give_the_same_runs(tmp_path, tiny_data):
+def test_parallel_jobs_give_the_same_runs_as_serial_ones(tmp_path, tiny_data):
+    """Two worker processes train the grid's two runs: each run's results and final checkpoint equal those of
+    the same grid trained serially in this process."""
+    from genssl.runs.run_dir import RunDir
+
     grid = write_grid(tmp_path, {"supervised": synthetic("supervised")})
-    table = run_grid(grid, jobs=2, data=tiny_data, progress=False)
-    assert table[0]["seeds"] == 2
-    assert all((tmp_path / "out" / "runs" / f"supervised-n20-s{s}" / "results.json").is_file() for s in (0, 1))
+    serial = run_grid(grid, out=str(tmp_path / "serial"), jobs=1, data=tiny_data, progress=False)
+    parallel = run_grid(grid, out=str(tmp_path / "parallel"), jobs=2, data=tiny_data, progress=False)
+    assert [r["seeds"] for r in parallel] == [r["seeds"] for r in serial] == [2]
+    assert parallel[0]["test_acc_mean"] == serial[0]["test_acc_mean"]
+    assert parallel[0]["test_acc_std"] == serial[0]["test_acc_std"]
+    for s in (0, 1):
+        a, b = (RunDir(tmp_path / out / "runs" / f"supervised-n20-s{s}") for out in ("serial", "parallel"))
+        ra, rb = a.read_results(), b.read_results()
+        for key in ("test_acc", "best_val_acc", "best_step", "steps", "seed"):
+            assert ra[key] == rb[key], f"seed {s}: {key}"
+        ca, cb = (yaml.safe_load(r.config_path.read_text()) for r in (a, b))
+        assert (ca["train"].pop("threads"), cb["train"].pop("threads")) == (0, 1)  # a worker takes one thread
+        assert ca == cb
+        la, lb = a.load_checkpoint("last.pt"), b.load_checkpoint("last.pt")
+        for k, v in la["method_state"]["model"].items():
+            assert torch.equal(v, lb["method_state"]["model"][k]), f"seed {s}: {k}"
+        assert la["step"] == lb["step"] == TINY_TRAIN["steps"]
 
 
 @pytest.mark.parametrize("methods, message", [
@@ -215,38 +234,35 @@ def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
     """A grid process killed without cleanup must not leave its workers training on (they would write the run
     folders a restarted grid resumes)."""
     import os
+    import select
     import signal
     import subprocess
     import sys
-    import time
 
     script = tmp_path / "owner.py"
     script.write_text(
-        "import multiprocessing as mp, os, time\n"
+        "import multiprocessing as mp, os, signal\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from genssl.compare.runner import exit_with_parent\n"
         "if __name__ == '__main__':\n"
         "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_with_parent,\n"
         "                               initargs=(os.getpid(), 0.1))\n"
         "    print(pool.submit(os.getpid).result(), flush=True)\n"
-        "    pool.submit(time.sleep, 60)\n"
-        "    time.sleep(60)\n")
+        "    pool.submit(signal.pause)\n"  # the worker blocks (until a signal), as in a long training run
+        "    signal.pause()\n")
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         worker = int(owner.stdout.readline())
-        os.kill(worker, 0)  # alive while its owner is
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.kill(worker, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(worker, signal.SIGKILL)
-            raise AssertionError("the worker outlived the grid process by 20 s")
+        exited = os.pidfd_open(worker)  # readable once the worker has exited: an event, no polling
+        try:
+            owner.send_signal(signal.SIGKILL)
+            owner.wait(10)
+            ready, _, _ = select.select([exited], [], [], 20)
+            if not ready:
+                os.kill(worker, signal.SIGKILL)
+                raise AssertionError("the worker outlived the grid process by 20 s")
+        finally:
+            os.close(exited)
     finally:
         owner.kill()
         owner.wait()

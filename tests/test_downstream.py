@@ -23,6 +23,14 @@ def gaussian_features(n, d=20, k=5, seed=0, spread=1.0):
     return centers[y] + spread * torch.randn(n, d, generator=g) + 3.0, y  # offset: standardization matters
 
 
+CENTRES = torch.randn(5, 20, generator=torch.Generator().manual_seed(123)) * 1.5 + 3.0  # gaussian_features'
+
+
+def nearest_centre_accuracy(x, y) -> float:
+    """The Bayes classifier of gaussian_features (equal isotropic classes): the nearest true class centre."""
+    return float((torch.cdist(x, CENTRES).argmin(1) == y).float().mean())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_classifiers_fit_and_score(kind):
     x, y = gaussian_features(100)
@@ -30,7 +38,25 @@ def test_classifiers_fit_and_score(kind):
     clf = fit_classifier(x, y, 5, kind, seed=0)
     assert clf(xt).shape == (1000, 5) and torch.isfinite(clf(xt)).all()
     assert not clf.training and not any(p.requires_grad for p in clf.parameters())
-    assert fit_and_score(x, y, xt, yt, 5, kind) > 0.8  # the classes overlap a little: not trivially 1.0
+    # Separable classes: the nearest true centre scores 1.0 and every probe >= 0.997 when measured; a probe
+    # that mishandles the offset or the scale falls well below.
+    assert nearest_centre_accuracy(xt, yt) == 1.0
+    assert fit_and_score(x, y, xt, yt, 5, kind) >= 0.98
+
+
+# Overlapping classes (spread 2.5): the Bayes rate is ~0.87; measured linear 0.816, mlp 0.807, knn 0.782 from 100
+# labels. Each probe must stay within this much of the Bayes rate (chance is 0.2).
+BAYES_GAP = {"linear": 0.09, "mlp": 0.10, "knn": 0.13}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_classifiers_approach_the_bayes_rate_on_overlapping_classes(kind):
+    x, y = gaussian_features(100, spread=2.5)
+    xt, yt = gaussian_features(2000, seed=1, spread=2.5)
+    bayes = nearest_centre_accuracy(xt, yt)
+    assert 0.85 <= bayes <= 0.9  # the classes overlap: 1.0 is out of reach
+    acc = fit_and_score(x, y, xt, yt, 5, kind)
+    assert acc >= bayes - BAYES_GAP[kind], f"{kind}: {acc:.3f} with the Bayes rate at {bayes:.3f}"
 
 
 @pytest.mark.parametrize("kind", KINDS)

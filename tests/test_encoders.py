@@ -236,6 +236,17 @@ def test_torch_hub_local_checkout(tmp_path):
     x = _images()
     with torch.no_grad():
         assert torch.equal(enc(x), load_encoder(folder)(x))
-    for name in list_released():
+    assert "fmnist-m1" in list_released()
+    for name in list_released():  # each released encoder's hub entry is load_encoder(name): same weights, outputs
         released = torch.hub.load(str(REPO), name.replace("-", "_"), source="local")
-        assert isinstance(released, Encoder) and released.out_dim > 0
+        reference = load_encoder(name)
+        assert isinstance(released, Encoder) and released.out_dim == reference.out_dim > 0
+        assert not released.training and not any(p.requires_grad for p in released.parameters())
+        ours, theirs = released.state_dict(), reference.state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+        x = _images(seed=3)
+        with torch.no_grad():
+            assert torch.equal(released(x), reference(x)), name
+            if reference.has_posterior:
+                assert all(torch.equal(a, b) for a, b in zip(released.posterior(x), reference.posterior(x))), name

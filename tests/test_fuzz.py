@@ -1,11 +1,13 @@
 """Property-based tests: random and malformed input to the split, config parsing and overrides, user arrays and
 the IDX reader gives either a correct result or a ValueError-family error, never a crash inside torch/numpy
-or a silently wrong split. Each outcome is recorded with hypothesis.event; `pytest tests/test_fuzz.py
+or a silently wrong split. A refusal must also say what is wrong: each test checks the message against the input
+(an oracle that knows which problem comes first, or the offending key, argument or value it must name). Each outcome is recorded with hypothesis.event; `pytest tests/test_fuzz.py
 --hypothesis-show-statistics` shows how often each error (and success) occurred."""
 
 from __future__ import annotations
 
 import gzip
+import re
 import string
 
 import numpy as np
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from datafiles import idx_bytes
+from genssl import list_methods
 from genssl.config import ConfigError, build_run_config, dump_yaml, parse_overrides
 from genssl.data.datasets import from_arrays, read_idx
 from genssl.data.split import make_split
@@ -48,6 +51,33 @@ def split_requests(draw):
     return k, labels, n_labels, n_val
 
 
+CLASS_SHORT = re.compile(r"class (\d+) has only (\d+) training images outside the validation set, fewer than "
+                         r"the (\d+) labels asked of it \(n_labels=(\d+)\)")
+
+
+def split_refusal(k: int, labels: list[int], n_labels: int, n_val: int) -> str | None:
+    """The message make_split owes these (integer, one-dimensional) inputs: its checks in their order, up to the
+    one that depends on the seeded validation draw (CLASS_SHORT); None when none of them applies."""
+    if n_labels <= 0:
+        return f"n_labels must be a positive integer, got {n_labels!r}"
+    if n_val < 0:
+        return f"n_val must be a non-negative integer, got {n_val!r}"
+    bad = [i for i, v in enumerate(labels) if not 0 <= v < k]
+    if bad:
+        return (f"make_split: labels must be in [0, {k - 1}]; {len(bad)} are not, e.g. index {bad[0]} has label "
+                f"{labels[bad[0]]}")
+    if n_labels < k:
+        return (f"n_labels={n_labels} is fewer than the {k} classes; a class-balanced split needs at least one "
+                f"label per class")
+    if n_val + n_labels > len(labels):
+        return (f"asked for {n_labels} labels and {n_val} validation images, but the training set has only "
+                f"{len(labels)} images")
+    empty = sorted(set(range(k)) - set(labels))
+    if empty:
+        return f"class(es) {empty} have no examples in the training set"
+    return None
+
+
 @FUZZ
 @given(req=split_requests(), seed=st.integers(0, 2**40), lio=st.booleans())
 @example(req=(2, [0] * 50 + [1] * 3, 4, 10), seed=0, lio=True)  # a rare class
@@ -55,11 +85,20 @@ def split_requests(draw):
 def test_make_split_is_correct_or_refuses(req, seed, lio):
     k, labels, n_labels, n_val = req
     y = torch.tensor(labels, dtype=torch.long)
+    owed = split_refusal(k, labels, n_labels, n_val)
     try:
         s = make_split(y, k, n_labels, n_val, seed, lio)
     except ValueError as e:
         event(f"refused: {_kind(e)}")
+        if owed is not None:
+            assert str(e) == owed
+        else:  # the only refusal left: a class too small for its labels once validation took its share
+            m = CLASS_SHORT.fullmatch(str(e))
+            assert m, str(e)
+            cls, left, quota, asked = map(int, m.groups())
+            assert asked == n_labels and left < quota <= n_labels // k + 1 and left <= labels.count(cls)
         return
+    assert owed is None, f"make_split accepted inputs it must refuse with: {owed}"
     event("split made")
     n = len(labels)
     lab, unl, val = s.labeled.tolist(), s.unlabeled.tolist(), s.val.tolist()
@@ -81,11 +120,22 @@ def test_make_split_is_correct_or_refuses(req, seed, lio):
                         st.lists(st.floats(allow_nan=True), max_size=10)),
        k=st.integers(-2, 12))
 def test_make_split_odd_label_arrays(labels, k):
+    y = torch.as_tensor(np.asarray(labels))
+    if y.dim() != 1:
+        owed = f"labels must be one-dimensional, got shape {tuple(y.shape)}"
+    elif y.is_floating_point() or y.dtype == torch.bool:
+        owed = f"labels must be integer class indices, got dtype {y.dtype}"
+    elif k < 1:
+        owed = f"num_classes must be a positive integer, got {k!r}"
+    else:
+        owed = split_refusal(k, y.long().tolist(), 3, 2)
     try:
-        s = make_split(torch.as_tensor(np.asarray(labels)), k, 3, 2, 0)
+        s = make_split(y, k, 3, 2, 0)
     except ValueError as e:
         event(f"refused: {_kind(e)}")
+        assert str(e) == owed or (owed is None and CLASS_SHORT.fullmatch(str(e))), str(e)
         return
+    assert owed is None, f"make_split accepted inputs it must refuse with: {owed}"
     event("split made")
     assert len(s.labeled) == 3 and len(s.val) == 2
 
@@ -124,6 +174,35 @@ def raw_configs(draw):
     return raw
 
 
+def assert_names_the_offender(message: str, raw) -> None:
+    """A refused config's message names what is wrong: an unknown top-level key, the method name, or a key
+    (section.key, or the section) that the raw config holds; unknown keys and methods come with the valid ones."""
+    assert message and "Traceback" not in message
+    if not isinstance(raw, dict):
+        assert message == f"a run config must be a mapping, got {type(raw).__name__}"
+        return
+    named = [f"unknown top-level key(s) {', '.join(sorted(map(str, set(raw) - TOP_LEVEL)))}; valid keys: "]
+    method = raw.get("method")
+    name = method.get("name") if isinstance(method, dict) else method
+    named += [f"unknown method {name!r}; registered methods: {', '.join(list_methods())}",
+              f"method.name: expected a method name, got {name!r}; registered methods: {', '.join(list_methods())}"]
+    for sec in ("name", "out_dir"):
+        if sec in raw:
+            named.append(f"{sec}: expected a string, got {raw[sec]!r}")
+    for sec in ("data", "train", "method"):
+        value = raw.get(sec)
+        if isinstance(value, dict):
+            named += [f"{sec}.{k}" for k in value if k != "name"] + [f"{sec}: "]
+        elif sec in raw:
+            named.append(f"{sec}: expected a mapping, got {type(value).__name__}")
+    assert any(n in message for n in named), f"the message names nothing the config holds: {message!r} for {raw!r}"
+    if "unknown key" in message:
+        assert "; valid keys in " in message
+
+
+TOP_LEVEL = {"name", "out_dir", "method", "data", "train"}
+
+
 def _same(value, got) -> bool:
     if isinstance(got, tuple):
         return list(got) == list(value)
@@ -140,6 +219,7 @@ def test_build_run_config_fuzz(raw):
         cfg = build_run_config(raw)
     except ValueError as e:  # ConfigError and the registry's unknown-method error
         event(f"refused: {_kind(e)}")
+        assert_names_the_offender(str(e), raw)
         return
     event("config built")
     again = build_run_config(yaml.safe_load(dump_yaml(cfg)))  # whatever is accepted survives its own YAML
@@ -162,13 +242,22 @@ def test_parse_overrides_fuzz(args):
         out = parse_overrides(args)
     except ConfigError as e:
         event(f"refused: {_kind(e)}")
+        msg = str(e)
+        keys = [a[2:].partition("=")[0] for a in args if a.startswith("--")]
+        named = ([f"expected an override like --train.steps=100, got {a!r}" for a in args]
+                 + [f"malformed override key {k!r}" for k in keys] + [f"override --{k} has no value" for k in keys]
+                 + [f"override --{k}: cannot parse value " for k in keys]
+                 + [f"override --{k} conflicts with another override" for k in keys])
+        assert any(msg == n or msg.startswith(n) for n in named), f"{msg!r} names none of {args!r}"
         return
     assert isinstance(out, dict)
+    raw = {**out, "method": {**(out.get("method") if isinstance(out.get("method"), dict) else {}),
+                             "name": "supervised"}}
     try:
-        build_run_config({**out, "method": {**(out.get("method") if isinstance(out.get("method"), dict) else {}),
-                                            "name": "supervised"}})
+        build_run_config(raw)
     except ValueError as e:
         event(f"parsed, config refused: {_kind(e)}")
+        assert_names_the_offender(str(e), raw)
         return
     event("parsed and built")
 
@@ -211,6 +300,7 @@ def test_from_arrays_fuzz(arrays):
         data = from_arrays(images, labels, num_classes=k)
     except ValueError as e:
         event(f"refused: {_kind(e)}")
+        assert_user_data_refusal(str(e), images, labels, k)
         return
     event("data accepted")
     n = images.shape[0]
@@ -222,6 +312,38 @@ def test_from_arrays_fuzz(arrays):
         assert np.array_equal(data.images.numpy(), images)  # uint8 NCHW passes through untouched
 
 
+USER_DATA_REFUSALS = [
+    r"labels must be integers; \d+ are not \(NaN, inf, fractional or huge\), at indices \[[\d, ]+\]( \.\.\.)?",
+    r"images must have shape \(N, H, W\) or \(N, C, H, W\), got \([\d, ]*\)",
+    r"images need 1 or 3 channels, got shape \([\d, ]+\)",
+    r"images have no pixels, shape \([\d, ]+\)",
+    r"images must be uint8 in \[0, 255\] or float in \[0, 1\], got bool",
+    r"\d+ images contain NaN or inf, at indices \[[\d, ]+\]( \.\.\.)?",
+    r"float images must lie in \[0, 1\], got range \[.+, .+\]",
+    r"integer images must lie in \[0, 255\]",
+    r"the dataset is empty",
+    r"(\d+) images but (\d+) labels",
+    r"need an integer num_classes >= 2, got (.+)",
+    r"labels must be in \[0, (-?\d+)\]; \d+ are not, e\.g\. index \d+ has label -?\d+",
+]
+
+
+def assert_user_data_refusal(message: str, images, labels, k) -> None:
+    """One of from_arrays' refusals, prefixed with the dataset's name, its numbers those of the input."""
+    assert message.startswith("user data: "), message
+    text = message[len("user data: "):]
+    match = next((m for m in (re.fullmatch(p, text) for p in USER_DATA_REFUSALS) if m), None)
+    assert match, f"not one of from_arrays' refusals: {message!r}"
+    if text.endswith(" labels") and " images but " in text:
+        assert [int(v) for v in match.groups()] == [images.shape[0], labels.shape[0]]
+        return
+    inferred = k if k is not None or not labels.size else int(labels.max()) + 1  # else the largest label + 1
+    if text.startswith("need an integer num_classes"):
+        assert match.group(1) == repr(inferred)
+    elif text.startswith("labels must be in ["):
+        assert int(match.group(1)) == inferred - 1
+
+
 # ---------------------------------------------------------------------------------------------- IDX bytes
 
 def _check_idx(tmp_path, blob: bytes, gz: bool):
@@ -230,12 +352,22 @@ def _check_idx(tmp_path, blob: bytes, gz: bool):
     try:
         array = read_idx(path)
     except ValueError as e:
-        assert str(path) in str(e)
         event(f"refused: {_kind(e)}")
+        assert str(e).startswith(f"{path}: "), str(e)
+        assert any(re.fullmatch(p, str(e)[len(str(path)) + 2:], re.S) for p in IDX_REFUSALS), str(e)
         return None
     event("IDX read")
     assert array.dtype == np.uint8
     return array
+
+
+IDX_REFUSALS = [
+    r"not an IDX file \(only \d+ bytes\)",
+    r"not an unsigned-byte IDX file \(magic [0-9a-f]{0,8}\)",
+    r"IDX header truncated",
+    r"IDX file is corrupt or truncated: header says \([\d, ]+\) \(\d+ bytes\) but the file holds \d+ bytes",
+    r"cannot read \(corrupt or truncated file\): .+",
+]
 
 
 @FUZZ
@@ -276,6 +408,10 @@ def test_read_idx_forged_headers(tmp_path, dims):
     try:
         got = read_idx(path)
     except ValueError as e:
-        assert "IDX" in str(e)
+        expected = 1
+        for d in dims:
+            expected *= d
+        assert str(e) == (f"{path}: IDX file is corrupt or truncated: header says {dims} ({expected} bytes) but the "
+                          f"file holds 0 bytes")
     else:
         assert got.size == 0 and got.shape == dims
