@@ -136,3 +136,81 @@ def feature_matching_loss(f_real: torch.Tensor, f_fake: torch.Tensor, norm: str 
     if norm == "l1":
         return diff.abs().mean()
     raise ValueError(f"feature matching norm {norm!r} is not one of 'l2', 'l1'")
+
+
+# ---------------------------------------------------------------- levers on the semi-supervised GAN
+# Optional terms added to the SGAN's losses (genssl.methods.sgan): conditional entropy and the pull-away term
+# of Bad GAN (Dai, Yang, Yang, Cohen & Salakhutdinov 2017, "Good Semi-supervised Learning That Requires a Bad
+# GAN"), manifold regularization through the generator (Lecouat, Foo, Zenati & Chandrasekhar 2018,
+# "Semi-Supervised Learning With GANs: Revisiting Manifold Regularization"), and two-view consistency of the
+# class distribution (UDA: Xie, Dai, Hovy, Luong & Le 2020; FixMatch: Sohn et al. 2020), the last making the
+# GAN a hybrid. Every term is computed in float32 whatever the autocast dtype of its inputs.
+
+
+def conditional_entropy_loss(class_logits: torch.Tensor) -> torch.Tensor:
+    """R_ent = E_{x ~ p_data} H(p(y | x, y < K+1)) = -E_x sum_k p_k(x) log p_k(x), the conditional-entropy term of
+    Bad GAN (Dai et al. 2017, Sec. 5: "conditional entropy", after Grandvalet & Bengio 2005) on unlabeled images:
+    minimizing it pushes the class boundaries away from the data. (B, K) -> scalar."""
+    return entropy_from_logits(class_logits.float()).mean()
+
+
+def pull_away_loss(features: torch.Tensor) -> torch.Tensor:
+    """The pull-away term of EBGAN (Zhao, Mathieu & LeCun 2017, Sec. 2.4), used on generated samples' features by
+    Bad GAN (Dai et al. 2017, Sec. 5) to keep the generator from collapsing:
+
+        PT = 1 / (N (N - 1)) * sum_i sum_{j != i} ( f_i^T f_j / (||f_i|| ||f_j||) )^2
+
+    (N, F) -> scalar in [0, 1]; an all-zero row counts as orthogonal to everything (F.normalize's epsilon)."""
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"the pull-away term needs at least 2 samples, got {n}")
+    f = F.normalize(features.float(), dim=1)  # (N, F) unit rows
+    cos2 = (f @ f.t()).pow(2)  # (N, N)
+    return (cos2.sum() - cos2.diagonal().sum()) / (n * (n - 1))
+
+
+def manifold_loss(logits: torch.Tensor, logits_perturbed: torch.Tensor) -> torch.Tensor:
+    """Manifold regularization through the generator (Lecouat et al. 2018, Sec. 3): the Laplacian norm of the
+    classifier f along the data manifold, estimated by Monte Carlo on generated points and a finite difference
+    in latent space,
+
+        Omega = E_{z, r ~ N(0, I)} || f(g(z)) - f(g(z + eps * r / ||r||)) ||_2^2,
+
+    with f the discriminator's logits. Takes the logits of g(z) and of g(z + eps * r / ||r||) (computed by the
+    caller; `perturb_unit` makes the perturbed code). (B, L), (B, L) -> scalar."""
+    return (logits.float() - logits_perturbed.float()).pow(2).sum(1).mean()
+
+
+def perturb_unit(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """z + eps * r / ||r|| with r ~ N(0, I) per row: a step of length eps in a uniformly random direction (the
+    perturbation of Lecouat et al. 2018, Sec. 3). (B, D) -> (B, D)."""
+    r = torch.randn_like(z)
+    return z + eps * F.normalize(r, dim=1)
+
+
+def kl_consistency_loss(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The UDA consistency loss (Xie et al. 2020, Sec. 2.2, eq. 1) between two views of an unlabeled image,
+
+        L_cons = E_x KL( p_~theta(y | weak(x)) || p_theta(y | strong(x)) ),
+
+    where ~theta is a fixed copy: the target distribution gets no gradient (it is detached here). Both are the
+    class distributions over the K classes (B, K), (B, K) -> scalar."""
+    log_p = F.log_softmax(target_logits.detach().float(), dim=1)  # (B, K)
+    log_q = F.log_softmax(logits.float(), dim=1)  # (B, K)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+
+
+def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
+                  threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabeled loss (Sohn et al. 2020, Sec. 3.1, l_u): with q_b = p(y | weak(u_b)) (no gradient)
+    and its hard label q^_b = argmax q_b,
+
+        l_u = 1 / B * sum_b 1(max q_b >= tau) H(q^_b, p(y | strong(u_b))).
+
+    Returns (l_u, the fraction of the batch above the threshold). (B, K), (B, K) -> scalar, scalar."""
+    with torch.no_grad():
+        conf, hard = F.softmax(weak_logits.float(), dim=1).max(1)  # (B,), (B,)
+        mask = (conf >= threshold).float()  # (B,)
+    ce = F.cross_entropy(strong_logits.float(), hard, reduction="none")  # (B,)
+    return (ce * mask).mean(), mask.mean()
+

@@ -22,6 +22,23 @@ EMA of its weights, then the generator update through the *updated* discriminato
 so no gradient is computed for them). The same generated batch serves both updates. Evaluation uses the
 EMA weights (the original's parameter averaging). The learning rate follows the original: Adam
 (lr 0.003, beta1 0.5) held constant, then decayed linearly to 0 from `lr_decay_start` of the run.
+
+Levers, all off by default (each term is a pure function of genssl.losses, logged under train/):
+- `augment_shift`: the real images the discriminator sees (labeled and unlabeled) are augmented by the shared
+  weak augmentation (genssl.data.augment.weak: a horizontal flip where the data allow it, DataSpec.hflip, and
+  a random reflection-padded translation of up to `augment_shift` pixels). Still a pure GAN.
+- `arch: conv28`: a weight-normalized 28x28 conv discriminator (genssl.nn.gan.Conv28Discriminator).
+- `entropy_weight` (conditional entropy, Bad GAN) in L_D on the unlabeled images; `pt_weight`: Bad GAN's
+  pull-away term on the generated images' features in L_G; `manifold_weight`: manifold regularization
+  (Lecouat et al. 2018) of the discriminator's logits along the generator's manifold, in L_D.
+- `consistency: kl | fixmatch`: a two-view consistency term on the discriminator's class distribution for
+  unlabeled images, the (weakly augmented) view it sees as real against a strongly augmented one
+  (genssl.data.augment.strong). This makes the model a **hybrid** (a GAN plus consistency regularization),
+  and its config and table row must say so:
+
+    L_D += consistency_weight * L_cons(p(y | weak(x)), p(y | strong(x)))   (KL as UDA, or FixMatch's l_u)
+
+Every term is computed inside `stage_loss`, so the stacked-seed step (genssl.training.stacked) trains them.
 """
 
 from __future__ import annotations
@@ -30,25 +47,30 @@ from dataclasses import dataclass
 
 import torch
 
-from genssl.data.augment import random_translate
+from genssl.data.augment import strong, weak
 from genssl.nn.ema import EMA
-from genssl.nn.gan import GAN_ARCHS, data_dependent_init, frozen, make_gan
-from genssl.losses import (entropy_from_logits, feature_matching_loss, sgan_d_prob, sgan_supervised_loss,
-                      sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
+from genssl.nn.gan import GAN_ARCHS, data_dependent_init, frozen, make_gan, noiseless
+from genssl.losses import (conditional_entropy_loss, feature_matching_loss, fixmatch_loss, kl_consistency_loss,
+                           manifold_loss, perturb_unit, pull_away_loss, sgan_d_prob, sgan_supervised_loss,
+                           sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
 from genssl.registry import register_method
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 
 FAKE_LOGITS = ("implicit", "explicit")
 FM_REAL = ("fresh", "d_step")
+CONSISTENCY = ("none", "kl", "fixmatch")
 
 
 @register_method("sgan")
 class SGAN(Method):
+    can_sample = True
+    supports_stacking = True
     @dataclass
     class Config:
         arch: str = "mlp"
-        """mlp (the paper's MNIST model) | conv (the paper's 32x32 SVHN/CIFAR-10 model)."""
+        """mlp (the paper's MNIST model) | conv (the paper's 32x32 SVHN/CIFAR-10 model) | conv28 (a small 28x28
+        conv discriminator with the MLP generator)."""
         d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250)
         g_hidden: tuple[int, ...] = (500, 500)
         z_dim: int = 100
@@ -57,7 +79,14 @@ class SGAN(Method):
         hidden_noise: float = 0.5
         """Std of the Gaussian noise after each hidden layer (mlp)."""
         conv_width: int = 96
-        """Channels of the first conv stage (96 CIFAR-10, 64 SVHN); the later stages use twice as many."""
+        """Channels of the first conv stage (96 CIFAR-10, 64 SVHN); the later stages use twice as many. Set it
+        for conv28 too (32 in experiments/fmnist_sgan_conv.yaml)."""
+        conv_dropout: float = 0.3
+        """Dropout after each stride-2 stage of the conv28 discriminator."""
+        generator: str = "auto"
+        """auto (the arch's own: the MLP for mlp and conv28, the 32x32 conv one for conv) | mlp | conv28 (a 28x28
+        conv generator of conv_width channels)."""
+        """Dropout after each stride-2 stage of the conv28 discriminator."""
         fake_logit: str = "implicit"
         """implicit (fixed at 0, the paper) | explicit (a learned K+1-th logit)."""
         unsup_weight: float = 0.5
@@ -66,7 +95,25 @@ class SGAN(Method):
         """Optional extra term lambda * E_unlabeled H(p(y | x, y < K+1)) in L_D: the conditional-entropy
         penalty of Dai et al. 2017 ("Good Semi-supervised Learning That Requires a Bad GAN"); 0 = the paper."""
         augment_shift: int = 0
-        """Random translation (pixels) of the real images the discriminator sees; 0 = the paper."""
+        """Weak augmentation of the real images the discriminator sees: a random reflection-padded translation
+        by up to this many pixels plus a horizontal flip where the data allow it (genssl.data.augment.weak);
+        0 = none (the paper)."""
+        pt_weight: float = 0.0
+        """Weight of Bad GAN's pull-away term on the generated images' features in L_G (0.8 in Dai et al. for
+        SVHN); 0 = the paper."""
+        manifold_weight: float = 0.0
+        """lambda of manifold regularization in L_D (Lecouat et al. 2018): lambda * E || l(G(z)) -
+        l(G(z + eps r/||r||)) ||^2 over the discriminator's logits l, computed without its noise layers; 0 = off."""
+        manifold_eps: float = 0.1
+        """eps, the length of the latent perturbation (z is uniform on [0, 1]^z_dim). Under bf16 a much smaller eps
+        drowns in rounding: keep it >= ~0.05 there."""
+        consistency: str = "none"
+        """none (a pure GAN) | kl (UDA: KL(p(y|weak) || p(y|strong))) | fixmatch (cross-entropy of the strong view
+        on the weak view's hard label where its confidence >= consistency_threshold). Not none = a hybrid."""
+        consistency_weight: float = 1.0
+        """Weight of the consistency term in L_D."""
+        consistency_threshold: float = 0.95
+        """FixMatch's confidence threshold tau on p(y | weak(x)) (ignored by kl)."""
         fm_norm: str = "l2"
         """l2 (squared, the original for MNIST) | l1 (the original for SVHN/CIFAR-10)."""
         fm_real: str = "fresh"
@@ -88,15 +135,24 @@ class SGAN(Method):
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
         for key, value, valid in (("fake_logit", cfg.fake_logit, FAKE_LOGITS), ("fm_real", cfg.fm_real, FM_REAL),
-                                  ("fm_norm", cfg.fm_norm, ("l2", "l1")), ("arch", cfg.arch, GAN_ARCHS)):
+                                  ("fm_norm", cfg.fm_norm, ("l2", "l1")), ("arch", cfg.arch, GAN_ARCHS),
+                                  ("consistency", cfg.consistency, CONSISTENCY)):
             if value not in valid:
                 raise ValueError(f"sgan {key}={value!r} is not one of {', '.join(valid)}")
         if not 0.0 < cfg.lr_decay_start <= 1.0:
             raise ValueError(f"sgan lr_decay_start must be in (0, 1], got {cfg.lr_decay_start}")
+        for key in ("entropy_weight", "pt_weight", "manifold_weight", "consistency_weight", "augment_shift"):
+            if getattr(cfg, key) < 0:
+                raise ValueError(f"sgan {key} must be >= 0, got {getattr(cfg, key)}")
+        if cfg.manifold_weight and cfg.manifold_eps <= 0:
+            raise ValueError(f"sgan manifold_eps must be > 0 with manifold_weight on, got {cfg.manifold_eps}")
+        if not 0.0 <= cfg.consistency_threshold <= 1.0:
+            raise ValueError(f"sgan consistency_threshold must be in [0, 1], got {cfg.consistency_threshold}")
         self.explicit = cfg.fake_logit == "explicit"
         k = spec.num_classes
         self.disc, self.gen = make_gan(cfg.arch, spec.image_shape, k + 1 if self.explicit else k, cfg.z_dim,
-                                       cfg.d_hidden, cfg.g_hidden, cfg.input_noise, cfg.hidden_noise, cfg.conv_width)
+                                       cfg.d_hidden, cfg.g_hidden, cfg.input_noise, cfg.hidden_noise, cfg.conv_width,
+                                       cfg.conv_dropout, cfg.generator)
         self.ema = EMA(self.disc, cfg.ema_decay)
         # A fixed noise batch makes the evaluation grids comparable across steps (and resumes).
         self.register_buffer("fixed_z", torch.rand(cfg.n_samples, cfg.z_dim))
@@ -131,58 +187,86 @@ class SGAN(Method):
     def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, :-1] if self.explicit else logits  # (B, K)
 
+    def augment_real(self, x: torch.Tensor) -> torch.Tensor:
+        """The real images as the discriminator sees them: the shared weak augmentation, or as they are."""
+        if not self.cfg.augment_shift:
+            return x
+        return weak(x, flip=self.spec.hflip, max_shift=self.cfg.augment_shift)
+
     def stage_loss(self, name, batch, step, carry):
         """The step's two losses apart from their updates ("d", then "g"), so that genssl.training.stacked can train
-        seeds together; `carry` hands the generated batch (with the generator's graph) from "d" to "g"."""
+        seeds together; `carry` hands the generated batch (with the generator's graph) from "d" to "g". Every
+        optional term is computed here, none in train_step."""
+        cfg = self.cfg
         if name == "d":
             lr = self.lr_at(step)
             self.set_lr("d", lr)
             self.set_lr("g", lr)
             n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
-            x_l = random_translate(batch.x_l, self.cfg.augment_shift)
-            x_u = random_translate(batch.x_u, self.cfg.augment_shift)
-            x_fake = self.gen(self.noise(n_u, batch.x_u.device))  # (B_u, C, H, W), keeps G's graph for its step
+            x_l = self.augment_real(batch.x_l)
+            x_u = self.augment_real(batch.x_u)  # the weak view when consistency is on
+            z = self.noise(n_u, batch.x_u.device)
+            x_fake = self.gen(z)  # (B_u, C, H, W), keeps G's graph for its step
+            parts = [x_l, x_u, x_fake.detach()]
+            if cfg.consistency != "none":
+                parts.append(strong(batch.x_u, flip=self.spec.hflip))  # (B_u, C, H, W) the strong view
 
-            # Discriminator: one pass over labeled, unlabeled and generated images.
-            feats = self.disc.features(torch.cat([x_l, x_u, x_fake.detach()]))  # (B_l+2B_u, F)
-            logits = self.disc.head(feats).float()  # (B_l+2B_u, K or K+1)
-            l_lab, l_unl, l_fake = logits.split([n_l, n_u, n_u])
+            # Discriminator: one pass over labeled, unlabeled, generated (and strongly augmented) images.
+            feats = self.disc.features(torch.cat(parts))  # (B_l+2B_u[+B_u], F)
+            logits = self.disc.head(feats).float()  # (B_l+2B_u[+B_u], K or K+1)
+            l_lab, l_unl, l_fake, *l_strong = logits.split([n_l] + [n_u] * (len(parts) - 1))
             sup = sgan_supervised_loss(self.class_logits(l_lab), batch.y_l)
             unsup_fn = sgan_unsupervised_loss_explicit if self.explicit else sgan_unsupervised_loss
             unsup = unsup_fn(l_unl, l_fake)
-            loss = sup + self.cfg.unsup_weight * unsup
-            if self.cfg.entropy_weight:
-                loss = loss + self.cfg.entropy_weight * entropy_from_logits(self.class_logits(l_unl)).mean()
+            loss = sup + cfg.unsup_weight * unsup
+            logs = {}
+            if cfg.entropy_weight:
+                ent = conditional_entropy_loss(self.class_logits(l_unl))
+                loss = loss + cfg.entropy_weight * ent
+                logs["train/cond_entropy"] = ent.detach()
+            if cfg.consistency != "none":
+                weak_cl, strong_cl = self.class_logits(l_unl), self.class_logits(l_strong[0])
+                if cfg.consistency == "kl":
+                    cons = kl_consistency_loss(weak_cl, strong_cl)
+                else:
+                    cons, mask = fixmatch_loss(weak_cl, strong_cl, cfg.consistency_threshold)
+                    logs["train/mask_rate"] = mask.detach()
+                loss = loss + cfg.consistency_weight * cons
+                logs["train/consistency_loss"] = cons.detach()
+            if cfg.manifold_weight:
+                with torch.no_grad():
+                    x_pert = self.gen(perturb_unit(z, cfg.manifold_eps))  # (B_u, C, H, W)
+                with noiseless(self.disc):  # the same deterministic function at both points
+                    l_m, l_m_pert = self.disc(torch.cat([x_fake.detach(), x_pert])).float().chunk(2)
+                man = manifold_loss(l_m, l_m_pert)
+                loss = loss + cfg.manifold_weight * man
+                logs["train/manifold_loss"] = man.detach()
             with torch.no_grad():
                 acc = (self.class_logits(l_lab).argmax(1) == batch.y_l).float().mean()
                 d_real = sgan_d_prob(l_unl, self.explicit).mean()
                 d_fake = sgan_d_prob(l_fake, self.explicit).mean()
             logs = {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/d_real": d_real,
-                    "train/d_fake": d_fake, "train/lab_acc": acc, "train/lr": torch.tensor(lr)}
+                    "train/d_fake": d_fake, "train/lab_acc": acc, "train/lr": torch.tensor(lr)} | logs
             return loss, logs, {"x_u": x_u, "x_fake": x_fake, "f_unl": feats[n_l:n_l + n_u].detach()}
 
         # Generator: feature matching through the updated discriminator (the caller freezes its weights).
-        if self.cfg.fm_real == "fresh":
+        if cfg.fm_real == "fresh":
             with torch.no_grad():
                 f_real = self.disc.features(carry["x_u"])  # (B_u, F)
         else:
             f_real = carry["f_unl"]
         f_fake = self.disc.features(carry["x_fake"])  # (B_u, F)
-        fm = feature_matching_loss(f_real.float(), f_fake.float(), self.cfg.fm_norm)
-        return fm, {"train/fm_loss": fm.detach()}, carry
+        fm = feature_matching_loss(f_real.float(), f_fake.float(), cfg.fm_norm)
+        loss, logs = fm, {"train/fm_loss": fm.detach()}
+        if cfg.pt_weight:
+            pt = pull_away_loss(f_fake)
+            loss = loss + cfg.pt_weight * pt
+            logs["train/pt_loss"] = pt.detach()
+        return loss, logs, carry
 
     def after_update(self, name):
         if name == "d":
             self.ema.update(self.disc)
-
-    def train_step(self, batch, step):
-        loss, logs, carry = self.stage_loss("d", batch, step, {})
-        self.update(loss, "d")
-        self.after_update("d")
-        with frozen(self.disc):  # the generator's step computes no gradient for the discriminator's weights
-            fm, g_logs, _ = self.stage_loss("g", batch, step, carry)
-            self.update(fm, "g")
-        return logs | g_logs
 
     # ------------------------------------------------------------------ health
     def check_health(self, means, step):

@@ -274,12 +274,12 @@ class ConvGenerator(nn.Module):
 
 # ---------------------------------------------------------------- 28x28 conv (ours, for MNIST-sized images)
 class Conv28Discriminator(nn.Module):
-    """A small conv discriminator for 28x28 images, the paper's 32x32 model scaled down to cost about twice its
-    MNIST MLP: Gaussian noise (`input_noise`) on the input; a 3x3 weight-normalized conv of `width` channels;
-    a stride-2 3x3 conv to 14x14; dropout; a 3x3 conv of 2*width and a stride-2 one to 7x7; dropout; a 3x3
-    valid conv (5x5) and a 1x1 (network-in-network) layer of 2*width; global average pooling (the feature
-    layer); Gaussian noise (`hidden_noise`) and a weight-normalized linear head. Leaky ReLU (0.2) throughout;
-    images in [0, 1] are mapped to [-1, 1] after the input noise."""
+    """A small conv discriminator for 28x28 images, sized to cost about twice the paper's MNIST MLP per step:
+    Gaussian noise (`input_noise`) on the input, which is then mapped from [0, 1] to [-1, 1]; a 4x4 stride-2
+    weight-normalized conv to `width` channels at 14x14; dropout; a 4x4 stride-2 conv to 2*width at 7x7;
+    dropout; a 3x3 valid conv (5x5) and a 1x1 (network-in-network) layer of 2*width; global average pooling
+    (the feature layer); Gaussian noise (`hidden_noise`) and a weight-normalized linear head. Leaky ReLU (0.2)
+    throughout."""
 
     def __init__(self, in_channels: int, out_dim: int, width: int = 32, input_noise: float = 0.3,
                  hidden_noise: float = 0.5, dropout: float = 0.3):
@@ -313,26 +313,66 @@ class Conv28Discriminator(nn.Module):
         return self.head(self.features(x))  # (B, out_dim)
 
 
+class Conv28Generator(nn.Module):
+    """z (uniform, z_dim) -> Linear to 2*width x 7 x 7 -> batch norm, ReLU -> 5x5 deconv to width x 14 x 14 -> batch
+    norm, ReLU -> weight-normalized 5x5 deconv to C x 28 x 28 -> sigmoid (pixels in [0, 1]): the paper's 32x32
+    generator (ConvGenerator) cut to two upsamplings for 28x28 images."""
+
+    def __init__(self, image_shape: tuple[int, int, int], z_dim: int = 100, width: int = 32):
+        super().__init__()
+        c, h, w = image_shape
+        if (h, w) != (28, 28):
+            raise ValueError(f"Conv28Generator makes 28x28 images, but the data are {h}x{w}")
+        self.width = width
+        self.fc = nn.Sequential(nn.Linear(z_dim, 2 * width * 7 * 7, bias=False), nn.BatchNorm1d(2 * width * 7 * 7),
+                                nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(),
+            WNConvTranspose2d(width, c, 5, train_scale=True), nn.Sigmoid(),
+        )
+        self.image_shape, self.z_dim = tuple(image_shape), z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(z.shape[0], 2 * self.width, 7, 7)
+        if not torch._C._functorch.is_functorch_wrapped_tensor(x):  # channels-last, as Conv28Discriminator
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.deconv(x).contiguous()  # (B, C, 28, 28) in [0, 1]
+
+
 GAN_ARCHS = ("mlp", "conv", "conv28")
+GENERATORS = ("auto", "mlp", "conv28")
 
 
 def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: int = 100,
              d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), g_hidden: tuple[int, ...] = (500, 500),
              input_noise: float = 0.3, hidden_noise: float = 0.5, conv_width: int = 96,
-             conv_dropout: float = 0.3) -> tuple[nn.Module, nn.Module]:
-    """(discriminator, generator) for `arch`; conv28 pairs the 28x28 conv discriminator with the MLP generator."""
-    if arch == "mlp":
-        return (MLPDiscriminator(math.prod(image_shape), d_out, tuple(d_hidden), input_noise, hidden_noise),
-                MLPGenerator(image_shape, z_dim, tuple(g_hidden)))
-    if arch == "conv":
-        return ConvDiscriminator(image_shape[0], d_out, conv_width), ConvGenerator(image_shape, z_dim)
-    if arch == "conv28":
+             conv_dropout: float = 0.3, generator: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """(discriminator, generator) for `arch`. The generator: `auto` is the arch's own (the MLP for mlp and conv28,
+    the 32x32 conv one for conv); `mlp` or `conv28` (a 28x28 conv generator of `conv_width`) choose it."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown sgan generator {generator!r}; choose one of {', '.join(GENERATORS)}")
+    if arch in ("conv28",) or generator == "conv28":
         if tuple(image_shape[1:]) != (28, 28):
-            raise ValueError(f"the conv28 discriminator takes 28x28 images, but the data are "
+            raise ValueError(f"the conv28 networks take 28x28 images, but the data are "
                              f"{image_shape[1]}x{image_shape[2]}; use arch='mlp' (any size) or 'conv' (32x32)")
-        return (Conv28Discriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout),
-                MLPGenerator(image_shape, z_dim, tuple(g_hidden)))
-    raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+    if arch == "mlp":
+        disc = MLPDiscriminator(math.prod(image_shape), d_out, tuple(d_hidden), input_noise, hidden_noise)
+    elif arch == "conv":
+        disc = ConvDiscriminator(image_shape[0], d_out, conv_width)
+    elif arch == "conv28":
+        disc = Conv28Discriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
+    else:
+        raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+    if generator == "auto":
+        generator = "conv" if arch == "conv" else "mlp"
+    if generator == "conv":
+        gen = ConvGenerator(image_shape, z_dim)
+    elif generator == "conv28":
+        gen = Conv28Generator(image_shape, z_dim, conv_width)
+    else:
+        gen = MLPGenerator(image_shape, z_dim, tuple(g_hidden))
+    return disc, gen
 
 
 @contextlib.contextmanager
