@@ -124,11 +124,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             tr.fit()
             torch.save({k: v.detach().clone() for k, v in tr.method.state_dict().items()},
                        out / f"resumed-rank{rank}.pt")
-        _apply_sgan_patches(setattr, per_shard_feature_matching=False)  # this child process only
-        tr = Trainer(_sgan_config(out, per_rank), run_dir=out / "sgan", data=data, rank=rank, world_size=world)
-        tr.fit()
-        torch.save({k: v.detach().clone() for k, v in tr.method.state_dict().items() if isinstance(v, torch.Tensor)},
-                   out / f"sgan-rank{rank}.pt")
+            # sgan on the ranks (its one-process reference is the sgan_reference fixture). The patches are plain
+            # setattr: this runs only in the spawned children, never in the test process.
+            _apply_sgan_patches(setattr, per_shard_feature_matching=False)
+            tr = Trainer(_sgan_config(out, per_rank), run_dir=out / "sgan", data=data, rank=rank, world_size=world)
+            tr.fit()
+            torch.save({k: v.detach().clone() for k, v in tr.method.state_dict().items()
+                        if isinstance(v, torch.Tensor)}, out / f"sgan-rank{rank}.pt")
     finally:
         shutdown()
 
