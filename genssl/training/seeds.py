@@ -40,7 +40,7 @@ def train_seeds(cfg: RunConfig, seeds: list[int], run_dir: str | None = None, re
     """Train `seeds` of `cfg`: stacked in one process when the method supports it (a resume too, when every seed
     has a last checkpoint), else one after another. Each seed gets its own folder and results.json either way."""
     dirs = seed_run_dirs(cfg, seeds, run_dir)
-    resumable = [RunDir(d).has(RunDir.LAST) for d in dirs]
+    resumable = [RunDir(d).has(RunDir.LAST) or RunDir(d).has(RunDir.PREV) for d in dirs]
     if together is None:
         together = (len(seeds) > 1 and get_method_class(cfg.method_name).supports_stacking
                     and (not resume or all(resumable)))
