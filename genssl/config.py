@@ -78,7 +78,9 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: str = "fp32"
-    """fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling)."""
+    """auto | fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling). auto: bf16 where bf16 matmuls are native (a GPU
+    with compute capability >= 8.0, a CPU with AMX-BF16 / AVX512-BF16), else fp32; results.json records the choice
+    and why (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""
     threads: int = 0
@@ -310,8 +312,8 @@ def validate(cfg: RunConfig) -> None:
                 "eval_batch_size"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16, auto")
     for where, seed in (("train.seed", t.seed), ("data.split_seed", d.split_seed)):
         if seed is not None and not 0 <= seed < 2**62:  # torch generators take unsigned 64-bit seeds
             raise ConfigError(f"{where} must be in [0, 2**62), got {seed}")

@@ -1,11 +1,19 @@
-"""Where and in what precision a run computes: the device, autocast, and a readable name for results.json."""
+"""Where and in what precision a run computes: the device, the precision (`auto` picks one per machine),
+autocast, and a readable name for results.json."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from pathlib import Path
 
 import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""train.precision values; `auto` is resolved per device by `resolve_precision`."""
+
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of the native bf16 instructions
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,11 +25,76 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# ---------------------------------------------------------------- detection (small probes, mocked in tests)
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags: /proc/cpuinfo on Linux, else torch's cpuinfo probes (x86), else none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    flags = set()
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}  # private, optional
+    for flag, probe in probes.items():
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            flags.add(flag)
+    return frozenset(flags)
+
+
+def cpu_capability() -> str:
+    """The SIMD level torch's CPU kernels were dispatched to: DEFAULT, AVX2, AVX512, ..."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def mkldnn_bf16_supported() -> bool:
+    """oneDNN runs bf16 matmuls/convolutions on this CPU (natively or, on plain AVX-512, emulated)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cuda_bf16_supported(device: torch.device) -> bool:
+    """The GPU computes in bf16 natively (compute capability >= 8.0), not by emulation."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+# ---------------------------------------------------------------- the choice
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(precision, reason): `requested` itself when it is fp32, bf16 or fp16 (reason "requested"); for `auto`,
+    bf16 autocast where bf16 matmuls are native (a CUDA GPU with compute capability >= 8.0; a CPU with AMX-BF16
+    or AVX512-BF16 that oneDNN uses), fp32 elsewhere: an AVX2-only CPU emulates bf16 (~30x slower than fp32
+    here) and a pre-Ampere GPU gains little. The reason is short enough for a progress line."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, "requested"
+    device = torch.device(device)
+    if device.type == "cuda":
+        cc = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        if cuda_bf16_supported(device):
+            return "bf16", f"auto: GPU sm {cc} has native bf16"
+        return "fp32", f"auto: GPU sm {cc} has no native bf16"
+    if device.type == "cpu":
+        cap = cpu_capability()
+        native = [f for f in _CPU_BF16_FLAGS if f in cpu_flags()]
+        if native and mkldnn_bf16_supported():
+            return "bf16", f"auto: CPU has {native[0]}, {cap}"
+        if native:
+            return "fp32", f"auto: CPU has {native[0]} but oneDNN does not use it, {cap}"
+        return "fp32", f"auto: {cap} CPU without native bf16, it would be emulated"
+    return "fp32", f"auto: no bf16 detection for {device.type}"
+
+
 def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (`auto` is resolved for `device` first)."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)[0]
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def device_name(device: torch.device) -> str:

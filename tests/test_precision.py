@@ -1,0 +1,91 @@
+"""train.precision: auto picks bf16 only where bf16 is native (genssl.training.device.resolve_precision); the
+hardware detection is mocked, so every branch runs on any machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genssl.config import ConfigError, build_run_config
+from genssl.training import device as dev
+
+CPU = torch.device("cpu")
+
+
+def _cpu(monkeypatch, flags, capability, mkldnn):
+    monkeypatch.setattr(dev, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(dev, "cpu_capability", lambda: capability)
+    monkeypatch.setattr(dev, "mkldnn_bf16_supported", lambda: mkldnn)
+
+
+def test_avx2_only_cpu_gets_fp32(monkeypatch):
+    _cpu(monkeypatch, {"avx", "avx2", "fma"}, "AVX2", False)
+    precision, reason = dev.resolve_precision("auto", CPU)
+    assert precision == "fp32"
+    assert "AVX2" in reason and "without native bf16" in reason
+
+
+def test_avx512_without_bf16_gets_fp32(monkeypatch):
+    # Skylake-class AVX-512: oneDNN accepts bf16 (emulated), but there is no bf16 instruction
+    _cpu(monkeypatch, {"avx2", "avx512f", "avx512bw"}, "AVX512", True)
+    assert dev.resolve_precision("auto", CPU)[0] == "fp32"
+
+
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
+def test_native_bf16_cpu_gets_bf16(monkeypatch, flag):
+    _cpu(monkeypatch, {"avx2", "avx512f", flag}, "AVX512", True)
+    precision, reason = dev.resolve_precision("auto", CPU)
+    assert precision == "bf16"
+    assert flag in reason
+
+
+def test_native_flag_but_no_onednn_bf16_gets_fp32(monkeypatch):
+    _cpu(monkeypatch, {"amx_bf16"}, "AVX2", False)
+    precision, reason = dev.resolve_precision("auto", CPU)
+    assert precision == "fp32" and "oneDNN" in reason
+
+
+@pytest.mark.parametrize("cc, want", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp32")])
+def test_cuda_by_compute_capability(monkeypatch, cc, want):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
+    precision, reason = dev.resolve_precision("auto", torch.device("cuda", 0))
+    assert precision == want
+    assert f"sm {cc[0]}.{cc[1]}" in reason
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16", "fp16"])
+def test_explicit_values_pass_through(monkeypatch, requested):
+    _cpu(monkeypatch, {"avx2"}, "AVX2", False)  # even where auto would choose otherwise
+    assert dev.resolve_precision(requested, CPU) == (requested, "requested")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert dev.resolve_precision(requested, torch.device("cuda", 0)) == (requested, "requested")
+
+
+def test_unknown_precision_names_the_choices():
+    with pytest.raises(ValueError, match="'fp8' is not one of auto, fp32, bf16, fp16"):
+        dev.resolve_precision("fp8", CPU)
+
+
+def test_other_devices_get_fp32():
+    assert dev.resolve_precision("auto", torch.device("meta"))[0] == "fp32"
+
+
+def test_autocast_resolves_auto(monkeypatch):
+    _cpu(monkeypatch, {"amx_bf16"}, "AVX512", True)
+    with dev.autocast(CPU, "auto"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    _cpu(monkeypatch, {"avx2"}, "AVX2", False)
+    with dev.autocast(CPU, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_config_accepts_auto_and_rejects_others():
+    assert build_run_config({"method": "supervised", "train": {"precision": "auto"}}).train.precision == "auto"
+    with pytest.raises(ConfigError, match="auto"):
+        build_run_config({"method": "supervised", "train": {"precision": "fp8"}})
+
+
+def test_this_machine_resolves():
+    """The real probes run without error and give one of the two answers."""
+    precision, reason = dev.resolve_precision("auto", CPU)
+    assert precision in ("fp32", "bf16") and reason.startswith("auto: ")
