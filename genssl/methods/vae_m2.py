@@ -56,6 +56,9 @@ PRIORS = ("standard", "mixture")
 
 @register_method("vae_m2")
 class VAEM2(Method):
+    has_encoder = True  # pixel M2 only: M1+M2's classifier reads M1 latents (encoder_module says so)
+    can_sample = True
+    can_sample_conditional = True  # pixel M2 only, as for the encoder
     @dataclass
     class Config:
         arch: str = "mlp"
@@ -127,13 +130,16 @@ class VAEM2(Method):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
+        # fused Adam: one kernel for the update instead of a dozen elementwise passes over every parameter
+        # (the unfused update was ~18% of a bf16 step on one Xeon core; benchmarks/README.md)
+        fused = params[0].device.type in ("cpu", "cuda")
         if self.cfg.cls_weight_decay > 0:  # decay the classifier's weight matrices only (not biases / BN)
             decayed = [p for p in self.classifier.parameters() if p.requires_grad and p.dim() > 1]
             ids = {id(p) for p in decayed}
             groups = [{"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
                       {"params": decayed, "weight_decay": self.cfg.cls_weight_decay}]
-            return {"main": torch.optim.AdamW(groups, lr=self.cfg.lr)}
-        return {"main": torch.optim.Adam(params, lr=self.cfg.lr)}
+            return {"main": torch.optim.AdamW(groups, lr=self.cfg.lr, fused=fused)}
+        return {"main": torch.optim.Adam(params, lr=self.cfg.lr, fused=fused)}
 
     def initialize(self, batch) -> None:
         """M1+M2 with m1_active_threshold: find M1's active dims on the first unlabeled batch of a fresh run."""
@@ -243,6 +249,13 @@ class VAEM2(Method):
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         logs["train/cls_weight"] = torch.tensor(self.cls_weight)
         return logs
+
+    def compile_networks(self) -> None:
+        """torch.compile the whole objective (networks, bounds and losses in one graph) rather than each network:
+        inductor then fuses the likelihood's and KL's elementwise chains over the B*K enumerated rows, which cost
+        about as much as the matmuls in bf16. One Xeon core, bf16: 23.0 vs 31.1 CPU ms per step after ~40 s of
+        compiling; compiling each network alone gained nothing (benchmarks/README.md)."""
+        self.objective = torch.compile(self.objective)
 
     def encoder_module(self):
         """The classifier's last hidden layer as an exportable encoder (pixel M2 only)."""

@@ -41,11 +41,15 @@ class _WeightNorm(nn.Module):
         self.init_scale = init_scale
         self.initializing = False  # set by data_dependent_init for one forward pass
 
+    def unit_scale(self) -> torch.Tensor:
+        """s = g / ||v|| per output unit, (units,) in float32: w = v * s along the unit dim. One fused norm
+        (torch.linalg.vector_norm) instead of a pow, a sum and a sqrt over the whole weight and back."""
+        return self.g / torch.linalg.vector_norm(self.v, dim=self._norm_dims, dtype=torch.float32).add(1e-12)
+
     def weight(self) -> torch.Tensor:
         shape = [1] * self.v.dim()
         shape[self._unit_dim] = -1
-        norm = self.v.float().pow(2).sum(self._norm_dims, keepdim=True).add(1e-12).sqrt()
-        return self.v * (self.g.view(shape) / norm).to(self.v.dtype)
+        return self.v * self.unit_scale().view(shape).to(self.v.dtype)
 
     def _apply_op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -74,6 +78,59 @@ class WNLinear(_WeightNorm):
 
     def _apply_op(self, x, w, b):
         return F.linear(x, w, b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (v s)^T + b = (x v^T) * s + b: the scale goes on the (B, out) outputs instead of the (out, in) weight,
+        # so the weight is never materialized, which is cheaper whenever B < in (every MLP layer here).
+        if self.initializing:
+            return super().forward(x)
+        v, g, b = self.v, self.g, self.b
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else v.dtype
+        if torch._C._functorch.is_functorch_wrapped_tensor(v) or torch.compiler.is_compiling():
+            y = F.linear(x, v)  # (..., out); stacked seeds (vmap) and compiled graphs: plain autograd
+            return torch.addcmul(b.to(y.dtype), y, self.unit_scale().to(y.dtype))
+        if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad or b.requires_grad):
+            return _WNLinearFn.apply(x, v, g, b, dtype)
+        with torch.no_grad():  # frozen weights (a GAN's generator step, evaluation): gradients reach x only
+            v_lp, s_lp, b_lp = v.to(dtype), self.unit_scale().to(dtype), b.to(dtype)
+        return torch.addcmul(b_lp, F.linear(x.to(dtype), v_lp), s_lp)
+
+
+class _WNLinearFn(torch.autograd.Function):
+    """y = (x v^T) * s + b with s = g / ||v|| (a trainable WNLinear). Its backward writes v's gradient in two passes
+    (the matmul's low-precision gradient cast to float32, then addcmul_ of the norm's term -(g_s s / ||v||^2) v, g_s
+    the gradient of s), where autograd would cast, divide, multiply, mask and accumulate in five passes over the
+    (out, in) weight. `dtype`: the autocast dtype the matmuls run in (v's own dtype without autocast)."""
+
+    @staticmethod
+    def forward(ctx, x, v, g, b, dtype):
+        n = torch.linalg.vector_norm(v, dim=1, dtype=torch.float32).add(1e-12)  # (out,)
+        s = g / n  # (out,)
+        x_lp, v_lp = x.to(dtype), v.to(dtype)
+        u = F.linear(x_lp, v_lp)  # (..., out)
+        ctx.save_for_backward(x_lp, v, v_lp, n, s, u)
+        ctx.x_dtype = x.dtype
+        return torch.addcmul(b.to(dtype), u, s.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x_lp, v, v_lp, n, s, u = ctx.saved_tensors
+        need_x, need_v, need_g, need_b, _ = ctx.needs_input_grad
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1]).to(u.dtype)  # (N, out)
+        grad_u = grad_y * s.to(grad_y.dtype)  # (N, out)
+        gx = gv = gg = gb = None
+        if need_x:
+            gx = (grad_u @ v_lp).to(ctx.x_dtype).reshape(*u.shape[:-1], v.shape[1])  # (..., in)
+        if need_v or need_g:
+            g_s = (grad_y * u.reshape(grad_y.shape)).sum(0, dtype=torch.float32)  # (out,) d loss / d s
+            if need_g:
+                gg = g_s / n
+            if need_v:
+                coef = (-g_s * s / n.square())[:, None]  # (out, 1)
+                gv = (grad_u.t() @ x_lp.reshape(-1, v.shape[1])).to(v.dtype).addcmul_(v, coef)  # (out, in)
+        if need_b:
+            gb = grad_y.sum(0, dtype=torch.float32)
+        return gx, gv, gg, gb, None
 
 
 class WNConv2d(_WeightNorm):
