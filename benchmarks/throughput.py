@@ -46,21 +46,42 @@ def machine_info() -> dict:
 
 
 # ---------------------------------------------------------------- one setting, in a child process
-def measure(setting: dict) -> dict:
-    import resource
-
+def matmul_gflops(dtype_name: str, n: int = 1000, min_time: float = 0.3) -> float:
+    """GFLOP per CPU-second of an n x n x n matmul in fp32 or bf16 on the current thread count: the per-core matmul
+    limit a step's FLOPs are compared with. CPU time, not wall time, so that other processes' load (which takes
+    cores away, not speed from a core) lowers it little; the best of three bursts."""
     import torch
 
-    from genssl.data.batching import SSLBatcher
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        reps, t0 = 0, time.process_time()
+        while time.process_time() - t0 < min_time / 3:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.process_time() - t0) / 1e9)
+    return best
+
+
+def build_step(setting: dict):
+    """The training step of `setting` on random uint8 data: (step(s) -> logs, module to compile, device).
+    `seeds` > 1 trains that many seeds stacked (genssl.training.stacked.StackedStep), as `genssl train --seeds`."""
+    import torch
+
     from genssl.config import build_run_config, load_yaml, merge
+    from genssl.data.batching import SSLBatcher
     from genssl.data.spec import DataSpec
-    from genssl.training.stacked import stack_methods
     from genssl.methods import create_method
-    from genssl.training.device import autocast
+    from genssl.training.device import autocast, resolve_precision
+    from genssl.training.stacked import StackedStep
 
     if setting["threads"]:
         torch.set_num_threads(setting["threads"])
     device = torch.device(setting["device"])
+    precision = resolve_precision(setting["precision"], device)[0]
     raw = load_yaml(setting["config"]) if setting["config"] else {"method": {"name": setting["method"]}}
     raw = merge(raw, {"method": setting.get("method_overrides") or {}})
     cfg = build_run_config(raw)
@@ -72,30 +93,43 @@ def measure(setting: dict) -> dict:
     n_lab = setting["n_labels"]
     spec = DataSpec(shape, k, n_lab, n)
     total = setting["warmup"] + setting["steps"]
-    n_seeds = setting["seeds"]
     batchers, methods = [], []
-    for seed in range(n_seeds):
+    for seed in range(setting["seeds"]):
         batchers.append(SSLBatcher(images, labels, idx[:n_lab], idx, setting["labeled_batch_size"],
                                    setting["batch_size"], seed))
         torch.manual_seed(seed)
         method = create_method(cfg.method_name, cfg.method, spec).to(device)
-        method.setup(10 * total, setting["precision"])  # schedules stay in their first phase
-        with autocast(device, setting["precision"]):
+        method.setup(10 * total, precision)  # schedules stay in their first phase
+        with autocast(device, precision):
             method.initialize(batchers[-1].next())
         methods.append(method)
-    if n_seeds > 1:  # all seeds in one stacked step (genssl.training.stacked)
-        from genssl.training.stacked import StackedStep, stack_batches
+    if len(methods) > 1:
+        strategy = StackedStep(methods, 10 * total, precision)
+        module = strategy.template
 
-        method = stack_methods(methods)
-        method.setup(10 * total, setting["precision"])
-        step_fn = StackedStep(method)
-        next_batch = lambda: stack_batches([b.next() for b in batchers])  # noqa: E731
+        def step(s: int):
+            with autocast(device, precision):
+                return strategy([b.next() for b in batchers], s)[0]
     else:
-        method, batcher = methods[0], batchers[0]
-        step_fn, next_batch = method.train_step, batcher.next
+        module, batcher = methods[0], batchers[0]
+
+        def step(s: int):
+            batch = batcher.next()
+            with autocast(device, precision):
+                return module.train_step(batch, s)
+    module.train()
+    return step, module, device, precision
+
+
+def measure(setting: dict) -> dict:
+    import resource
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, module, device, precision = build_step(setting)
     if setting["compile"]:
-        method.compile_networks()
-    method.train()
+        module.compile_networks()
 
     def sync():
         if device.type == "cuda":
@@ -103,29 +137,39 @@ def measure(setting: dict) -> dict:
 
     def run(steps: int, start: int):
         for s in range(start, start + steps):
-            batch = next_batch()
-            with autocast(device, setting["precision"]):
-                logs = step_fn(batch, s)
+            logs = step(s)
         return logs
 
     t0 = time.perf_counter()
     logs = run(setting["warmup"], 0)
     sync()
     warm_s = time.perf_counter() - t0
+    flops = 0
+    if setting.get("count_flops", True) and not setting["compile"]:  # compiled graphs hide matmuls from the counter
+        with FlopCounterMode(display=False) as counter:
+            run(1, setting["warmup"])
+        flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    logs = run(setting["steps"], setting["warmup"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    logs = run(setting["steps"], setting["warmup"] + 1)
     sync()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     finite = all(bool(torch.isfinite(v).all()) for v in logs.values())
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        limits = {}
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"samples_per_s": n_seeds * setting["batch_size"] * setting["steps"] / dt,
+        limits = {p: matmul_gflops(p) for p in ("fp32", "bf16")  # same process, threads and moment as the step
+                  if setting.get("count_flops", True)}
+    return {"precision": precision, "samples_per_s": setting["seeds"] * setting["batch_size"] * setting["steps"] / dt,
             "ms_per_step": 1e3 * dt / setting["steps"],
-            "peak_mib": peak_mib, "warmup_s": warm_s, "finite": finite, "threads": torch.get_num_threads()}
+            # CPU time of all the process's threads per step: on a shared machine it counts the work done, not the
+            # waits for a core, so it is the steadier figure for A/B comparisons (wall = cpu / threads when idle)
+            "cpu_ms_per_step": 1e3 * cpu / setting["steps"], "gflop_per_step": flops / 1e9,
+            "matmul_gflops": limits, "peak_mib": peak_mib, "warmup_s": warm_s, "finite": finite,
+            "threads": torch.get_num_threads()}
 
 
 def run_child(setting: dict, timeout: float) -> dict:
@@ -153,7 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-labels", type=int, default=100)
     p.add_argument("--seeds", nargs="*", type=int, default=[1],
                    help="seeds trained together in one stacked step (genssl.training.stacked); samples/s counts all seeds")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", nargs="*", type=int, default=[0], help="torch threads (0: torch's default)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the median is reported")
@@ -179,48 +223,72 @@ def main(argv=None) -> int:
         for device in devices:
             for prec in args.precisions:
                 for comp in args.compile:
-                    for bs, ns in ((b, n) for b in args.batch_sizes for n in args.seeds):
+                    for bs, th, ns in ((b, t, n) for b in args.batch_sizes for t in args.threads for n in args.seeds):
                         settings.append({"seeds": ns, "method": name, "config": args.config,
                                          "method_overrides": overrides,
                                          "device": device, "precision": prec, "compile": comp == "on",
                                          "batch_size": bs, "labeled_batch_size": args.labeled_batch_size,
-                                         "n_labels": args.n_labels, "threads": args.threads, "steps": args.steps,
+                                         "n_labels": args.n_labels, "threads": th, "steps": args.steps,
                                          "warmup": args.warmup})
     info = machine_info()
     print("# genssl training-step throughput")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"settings: steps={args.steps} warmup={args.warmup} repeats={args.repeats} labeled_batch="
-          f"{args.labeled_batch_size} threads={args.threads or 'default'} config={args.config or 'method defaults'}"
+          f"{args.labeled_batch_size} threads={args.threads} config={args.config or 'method defaults'}"
           + (f" overrides={overrides}" if overrides else ""))
     results: list[list[dict]] = [[] for _ in settings]
     for _ in range(args.repeats):
         for i, s in enumerate(settings):
             results[i].append(run_child(s, args.timeout))
     rows = []
-    header = ("| method | device | precision | compile | batch | seeds | unlabeled samples/s | ms/step | peak MiB | "
-              "threads | note |")
     print()
-    print(header)
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| method | device | precision | compile | threads | batch | seeds | x 1 seed (wall / CPU) | unlabeled "
+          "samples/s | ms/step | CPU ms/step | GFLOP/step | GFLOP per CPU-s | % bf16 matmul | % own matmul | "
+          "peak MiB | note |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    one_seed = {}  # (ms/step, CPU ms/step) of the 1-seed setting with the same everything else
+    for s, rs in zip(settings, results):
+        ok = [r for r in rs if "error" not in r]
+        key = json.dumps({k: v for k, v in s.items() if k != "seeds"}, sort_keys=True)
+        if s["seeds"] == 1 and ok:
+            one_seed[key] = (statistics.median(r["ms_per_step"] for r in ok),
+                             statistics.median(r["cpu_ms_per_step"] for r in ok))
     for s, rs in zip(settings, results):
         ok = [r for r in rs if "error" not in r]
         name = s["method"] or Path(s["config"]).stem
+        lead = f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | {s['threads'] or '-'} | " \
+               f"{s['batch_size']} | {s['seeds']} |"
         if not ok:
             note = rs[0]["error"]
-            print(f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | "
-                  f"{s['batch_size']} | {s['seeds']} | - | - | - | - | {note} |")
+            print(f"{lead} - | - | - | - | - | - | - | - | - | {note} |")
             rows.append({**s, "error": note})
             continue
         sps = statistics.median(r["samples_per_s"] for r in ok)
         ms = statistics.median(r["ms_per_step"] for r in ok)
+        cpu_ms = statistics.median(r["cpu_ms_per_step"] for r in ok)
         peak = max(r["peak_mib"] for r in ok)
+        gflop = ok[0]["gflop_per_step"]
+        rate = gflop / (cpu_ms / 1e3)  # per CPU-second, as the matmul limits
+        limits = {p: statistics.median(r["matmul_gflops"][p] for r in ok) for p in ok[0]["matmul_gflops"]}
+        own = ok[0].get("precision", s["precision"])
+        share = lambda lim: f"{100 * rate / lim:.0f}%" if gflop and lim else "-"  # noqa: E731
+        base = one_seed.get(json.dumps({k: v for k, v in s.items() if k != "seeds"}, sort_keys=True))
+        ratio = f"{ms / base[0]:.2f} / {cpu_ms / base[1]:.2f}" if base and s["seeds"] > 1 else "-"
         note = "" if all(r["finite"] for r in ok) else "non-finite loss"
         if len(ok) > 1:
-            note = (note + " " if note else "") + f"range {min(r['samples_per_s'] for r in ok):.0f}-" \
-                                                  f"{max(r['samples_per_s'] for r in ok):.0f}"
-        print(f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | {s['batch_size']} | "
-              f"{s['seeds']} | {sps:,.0f} | {ms:.1f} | {peak:,.0f} | {ok[0]['threads']} | {note} |")
-        rows.append({**s, "samples_per_s": sps, "ms_per_step": ms, "peak_mib": peak, "runs": ok})
+            note = (note + " " if note else "") + f"ms range {min(r['ms_per_step'] for r in ok):.1f}-" \
+                                                  f"{max(r['ms_per_step'] for r in ok):.1f}"
+        if own != s["precision"]:
+            note = (note + " " if note else "") + f"{s['precision']} -> {own}"
+        print(f"{lead} {ratio} | {sps:,.0f} | {ms:.1f} | {cpu_ms:.1f} | {gflop:.2f} | {rate:.0f} | {share(limits.get('bf16'))} | "
+              f"{share(limits.get(own if own in limits else 'fp32'))} | {peak:,.0f} | {note} |")
+        rows.append({**s, "samples_per_s": sps, "ms_per_step": ms, "cpu_ms_per_step": cpu_ms, "peak_mib": peak, "gflop_per_step": gflop,
+                     "matmul_gflops": limits, "runs": ok})
+    lims = [(s, r["matmul_gflops"]) for s, rs in zip(settings, results) for r in rs if r.get("matmul_gflops")]
+    for th in sorted({s["threads"] for s, _ in lims}):
+        got = {p: statistics.median(m[p] for s, m in lims if s["threads"] == th) for p in ("fp32", "bf16")}
+        print(f"\n1000^3 matmul on {th or 'default'} thread(s), measured in the same processes: "
+              f"fp32 {got['fp32']:.0f}, bf16 {got['bf16']:.0f} GFLOP per CPU-second")
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (1 min)")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
