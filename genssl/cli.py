@@ -20,7 +20,7 @@ from genssl.nn.probes import KINDS
 from genssl.registry import list_methods
 from genssl.training.distributed import env_from_torchrun, init_distributed, shutdown
 from genssl.training.evaluate import evaluate_run
-from genssl.training.seeds import parse_seeds, train_seeds
+from genssl.training.seeds import STACK_CHOICES, parse_seeds, train_seeds
 from genssl.training.trainer import Trainer
 
 
@@ -30,7 +30,7 @@ def _cmd_train(args, overrides: list[str]) -> int:
     if args.seeds:
         if env is not None:
             raise ConfigError("--seeds trains several seeds in one process; do not combine it with torchrun")
-        results = train_seeds(cfg, parse_seeds(args.seeds), args.run_dir, args.resume)
+        results = train_seeds(cfg, parse_seeds(args.seeds), args.run_dir, args.resume, stack=args.stack)
         print(json.dumps(results, indent=2))
         return 0
     if env is None:
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run folder (default: <out_dir>/<name>)")
     p.add_argument("--seeds", default=None, help="train these seeds (0,1,2 or 0-4), each in its own folder; "
                    "together in one process with stacked parameters when the method supports it")
+    p.add_argument("--stack", choices=STACK_CHOICES, default="auto",
+                   help="with --seeds: stack them in one process (on), run them one after another (off), or auto: "
+                        "stacked on CUDA, one after another on a CPU where stacking measured no faster")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run's best checkpoint on the test set")

@@ -155,7 +155,8 @@ def test_cli_train_seeds_then_resume(idx_root, tmp_path, capsys, method, togethe
     cfg.write_text(yaml.safe_dump({"method": {"name": method, **small},
                                    "data": {"dataset": "fashion_mnist", "n_labels": 20, "n_val": 50,
                                             "download": False}, "train": TINY_TRAIN}))
-    base = ["train", str(cfg), "--seeds", "0,1", "--run-dir", str(tmp_path / "runs"), f"--data.root={idx_root}"]
+    base = ["train", str(cfg), "--seeds", "0,1", "--stack", "on", "--run-dir", str(tmp_path / "runs"),
+            f"--data.root={idx_root}"]
     assert main(base) == 0, capsys.readouterr().err
     results = json.loads(capsys.readouterr().out)
     assert [r["seed"] for r in results] == [0, 1] and [r["steps"] for r in results] == [4, 4]

@@ -167,7 +167,7 @@ def test_fixmatch_learns_on_tiny_data(run_config_factory, tiny_data):
 
 def test_fixmatch_seeds_train_stacked(run_config_factory, tiny_data, tmp_path):
     cfg = run_config_factory("fixmatch", {"hidden": [16]}, train={"steps": 4, "eval_every": 2, "ckpt_every": 2})
-    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "fm"), data=tiny_data)
+    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "fm"), data=tiny_data, stack="on")
     assert all(r["seeds_trained_together"] == 2 and 0 <= r["test_acc"] <= 1 for r in results)
     states = [torch.load(tmp_path / "fm" / f"s{s}" / "best.pt", weights_only=True)["model"] for s in (0, 1)]
     assert not torch.equal(states[0]["ema.shadow.head.weight"], states[1]["ema.shadow.head.weight"])

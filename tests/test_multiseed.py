@@ -60,7 +60,7 @@ def test_seeds_together_match_separate_runs(deterministic_cfg, tiny_data, tmp_pa
 
 
 def test_each_seed_is_its_own_run(deterministic_cfg, tiny_data, tmp_path):
-    results = train_seeds(deterministic_cfg, SEEDS, run_dir=str(tmp_path / "grp"), data=tiny_data)
+    results = train_seeds(deterministic_cfg, SEEDS, run_dir=str(tmp_path / "grp"), data=tiny_data, stack="on")
     assert [r["seeds_trained_together"] for r in results] == [2, 2]
     splits = []
     for seed in SEEDS:
@@ -74,7 +74,7 @@ def test_each_seed_is_its_own_run(deterministic_cfg, tiny_data, tmp_path):
 def test_unsupported_methods_fall_back_to_separate_runs(run_config_factory, tiny_data, tmp_path):
     cfg = run_config_factory("self_training", train={"steps": 2, "eval_every": 2, "ckpt_every": 2})
     assert not get_method_class("self_training").supports_stacking
-    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "seq"), data=tiny_data)
+    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "seq"), data=tiny_data, stack="on")
     assert [r["seed"] for r in results] == [0, 1] and "seeds_trained_together" not in results[0]
 
 
@@ -95,7 +95,7 @@ def test_gan_seeds_train_together(run_config_factory, tiny_data, tmp_path):
     assert get_method_class("sgan").supports_stacking
     cfg = run_config_factory("sgan", {"d_hidden": [32, 16], "g_hidden": [16], "z_dim": 8},
                              train={"steps": 4, "eval_every": 2, "ckpt_every": 2, "log_every": 2})
-    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "gan"), data=tiny_data)
+    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "gan"), data=tiny_data, stack="on")
     assert all(r["seeds_trained_together"] == 2 and 0 <= r["test_acc"] <= 1 for r in results)
     states = [torch.load(tmp_path / "gan" / f"s{s}" / "best.pt", weights_only=True)["model"] for s in (0, 1)]
     assert not torch.equal(states[0]["disc.head.1.v"], states[1]["disc.head.1.v"])
@@ -117,7 +117,7 @@ def test_stacked_seeds_train_in_every_precision(precision, run_config_factory, t
     cfg = run_config_factory("sgan", {"d_hidden": [32, 16], "g_hidden": [16], "z_dim": 8},
                              train={"steps": 4, "eval_every": 2, "ckpt_every": 2, "log_every": 2,
                                     "precision": precision})
-    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "p"), data=tiny_data)
+    results = train_seeds(cfg, [0, 1], run_dir=str(tmp_path / "p"), data=tiny_data, stack="on")
     assert [r["precision"] for r in results] == [precision] * 2
     assert all(r["seeds_trained_together"] == 2 for r in results)
     for s in (0, 1):
@@ -126,7 +126,7 @@ def test_stacked_seeds_train_in_every_precision(precision, run_config_factory, t
     from dataclasses import replace
 
     longer = replace(cfg, train=replace(cfg.train, steps=6))
-    resumed = train_seeds(longer, [0, 1], run_dir=str(tmp_path / "p"), resume=True, data=tiny_data)
+    resumed = train_seeds(longer, [0, 1], run_dir=str(tmp_path / "p"), resume=True, data=tiny_data, stack="on")
     assert [r["steps"] for r in resumed] == [6, 6] and all(r["seeds_trained_together"] == 2 for r in resumed)
 
 
@@ -165,3 +165,13 @@ def test_gan_seeds_together_match_separate_runs_with_the_noise_fixed_per_seed(ru
                 assert wa[k] == wb[k], f"seed {seed}: {k}"
         finals.append(wb["disc.head.1.v"])
     assert not torch.equal(*finals), "the seeds trained the same network"
+
+
+def test_auto_runs_seeds_one_after_another_on_a_cpu_and_says_why(deterministic_cfg, tiny_data, tmp_path, capsys):
+    """On a CPU stacking measured no cheaper per step than separate runs (benchmarks/README.md), so `auto`
+    (the default) trains the seeds one after another there, and says so; `off` does too, for any device."""
+    results = train_seeds(deterministic_cfg, SEEDS, run_dir=str(tmp_path / "auto"), data=tiny_data)
+    assert all("seeds_trained_together" not in r for r in results) and [r["seed"] for r in results] == SEEDS
+    assert "one after another (auto: on a CPU stacked seeds cost as much per step" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stack must be one of auto, on, off, got 'maybe'"):
+        train_seeds(deterministic_cfg, SEEDS, run_dir=str(tmp_path / "x"), data=tiny_data, stack="maybe")

@@ -3,12 +3,14 @@ one process when the method supports it (genssl.training.stacked), else one afte
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from genssl.config import RunConfig
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
+from genssl.training.device import resolve_device
 from genssl.training.trainer import Trainer, default_run_dir
 
 
@@ -35,15 +37,41 @@ def seed_run_dirs(cfg: RunConfig, seeds: list[int], run_dir: str | None) -> list
                                     train=replace(cfg.train, seed=s))) for s in seeds]
 
 
+STACK_CHOICES = ("auto", "on", "off")
+
+
+def stack_decision(cfg: RunConfig, n_seeds: int, stack: str, resumable: list[bool], resume: bool) -> tuple[bool, str]:
+    """(stack the seeds?, why). `auto` stacks on CUDA only: on a CPU, stacked sgan seeds measured no cheaper per
+    step than separate runs (5 seeds cost 5.3x one in bf16, 5.4x in fp32, on an AMX Xeon; benchmarks/README.md),
+    so there the seeds run one after another."""
+    if stack not in STACK_CHOICES:
+        raise ValueError(f"stack must be one of {', '.join(STACK_CHOICES)}, got {stack!r}")
+    name = cfg.method_name
+    if n_seeds < 2 or stack == "off":
+        return False, "one seed" if n_seeds < 2 else "--stack off"
+    if not get_method_class(name).supports_stacking:
+        return False, f"{name} does not support stacked seeds (supports_stacking is False)"
+    if resume and not all(resumable):
+        return False, "some seeds have no checkpoint to resume from"
+    if stack == "on":
+        return True, "--stack on"
+    if resolve_device(cfg.train.device).type == "cuda":
+        return True, "auto: stacked on CUDA"
+    return False, ("auto: on a CPU stacked seeds cost as much per step as separate runs (benchmarks/README.md); "
+                   "--stack on forces stacking")
+
+
 def train_seeds(cfg: RunConfig, seeds: list[int], run_dir: str | None = None, resume: bool = False,
-                together: bool | None = None, data=None) -> list[dict]:
-    """Train `seeds` of `cfg`: stacked in one process when the method supports it (a resume too, when every seed
-    has a last checkpoint), else one after another. Each seed gets its own folder and results.json either way."""
+                together: bool | None = None, data=None, stack: str = "auto") -> list[dict]:
+    """Train `seeds` of `cfg`, each in its own folder with its own results.json: stacked in one process
+    (genssl.training.stacked) or one after another, as `together` says, else as `stack` decides
+    (`stack_decision`, which also says why; printed to stderr)."""
     dirs = seed_run_dirs(cfg, seeds, run_dir)
     resumable = [RunDir(d).has(RunDir.LAST) or RunDir(d).has(RunDir.PREV) for d in dirs]
     if together is None:
-        together = (len(seeds) > 1 and get_method_class(cfg.method_name).supports_stacking
-                    and (not resume or all(resumable)))
+        together, why = stack_decision(cfg, len(seeds), stack, resumable, resume)
+        print(f"genssl: {len(seeds)} seeds {'stacked in one process' if together else 'one after another'} "
+              f"({why})", file=sys.stderr)
     if together:
         return Trainer(cfg, resume=resume, data=data, seeds=seeds, run_dirs=dirs).fit_all()
     return [Trainer(replace(cfg, train=replace(cfg.train, seed=s)), run_dir=d, resume=resume and r,

@@ -28,7 +28,7 @@ from genssl.fileio import CheckpointError
 from genssl.methods import create_method
 from genssl.methods.base import Method
 from genssl.runs.run_dir import RunDir
-from genssl.training.device import autocast, device_name, resolve_device
+from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy
 from genssl.training.monitor import Monitor, progress
@@ -152,7 +152,7 @@ class Trainer:
         self.spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled),
                              allows_hflip(lane.cfg.data.dataset))
         method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
-        method.setup(t.steps, t.precision)
+        method.setup(t.steps, self.precision)
         lane.batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size,
                                   t.batch_size, lane.seed, shard=(self.rank, self.world_size))
         if lane.resume:
@@ -169,7 +169,7 @@ class Trainer:
             lane.last_good_step = lane.step
         else:
             lane.step = 0
-            with autocast(device, t.precision):
+            with autocast(device, self.precision):
                 method.initialize(lane.batcher.next())
         return method
 
@@ -184,6 +184,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
+        self.precision, self.precision_reason = resolve_precision(t.precision, device)
         if t.threads:
             torch.set_num_threads(t.threads)
         train, test = self._data if self._data is not None else load_train_test(cfg.data, t.progress)
@@ -196,7 +197,7 @@ class Trainer:
                                   f"steps {sorted(steps)}; resume them one by one (genssl train --resume per folder)")
         step = steps.pop()
         if len(methods) > 1:
-            strategy = StackedStep(methods, t.steps, t.precision)
+            strategy = StackedStep(methods, t.steps, self.precision)
             if self.lanes[0].resume:  # the lanes share one noise stream, saved in every lane's checkpoint
                 set_rng_state(self.lanes[0].run.load_resume_checkpoint(map_location=device)[0]["rng"])
         else:
@@ -241,7 +242,7 @@ class Trainer:
                 if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
                     self.ddp.sync_buffers()
                 method.fit_readout(*lane.lab, seed=lane.seed)
-                val_acc = accuracy(method, *lane.val, t.eval_batch_size, t.precision)
+                val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision)
                 lane.monitor.scalars({"val/acc": val_acc}, at_step)
                 if val_acc > lane.best_val:
                     lane.best_val, lane.best_step = val_acc, at_step
@@ -266,13 +267,14 @@ class Trainer:
                 lane.monitor.scalars(means, at_step)
             return means
 
-        desc = cfg.method_name + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else "")
+        desc = (f"{cfg.method_name} {self.precision}" + (f" ({self.precision_reason})" if t.precision == "auto" else "")
+                + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else ""))
         bar = progress(t.steps, step, desc, t.progress and self.is_main)
         count = 0
         strategy.train()
         while step < t.steps:
             batches = [lane.batcher.next() for lane in self.lanes]
-            with autocast(device, t.precision):
+            with autocast(device, self.precision):
                 lane_logs = strategy(batches, step)
             for lane, logs in zip(self.lanes, lane_logs):
                 for k, v in logs.items():
@@ -311,13 +313,14 @@ class Trainer:
         best = lane.run.load_checkpoint(RunDir.BEST, map_location=device)
         method.load_state_dict(best["model"])
         method.fit_readout(*lane.lab, seed=lane.seed)
-        test_acc = accuracy(method, x_test, y_test, t.eval_batch_size, t.precision)
+        test_acc = accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
         n = len(self.lanes)
         results = {
             "method": lane.cfg.method_name, "dataset": lane.cfg.data.dataset, "n_labels": lane.cfg.data.n_labels,
             "seed": lane.seed, "test_acc": test_acc, "best_val_acc": lane.best_val, "best_step": lane.best_step,
             "steps": t.steps, "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
-            "precision": t.precision, "torch": torch.__version__, "genssl": __version__,
+            "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
+            "genssl": __version__,
             "config_digest": lane.cfg.digest(),
             "resume_overrides": {k: list(v) for k, v in lane.resume_overrides.items()},
         }
