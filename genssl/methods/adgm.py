@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
-from genssl.methods.enumerated import check_labeled_weight, classification_weight, load_m1, rec_gain, step_loss
-from genssl.methods.schedules import kl_weight
+from genssl.methods.enumerated import (check_labeled_weight, classification_weight, enumerated_train_step, load_m1,
+                                       rec_gain, step_loss)
 from genssl.nn.adgm import AuxClassifier, SumMLP, gaussian_params
 from genssl.nn.vae import likelihood_mean, log_likelihood, n_params, reparameterize, resolve_likelihood
 from genssl.registry import register_method
@@ -238,15 +238,7 @@ class AuxiliaryDGM(Method):
         return out
 
     def train_step(self, batch, step):
-        x_l, x_u = self.prepare(batch.x_l), self.prepare(batch.x_u)
-        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
-        terms = self.objective(x_l, batch.y_l, x_u, beta=beta)
-        self.update(terms["loss"])
-        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-        logs["train/cls_weight"] = torch.tensor(self.cls_weight)
-        if self.cfg.kl_warmup > 0:
-            logs["train/kl_weight"] = torch.tensor(beta)
-        return logs
+        return enumerated_train_step(self, batch, step)
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.encoders.format import Encoder
 from genssl.encoders.load import load_encoder
+from genssl.methods.schedules import kl_weight
 
 
 def classification_weight(alpha: float, classifier_weight: float | None, spec: DataSpec) -> float:
@@ -120,3 +121,17 @@ def active_dims(mu: torch.Tensor, threshold: float) -> torch.Tensor:
         raise ValueError(f"no M1 latent dim has a posterior-mean std above m1_active_threshold={threshold} (largest "
                          f"{float(std.max()):.3g}); lower the threshold")
     return keep
+
+
+def enumerated_train_step(method, batch, step: int) -> dict[str, torch.Tensor]:
+    """The step of M2, ADGM and SDGM: inputs prepared (M1 latents, binarization), the objective with the KL
+    weight of the warm-up schedule, one update; every term of the objective logged."""
+    x_l, x_u = method.prepare(batch.x_l), method.prepare(batch.x_u)
+    beta = kl_weight(step, method.total_steps, method.cfg.kl_warmup)
+    terms = method.objective(x_l, batch.y_l, x_u, beta=beta)
+    method.update(terms["loss"])
+    logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+    logs["train/cls_weight"] = torch.tensor(method.cls_weight)
+    if method.cfg.kl_warmup > 0:
+        logs["train/kl_weight"] = torch.tensor(beta)
+    return logs

@@ -46,9 +46,8 @@ from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likeli
                         resolve_likelihood)
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
-from genssl.methods.schedules import kl_weight
-from genssl.methods.enumerated import (active_dims, check_labeled_weight, classification_weight, load_m1,
-                                       rec_gain, step_loss)
+from genssl.methods.enumerated import (active_dims, check_labeled_weight, classification_weight, enumerated_train_step,
+                                       load_m1, rec_gain, step_loss)
 from genssl.nn.classifiers import ClassifierFeatures
 
 PRIORS = ("standard", "mixture")
@@ -242,13 +241,7 @@ class VAEM2(Method):
         return out
 
     def train_step(self, batch, step):
-        x_l, x_u = self.prepare(batch.x_l), self.prepare(batch.x_u)
-        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
-        terms = self.objective(x_l, batch.y_l, x_u, beta=beta)
-        self.update(terms["loss"])
-        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-        logs["train/cls_weight"] = torch.tensor(self.cls_weight)
-        return logs
+        return enumerated_train_step(self, batch, step)
 
     def compile_networks(self) -> None:
         """torch.compile the whole objective (networks, bounds and losses in one graph) rather than each network:
