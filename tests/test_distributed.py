@@ -163,7 +163,7 @@ def _shard_noise(self, n: int, device=None) -> torch.Tensor:
 
 def _init_on_labeled(self, batch) -> None:
     """SGAN.initialize on what every rank has alike: the labeled batch, and the generator on fixed_z."""
-    from genssl.nn.gan import data_dependent_init
+    from genssl.nn.layers import data_dependent_init
 
     data_dependent_init(self.gen, self.fixed_z[:batch.x_l.shape[0]])
     data_dependent_init(self.disc, batch.x_l)

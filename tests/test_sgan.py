@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from genssl import Trainer
 from genssl.data.batching import SSLBatch
 from genssl.nn.ema import EMA
-from genssl.nn.gan import MLPDiscriminator, WNConv2d, WNLinear, data_dependent_init, make_gan
+from genssl.nn.gan import MLPDiscriminator, make_gan
+from genssl.nn.layers import WNConv2d, WNLinear, data_dependent_init
 from genssl.losses import (feature_matching_loss, sgan_d_prob, sgan_unsupervised_loss,
                            sgan_unsupervised_loss_explicit)
 from genssl.data.spec import DataSpec

@@ -15,7 +15,8 @@ from genssl.data.spec import DataSpec
 from genssl.losses import (conditional_entropy_loss, fixmatch_loss, kl_consistency_loss, manifold_loss,
                            perturb_unit, pull_away_loss)
 from genssl.methods import create_method
-from genssl.nn.gan import ByteDropout, Conv28Discriminator, GaussianNoise, frozen, make_gan, noiseless
+from genssl.nn.gan import Conv28Discriminator, make_gan
+from genssl.nn.layers import ByteDropout, GaussianNoise, frozen, noiseless
 from genssl.training.trainer import DivergenceError
 
 SPEC = DataSpec((1, 28, 28), 10, 20, 500, hflip=True)

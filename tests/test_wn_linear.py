@@ -1,4 +1,4 @@
-"""The fast paths of the weight-normalized linear layer (genssl.nn.gan.WNLinear): the output-scaled forward, the
+"""The fast paths of the weight-normalized linear layer (genssl.nn.layers.WNLinear): the output-scaled forward, the
 one-pass backward (_WNLinearFn) and the frozen-weight cache give what w = g v / ||v|| computed the plain way gives."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genssl.nn.gan import WNLinear
+from genssl.nn.layers import WNLinear
 
 
 def _layer(train_scale: bool) -> WNLinear:

@@ -49,7 +49,8 @@ import torch
 
 from genssl.data.augment import strong, weak
 from genssl.nn.ema import EMA
-from genssl.nn.gan import GAN_ARCHS, data_dependent_init, make_gan, noiseless
+from genssl.nn.gan import GAN_ARCHS, make_gan
+from genssl.nn.layers import data_dependent_init, noiseless
 from genssl.losses import (conditional_entropy_loss, feature_matching_loss, fixmatch_loss, kl_consistency_loss,
                            manifold_loss, perturb_unit, pull_away_loss, sgan_d_prob, sgan_supervised_loss,
                            sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
