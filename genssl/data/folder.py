@@ -19,6 +19,7 @@ Decoding runs once, in a thread pool (PIL releases the GIL while it decodes), wi
 cached as a uint8 tensor file under ~/.cache/genssl/folders, keyed by the files' paths, sizes and
 modification times and the decoding settings, and written atomically (genssl.fileio), so the next run with the
 same files starts at once and an edited, added or removed file triggers a fresh decode.
+(Over 350 lines on purpose: listing, decoding, caching and the errors that name every bad file are one reader.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ with its own run folder (genssl.runs.RunDir), split, data order, monitor, best c
 results.json, exactly as a single run writes them. How the lanes' steps are computed is the step strategy:
 `SingleStep` calls `method.train_step`; `genssl.training.stacked.StackedStep` trains all lanes' parameters
 stacked, in one vmapped step. Everything else (guards, evaluation, checkpoints, resume) is shared code.
+(Over 350 lines on purpose: it is the one loop, and splitting its guards from it would hide the order they run in.)
 """
 
 from __future__ import annotations
