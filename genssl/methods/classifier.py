@@ -53,6 +53,7 @@ class ClassifierConfig:
 
 class ClassifierMethod(Method):
     has_encoder = True
+
     def __init__(self, cfg: ClassifierConfig, spec: DataSpec):
         super().__init__(cfg, spec)
         self.net = make_classifier(cfg.arch, spec.image_shape, spec.num_classes, cfg.hidden, cfg.dropout)
