@@ -53,7 +53,7 @@ from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.methods.enumerated import (check_labeled_weight, classification_weight, enumerated_train_step, load_m1,
-                                       rec_gain, step_loss)
+                                       rec_gain, sample_classes, step_loss)
 from genssl.nn.adgm import AuxClassifier, SumMLP, gaussian_params
 from genssl.nn.vae import likelihood_mean, log_likelihood, n_params, reparameterize, resolve_likelihood
 from genssl.registry import register_method
@@ -281,13 +281,7 @@ class AuxiliaryDGM(Method):
         if self.m1 is not None:
             raise ValueError(f"{self.name} on M1 latents generates M1 latents, not images (it has no M1 decoder)")
         K, device = self.spec.num_classes, next(self.px.parameters()).device
-        if y is None:
-            y = torch.randint(K, (n,), device=device)
-        y = torch.as_tensor(y, device=device)
-        in_range = y.numel() == 0 or (0 <= int(y.min()) and int(y.max()) < K)
-        if y.shape != (n,) or y.dtype.is_floating_point or not in_range:
-            raise ValueError(f"y must be {n} class indices in [0, {K - 1}], got shape {tuple(y.shape)}, "
-                             f"dtype {y.dtype}")
+        y = sample_classes(n, y, K, device)
         z = torch.randn(n, self.cfg.z_dim, device=device)
         params = self._generate(z, F.one_hot(y, K).float())
         return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)

@@ -135,3 +135,16 @@ def enumerated_train_step(method, batch, step: int) -> dict[str, torch.Tensor]:
     if method.cfg.kl_warmup > 0:
         logs["train/kl_weight"] = torch.tensor(beta)
     return logs
+
+
+def sample_classes(n: int, y, num_classes: int, device) -> torch.Tensor:
+    """The classes of n class-conditional samples: `y` checked ((n,) indices in [0, K - 1]), or drawn from the
+    uniform p(y) when None."""
+    if y is None:
+        return torch.randint(num_classes, (n,), device=device)
+    y = torch.as_tensor(y, device=device)
+    in_range = y.numel() == 0 or (0 <= int(y.min()) and int(y.max()) < num_classes)
+    if y.shape != (n,) or y.dtype.is_floating_point or not in_range:
+        raise ValueError(f"y must be {n} class indices in [0, {num_classes - 1}], got shape {tuple(y.shape)}, "
+                         f"dtype {y.dtype}")
+    return y

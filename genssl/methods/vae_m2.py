@@ -47,7 +47,7 @@ from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likeli
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.methods.enumerated import (active_dims, check_labeled_weight, classification_weight, enumerated_train_step,
-                                       load_m1, rec_gain, step_loss)
+                                       load_m1, rec_gain, sample_classes, step_loss)
 from genssl.nn.classifiers import ClassifierFeatures
 
 PRIORS = ("standard", "mixture")
@@ -274,13 +274,7 @@ class VAEM2(Method):
             raise ValueError("M1+M2 generates M1 latents, not images (it has no M1 decoder); sample from a "
                              "pixel vae_m2 run instead")
         K, device = self.spec.num_classes, next(self.decoder.parameters()).device
-        if y is None:
-            y = torch.randint(K, (n,), device=device)
-        y = torch.as_tensor(y, device=device)
-        in_range = y.numel() == 0 or (0 <= int(y.min()) and int(y.max()) < K)
-        if y.shape != (n,) or y.dtype.is_floating_point or not in_range:
-            raise ValueError(f"y must be {n} class indices in [0, {K - 1}], got shape {tuple(y.shape)}, "
-                             f"dtype {y.dtype}")
+        y = sample_classes(n, y, K, device)
         z = self.prior_sample(y)
         params = self.decoder(z, F.one_hot(y, K).float())
         return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)
