@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
 from importlib.resources import files
+from pathlib import Path
 
 from genssl.compare.runner import run_grid
 from genssl.config import ConfigError, load_run_config

@@ -32,8 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genssl.compare import samples as compare_samples
-from genssl.config import (ConfigError, DataConfig, TrainConfig, build_run_config, flatten, load_yaml, merge,
-                     parse_overrides, to_dict)
+from genssl.config import (
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    build_run_config,
+    flatten,
+    load_yaml,
+    merge,
+    parse_overrides,
+    to_dict,
+)
 
 GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

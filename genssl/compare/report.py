@@ -3,14 +3,14 @@ TensorBoard HParams sessions, all rewritten from the runs' results.json into one
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 import statistics
 from pathlib import Path
 
-from genssl.fileio import atomic_write_text
-import csv
-import io
 from genssl.compare import plots
+from genssl.fileio import atomic_write_text
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -11,22 +11,23 @@ report (genssl/report.py) is rewritten from all runs at the end.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from genssl.runs.run_dir import RunDir
+from tqdm.auto import tqdm
+
 from genssl.compare import samples as compare_samples
-from genssl.config import ConfigError, build_run_config, flatten, load_yaml, merge
 from genssl.compare.grid import GridRun, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
+from genssl.config import ConfigError, build_run_config, flatten, load_yaml, merge
+from genssl.runs.run_dir import RunDir
 from genssl.training.trainer import Trainer
-import threading
-from tqdm.auto import tqdm
-import multiprocessing as mp
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 __all__ = ["GridRun", "finished_results", "load_grid", "run_grid", "run_one"]
 

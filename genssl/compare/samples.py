@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 
 import torch
-from genssl.runs.run_dir import RunDir
-from genssl.config import ConfigError, from_dict
-from genssl.downstream.samples import SampleClassifierConfig
-from genssl.training.evaluate import load_run
 import yaml
+
+from genssl.config import ConfigError, from_dict, to_dict
 from genssl.data.batching import to_float
+from genssl.downstream.samples import SampleClassifierConfig, accuracy, train_sample_classifier
 from genssl.fileio import atomic_write_text
-from genssl.config import to_dict
-from genssl.downstream.samples import accuracy, train_sample_classifier
+from genssl.runs.run_dir import RunDir
+from genssl.training.evaluate import load_run
 
 ENTRY_KEYS = ("samples_from", "classifier")
 

@@ -19,6 +19,7 @@ import torch
 
 from genssl.data.images import ImageData
 
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), checking the header against the payload size."""
     raw = _read_bytes(path)

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from genssl.data.datasets import check_label_range
-from genssl.fileio import atomic_torch_save
-from genssl.fileio import safe_torch_load
+from genssl.fileio import atomic_torch_save, safe_torch_load
 
 
 @dataclass

@@ -7,17 +7,17 @@ features in batches, a classifier of each kind, test accuracy; and the `genssl d
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
 import torch.nn.functional as F
 
-from genssl.nn.probes import accuracy, extract_features, fit_classifier
-from genssl.data.split import make_split
-import json
-from genssl.fileio import atomic_write_json
 from genssl.data.datasets import load_dataset
+from genssl.data.split import make_split
 from genssl.encoders.load import load_encoder
+from genssl.fileio import atomic_write_json
+from genssl.nn.probes import accuracy, extract_features, fit_classifier
 from genssl.training.device import resolve_device
 
 

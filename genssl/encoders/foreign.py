@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genssl.fileio import CheckpointError, safe_torch_load
 from genssl.encoders.format import Encoder, infer_out_dim, load_state_checked
+from genssl.fileio import CheckpointError, safe_torch_load
 from genssl.registry import register_encoder_arch
 
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -29,9 +29,9 @@ import yaml
 from torch import nn
 
 from genssl._version import __version__
+from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 from genssl.nn.state import load_state_checked
 from genssl.registry import ENCODER_ARCHS
-from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 
 FORMAT = "genssl-encoder"
 FORMAT_VERSION = 1

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genssl.runs.run_dir import RunDir
 from genssl.encoders.foreign import load_state_dict_encoder, load_torchvision_encoder
 from genssl.encoders.format import SPEC_FILE, Encoder, load_exported
 from genssl.encoders.from_run import encoder_from_run
 from genssl.encoders.released import PACKAGE_ROOT, RELEASES, load_released
+from genssl.runs.run_dir import RunDir
 
 RELEASED_ROOT = PACKAGE_ROOT  # the package's own copies of the released encoders (genssl.encoders.released)
 

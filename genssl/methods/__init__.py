@@ -4,11 +4,9 @@ config in experiments/."""
 from genssl.config import from_dict
 from genssl.registry import get_method_class
 
-from genssl.methods import pseudo_label, self_training, supervised  # noqa: F401
-from genssl.methods import fixmatch  # noqa: F401
-from genssl.methods import sgan  # noqa: F401
-from genssl.methods import vae_m1, vae_m2  # noqa: F401
-from genssl.methods import adgm  # noqa: F401
+# Importing a method's module registers it; a new method adds its module here.
+from genssl.methods import adgm, fixmatch, pseudo_label, self_training  # noqa: F401, I001
+from genssl.methods import sgan, supervised, vae_m1, vae_m2  # noqa: F401, I001
 
 
 def create_method(name: str, cfg, spec):

@@ -52,8 +52,15 @@ import torch.nn.functional as F
 from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
-from genssl.methods.enumerated import (check_labeled_weight, classification_weight, enumerated_train_step, load_m1,
-                                       rec_gain, sample_classes, step_loss)
+from genssl.methods.enumerated import (
+    check_labeled_weight,
+    classification_weight,
+    enumerated_train_step,
+    load_m1,
+    rec_gain,
+    sample_classes,
+    step_loss,
+)
 from genssl.nn.adgm import AuxClassifier, SumMLP, gaussian_params
 from genssl.nn.vae import likelihood_mean, log_likelihood, n_params, reparameterize, resolve_likelihood
 from genssl.registry import register_method

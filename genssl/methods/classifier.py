@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genssl.data.augment import AUGMENT_KINDS, augment as augment_images, random_translate, resolve_hflip
-from genssl.nn.classifiers import make_classifier
+from genssl.data.augment import AUGMENT_KINDS, random_translate, resolve_hflip
+from genssl.data.augment import augment as augment_images
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
-from genssl.nn.classifiers import ClassifierFeatures
+from genssl.nn.classifiers import ClassifierFeatures, make_classifier
 
 WEAK_SHIFT = 2
 """Pixels of the weak/strong views' shift when augment_shift is 0 (FixMatch: 12.5% of 32 px; ~2 of 28)."""

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genssl.registry import register_method
-from genssl.methods.schedules import ramp_weight
 from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
+from genssl.methods.schedules import ramp_weight
+from genssl.registry import register_method
 
 
 @register_method("pseudo_label")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from genssl.registry import register_method
 from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
+from genssl.registry import register_method
 
 
 @register_method("self_training")

@@ -48,15 +48,25 @@ from dataclasses import dataclass
 import torch
 
 from genssl.data.augment import strong, weak
+from genssl.data.spec import DataSpec
+from genssl.losses import (
+    conditional_entropy_loss,
+    feature_matching_loss,
+    fixmatch_loss,
+    kl_consistency_loss,
+    manifold_loss,
+    perturb_unit,
+    pull_away_loss,
+    sgan_d_prob,
+    sgan_supervised_loss,
+    sgan_unsupervised_loss,
+    sgan_unsupervised_loss_explicit,
+)
+from genssl.methods.base import Method
 from genssl.nn.ema import EMA
 from genssl.nn.gan import GAN_ARCHS, make_gan
 from genssl.nn.layers import data_dependent_init, noiseless
-from genssl.losses import (conditional_entropy_loss, feature_matching_loss, fixmatch_loss, kl_consistency_loss,
-                           manifold_loss, perturb_unit, pull_away_loss, sgan_d_prob, sgan_supervised_loss,
-                           sgan_unsupervised_loss, sgan_unsupervised_loss_explicit)
 from genssl.registry import register_method
-from genssl.data.spec import DataSpec
-from genssl.methods.base import Method
 
 FAKE_LOGITS = ("implicit", "explicit")
 FM_REAL = ("fresh", "d_step")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genssl.registry import register_method
 from genssl.methods.classifier import ClassifierConfig, ClassifierMethod
+from genssl.registry import register_method
 
 
 @register_method("supervised")

@@ -18,13 +18,20 @@ from dataclasses import dataclass
 import torch
 
 from genssl import losses
-from genssl.registry import register_method
-from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
-                        resolve_likelihood)
 from genssl.data.spec import DataSpec
+from genssl.methods.base import Method
 from genssl.methods.schedules import kl_weight
 from genssl.nn.probes import fit_classifier
-from genssl.methods.base import Method
+from genssl.nn.vae import (
+    Decoder,
+    GaussianEncoder,
+    likelihood_mean,
+    log_likelihood,
+    n_params,
+    reparameterize,
+    resolve_likelihood,
+)
+from genssl.registry import register_method
 
 READOUTS = ("linear", "mlp", "knn")
 

@@ -40,15 +40,29 @@ import torch
 import torch.nn.functional as F
 
 from genssl import losses
-from genssl.nn.classifiers import make_classifier
-from genssl.registry import register_method
-from genssl.nn.vae import (Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize,
-                        resolve_likelihood)
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
-from genssl.methods.enumerated import (active_dims, check_labeled_weight, classification_weight, enumerated_train_step,
-                                       load_m1, rec_gain, sample_classes, step_loss)
-from genssl.nn.classifiers import ClassifierFeatures
+from genssl.methods.enumerated import (
+    active_dims,
+    check_labeled_weight,
+    classification_weight,
+    enumerated_train_step,
+    load_m1,
+    rec_gain,
+    sample_classes,
+    step_loss,
+)
+from genssl.nn.classifiers import ClassifierFeatures, make_classifier
+from genssl.nn.vae import (
+    Decoder,
+    GaussianEncoder,
+    likelihood_mean,
+    log_likelihood,
+    n_params,
+    reparameterize,
+    resolve_likelihood,
+)
+from genssl.registry import register_method
 
 PRIORS = ("standard", "mixture")
 
