@@ -113,9 +113,19 @@ class RunConfig:
         }
 
     def digest(self) -> str:
-        """Short hash of the resolved config, recorded with exported encoders."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Short hash of the resolved config, recorded with exported encoders. Keys that do not change what the
+        run computes (REPORTING_KEYS: threads, device, logging, paths) are left out, so the same model trained
+        with --train.threads=1 or on another machine's data folder has the same digest."""
+        kept = {k: v for k, v in flatten(self.to_dict()).items() if k not in REPORTING_KEYS}
+        blob = json.dumps(kept, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# Config keys that do not change what a finished run computed: a grid reuses a run that differs only in them,
+# and RunConfig.digest leaves them out.
+REPORTING_KEYS = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
+                            "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
+                            "data.download"})
 
 
 # Keys that may change on --resume without changing what the run computes up to the saved step.

@@ -20,6 +20,14 @@ def test_round_trip_through_yaml(tmp_path):
     assert again.digest() == cfg.digest()
 
 
+def test_digest_follows_what_the_run_computes_not_how_it_was_run():
+    base = build_run_config(_raw())
+    same = build_run_config(_raw(train={"threads": 1, "log_every": 7}, data={"root": "/elsewhere"}))
+    other = build_run_config(_raw(train={"steps": 11}))
+    assert same.digest() == base.digest()
+    assert other.digest() != base.digest()
+
+
 @pytest.mark.parametrize("raw, match", [
     (_raw(trian={"steps": 3}), "unknown top-level key.* trian; valid keys: data, method, name, out_dir, train"),
     (_raw(train={"setps": 3}), "unknown key train.setps; valid keys in train: steps, batch_size"),

@@ -25,16 +25,12 @@ from tqdm.auto import tqdm
 from genssl.compare import samples as compare_samples
 from genssl.compare.grid import GridRun, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
-from genssl.config import ConfigError, build_run_config, flatten, load_yaml, merge
+from genssl.config import REPORTING_KEYS, ConfigError, build_run_config, flatten, load_yaml, merge
 from genssl.runs.run_dir import RunDir
 from genssl.training.trainer import Trainer
 
 __all__ = ["GridRun", "finished_results", "load_grid", "run_grid", "run_one"]
 
-# Config keys that do not change what a finished run computed, so a run that differs only in them is reused.
-REUSE_IGNORED = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
-                           "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
-                           "data.download"})
 
 # ---------------------------------------------------------------------------------------------- one run
 def finished_results(run: GridRun) -> dict | None:
@@ -47,7 +43,7 @@ def finished_results(run: GridRun) -> dict | None:
         now = run.raw if run.samples is not None else build_run_config(run.raw).to_dict()
         saved, now = flatten(load_yaml(saved_path)), flatten(now)
         # Keys present on one side only are fields added to or removed from a method since the run was made.
-        changed = sorted(k for k in set(saved) & set(now) if saved[k] != now[k] and k not in REUSE_IGNORED)
+        changed = sorted(k for k in set(saved) & set(now) if saved[k] != now[k] and k not in REPORTING_KEYS)
         if changed:
             diffs = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
             raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({diffs}). Delete "
