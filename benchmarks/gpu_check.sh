@@ -98,8 +98,8 @@ fi
 # 2. throughput of every method, fp32 vs bf16, eager (one child process per setting; compiled: section 6)
 TP=(benchmarks/throughput.py --devices cuda --steps 30 --warmup 5 --timeout 150)
 run throughput_eager 0 240 "$PYTHON" "${TP[@]}" --precisions fp32 bf16 --compile off --json "$OUTDIR/throughput_eager.json"
-# 3. 10 stacked sgan seeds vs 1
-run stacked_seeds 0 150 "$PYTHON" "${TP[@]}" --methods sgan --precisions fp32 bf16 --seeds 1 10 \
+# 3. 10 stacked seeds vs 1 (sgan, vae_m2)
+run stacked_seeds 0 150 "$PYTHON" "${TP[@]}" --methods sgan vae_m2 --precisions fp32 bf16 --seeds 1 10 \
   --json "$OUTDIR/throughput_stacked.json"
 if [ "$DRY" = 1 ]; then  # the plumbing of throughput.py and the table, on the CPU: one step of the smallest method
   run throughput_cpu_smoke 1 90 "$PYTHON" benchmarks/throughput.py --devices cpu --methods supervised \

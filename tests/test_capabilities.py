@@ -15,9 +15,9 @@ from genssl.training.stacked import StackedStep
 SPEC = DataSpec((1, 28, 28), 10, 20, 200, hflip=True)
 
 
-def _method(name: str, seed: int = 0):
+def _method(name: str, seed: int = 0, overrides: dict | None = None):
     torch.manual_seed(seed)
-    m = create_method(name, {}, SPEC)
+    m = create_method(name, overrides or {}, SPEC)
     m.setup(total_steps=10)
     return m
 
@@ -53,9 +53,13 @@ def test_declared_capabilities_work(name, tmp_path):
             torch.testing.assert_close(enc(x), net.eval()(x))
 
 
+# Options a stacked step refuses (Method.stacking_refusal), turned off where a method's defaults use them.
+STACKABLE = {"adgm": {"grad_clip": None}, "sdgm": {"grad_clip": None}}
+
+
 @pytest.mark.parametrize("name", [n for n in list_methods() if get_method_class(n).supports_stacking])
 def test_methods_that_claim_stacking_train_stacked(name):
-    methods = [_method(name, seed) for seed in (0, 1)]
+    methods = [_method(name, seed, STACKABLE.get(name)) for seed in (0, 1)]
     for m in methods:
         m.initialize(_batch())
     step = StackedStep(methods, total_steps=10, precision="fp32")
@@ -63,10 +67,19 @@ def test_methods_that_claim_stacking_train_stacked(name):
     logs = step([_batch(0), _batch(1)], 0)
     assert len(logs) == 2 and all(torch.isfinite(v).all() for lane in logs for v in lane.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, step.template.parameters())), "nothing was updated"
-    assert step.lane_method(1).predict(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    lane = step.lane_method(1)
+    lane.fit_readout(_batch().x_l, _batch().y_l)  # a no-op but for readout methods (M1)
+    assert lane.predict(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
 @pytest.mark.parametrize("name", [n for n in list_methods() if not get_method_class(n).supports_stacking])
 def test_methods_that_do_not_claim_stacking_are_refused_clearly(name):
-    with pytest.raises(ValueError, match="does not support training seeds stacked"):
+    with pytest.raises(ValueError, match="does not support stacked seeds .*; train the seeds one after another"):
+        StackedStep([_method(name, 0), _method(name, 1)], total_steps=10, precision="fp32")
+
+
+@pytest.mark.parametrize("name", sorted(STACKABLE))
+def test_options_that_couple_the_seeds_are_refused_by_name(name):
+    assert get_method_class(name).stacking_refusal(create_method(name, STACKABLE[name], SPEC).cfg) is None
+    with pytest.raises(ValueError, match=r"gradient clipping by global norm \(grad_clip=5.0\) couples the seeds"):
         StackedStep([_method(name, 0), _method(name, 1)], total_steps=10, precision="fp32")

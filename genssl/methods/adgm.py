@@ -55,7 +55,7 @@ from genssl.methods.base import Method
 from genssl.methods.enumerated import (
     check_labeled_weight,
     classification_weight,
-    enumerated_train_step,
+    enumerated_stage_loss,
     load_m1,
     rec_gain,
     sample_classes,
@@ -74,6 +74,7 @@ class AuxiliaryDGM(Method):
     has_encoder = True  # on pixels only: on M1 latents encoder_module() refuses, as for M1+M2
     can_sample = True
     can_sample_conditional = True  # on pixels only, as for the encoder
+    supports_stacking = True  # without gradient clipping (stacking_refusal)
     PA_INPUTS: tuple[str, ...] = ()
     PX_INPUTS: tuple[str, ...] = ()
 
@@ -104,6 +105,13 @@ class AuxiliaryDGM(Method):
         """Samples of a ~ q(a|x) averaged in predictions; 0 uses the mean of q(a|x)."""
         encoder: str | None = None
         """An M1 run folder or exported encoder folder: the model then runs on M1's latents."""
+
+    @classmethod
+    def stacking_refusal(cls, cfg) -> str | None:
+        if cfg.grad_clip is not None:
+            return (f"{cls.name}: gradient clipping by global norm (grad_clip={cfg.grad_clip}) couples the seeds; "
+                    f"grad_clip: null lets them train stacked")
+        return super().stacking_refusal(cfg)
 
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -244,8 +252,9 @@ class AuxiliaryDGM(Method):
             out["rec_gain_y"] = rec_gain(parts["rec_u"], logits_u)
         return out
 
-    def train_step(self, batch, step):
-        return enumerated_train_step(self, batch, step)
+    def stage_loss(self, name, batch, step, carry):
+        loss, logs = enumerated_stage_loss(self, batch, step)
+        return loss, logs, carry
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,14 @@ class Method(nn.Module):
     supports_stacking: ClassVar[bool] = False
     """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
 
+    @classmethod
+    def stacking_refusal(cls, cfg) -> str | None:
+        """Why seeds of the method config `cfg` cannot train stacked (genssl.training.stacked), or None when they
+        can. A subclass that sets supports_stacking refuses the options its stacked step cannot honour."""
+        if not cls.supports_stacking:
+            return f"{cls.name} does not support stacked seeds (supports_stacking is False)"
+        return None
+
     def __init__(self, cfg, spec: DataSpec):
         super().__init__()
         self.cfg, self.spec = cfg, spec

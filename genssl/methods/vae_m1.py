@@ -39,6 +39,7 @@ READOUTS = ("linear", "mlp", "knn")
 @register_method("vae_m1")
 class VAEM1(Method):
     has_encoder = True
+    supports_stacking = True
     @dataclass
     class Config:
         arch: str = "mlp"
@@ -91,14 +92,15 @@ class VAEM1(Method):
         rec = log_likelihood(self.likelihood, params, x.float(), len(self.spec.image_shape))
         return rec, losses.gaussian_kl_standard(mu, logvar)
 
-    def train_step(self, batch, step):
+    def stage_loss(self, name, batch, step, carry):
+        """The negative ELBO of the unlabeled batch, its KL weighted by the warm-up (one stage)."""
         x = self.prepare(batch.x_u)
         rec, kl = self.elbo_terms(x)
         beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
         loss = (beta * kl - rec).mean()
-        self.update(loss)
-        return {"train/elbo": (rec - kl).mean().detach(), "train/rec": rec.mean().detach(),
+        logs = {"train/elbo": (rec - kl).mean().detach(), "train/rec": rec.mean().detach(),
                 "train/kl": kl.mean().detach(), "train/kl_weight": torch.tensor(beta)}
+        return loss, logs, carry
 
     # ------------------------------------------------------------------ inference
     def encode(self, x: torch.Tensor) -> torch.Tensor:

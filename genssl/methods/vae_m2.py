@@ -46,7 +46,7 @@ from genssl.methods.enumerated import (
     active_dims,
     check_labeled_weight,
     classification_weight,
-    enumerated_train_step,
+    enumerated_stage_loss,
     load_m1,
     rec_gain,
     sample_classes,
@@ -72,6 +72,7 @@ class VAEM2(Method):
     has_encoder = True  # pixel M2 only: M1+M2's classifier reads M1 latents (encoder_module says so)
     can_sample = True
     can_sample_conditional = True  # pixel M2 only, as for the encoder
+    supports_stacking = True  # except with m1_active_threshold (stacking_refusal)
     @dataclass
     class Config:
         arch: str = "mlp"
@@ -107,6 +108,12 @@ class VAEM2(Method):
         """standard: p(z) = N(0, I) | mixture: p(z | y) = N(mu_y, diag sigma_y^2), learned (starts at N(0, I))."""
         m1_active_threshold: float | None = None
         """M1+M2: model only M1's dims whose posterior-mean std over images exceeds this (e.g. 0.1); None: all."""
+
+    @classmethod
+    def stacking_refusal(cls, cfg) -> str | None:
+        if cfg.m1_active_threshold is not None:  # each seed keeps its own set of dims: no common shape to vmap
+            return f"{cls.name}: m1_active_threshold models a different set of M1 dims per seed"
+        return super().stacking_refusal(cfg)
 
     def __init__(self, cfg: Config, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -254,8 +261,9 @@ class VAEM2(Method):
             out["rec_gain_y"] = rec_gain(parts["rec_u"], logits_u)
         return out
 
-    def train_step(self, batch, step):
-        return enumerated_train_step(self, batch, step)
+    def stage_loss(self, name, batch, step, carry):
+        loss, logs = enumerated_stage_loss(self, batch, step)
+        return loss, logs, carry
 
     def compile_networks(self) -> None:
         """torch.compile the whole objective (networks, bounds and losses in one graph) rather than each network:

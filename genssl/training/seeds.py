@@ -49,8 +49,9 @@ def stack_decision(cfg: RunConfig, n_seeds: int, stack: str, resumable: list[boo
     name = cfg.method_name
     if n_seeds < 2 or stack == "off":
         return False, "one seed" if n_seeds < 2 else "--stack off"
-    if not get_method_class(name).supports_stacking:
-        return False, f"{name} does not support stacked seeds (supports_stacking is False)"
+    refusal = get_method_class(name).stacking_refusal(cfg.method)
+    if refusal:
+        return False, refusal
     if resume and not all(resumable):
         return False, "some seeds have no checkpoint to resume from"
     if stack == "on":

@@ -99,9 +99,9 @@ class StackedStep:
 
     def __init__(self, methods: list[Method], total_steps: int, precision: str):
         cls = type(methods[0])
-        if not cls.supports_stacking:
-            raise ValueError(f"method {cls.name!r} does not support training seeds stacked (supports_stacking "
-                             f"is False); train the seeds one after another")
+        refusal = cls.stacking_refusal(methods[0].cfg)
+        if refusal:
+            raise ValueError(f"{refusal}; train the seeds one after another")
         if methods[0].grad_clip:
             raise ValueError(f"{cls.name}: gradient clipping by global norm couples the seeds; train them one "
                              f"after another")
