@@ -214,3 +214,20 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
     ce = F.cross_entropy(strong_logits.float(), hard, reduction="none")  # (B,)
     return (ce * mask).mean(), mask.mean()
 
+
+
+CONSISTENCY = ("none", "kl", "fixmatch")
+
+
+def consistency_loss(kind: str, weak_logits: torch.Tensor, strong_logits: torch.Tensor,
+                     threshold: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The two-view consistency term of the hybrids (sgan, vae_m2 with `consistency` set): `kl` (UDA,
+    kl_consistency_loss) or `fixmatch` (fixmatch_loss at `threshold`), weak view the target. (B, K), (B, K) ->
+    (scalar loss, detached logs: consistency_loss, and mask_rate for fixmatch)."""
+    if kind == "kl":
+        loss = kl_consistency_loss(weak_logits, strong_logits)
+        return loss, {"consistency_loss": loss.detach()}
+    if kind == "fixmatch":
+        loss, mask = fixmatch_loss(weak_logits, strong_logits, threshold)
+        return loss, {"consistency_loss": loss.detach(), "mask_rate": mask.detach()}
+    raise ValueError(f"consistency must be kl or fixmatch here, got {kind!r}")

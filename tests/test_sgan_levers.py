@@ -270,7 +270,7 @@ def test_all_levers_train_and_resume_exactly(run_config_factory, tiny_data, tmp_
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
-@pytest.mark.parametrize("term", ["manifold_loss", "pull_away_loss", "fixmatch_loss"])
+@pytest.mark.parametrize("term", ["manifold_loss", "pull_away_loss", "consistency_loss"])
 def test_a_nan_in_a_new_term_stops_the_run(term, run_config_factory, tiny_data, monkeypatch):
     import genssl.methods.sgan as sgan_mod
 

@@ -200,6 +200,44 @@ def test_classifier_input_noise_only_while_training():
         assert torch.equal(a, n) == (mode == "eval"), mode
 
 
+@pytest.mark.parametrize("kind", ["fixmatch", "kl"])
+def test_hybrid_adds_the_consistency_term_on_q_y_and_nothing_else(kind):
+    """M2 + consistency (the hybrid): in eval mode (batch norm on running statistics, z = mu) the loss is the
+    pure M2 loss plus weight * the consistency term between q(y | x_u) and q(y | strong view), computed here by
+    hand from the classifier; the term's gradient reaches only the classifier."""
+    torch.manual_seed(0)
+    hybrid = create_method("vae_m2", {**SMALL["vae_m2"], "consistency": kind, "consistency_weight": 0.7,
+                                      "consistency_threshold": 0.11}, SPEC).eval()
+    b = _batch(b_u=12)
+    x_strong = torch.rand_like(b.x_u)
+    pure = hybrid.objective(b.x_l, b.y_l, b.x_u, sample=False)
+    both = hybrid.objective(b.x_l, b.y_l, b.x_u, sample=False, x_strong=x_strong)
+    with torch.no_grad():
+        p_weak = F.softmax(hybrid.classifier(b.x_u), 1)
+        log_q = F.log_softmax(hybrid.classifier(x_strong), 1)
+    if kind == "kl":
+        expected = (p_weak * (p_weak.log() - log_q)).sum(1).mean()
+    else:
+        conf, hard = p_weak.max(1)
+        mask = (conf >= 0.11).float()
+        expected = (-log_q.gather(1, hard[:, None])[:, 0] * mask).mean()
+        assert 0 < float(both["mask_rate"]) == pytest.approx(float(mask.mean()))
+    torch.testing.assert_close(both["consistency_loss"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both["loss"], pure["loss"] + 0.7 * expected, rtol=1e-5, atol=1e-5)
+    extra = both["loss"] - pure["loss"]
+    hybrid.zero_grad()
+    extra.backward()
+    touched = {n.split(".")[0] for n, p in hybrid.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == {"classifier"}
+
+
+def test_hybrid_options_are_checked():
+    with pytest.raises(ValueError, match="consistency='fixmach' is not one of none, kl, fixmatch"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "consistency": "fixmach"}, SPEC)
+    with pytest.raises(ValueError, match="consistency_threshold in \\[0, 1\\], got 1.0 / 1.5"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "consistency": "kl", "consistency_threshold": 1.5}, SPEC)
+
+
 def test_classifier_weight_decay_on_classifier_weights_only():
     m2 = create_method("vae_m2", {**SMALL["vae_m2"], "cls_weight_decay": 0.01}, SPEC)
     m2.setup(10)
@@ -317,6 +355,7 @@ def test_kl_warmup_only_changes_the_loss_not_the_bounds():
     ("vae_m1", {"readout": "mlp", "arch": "conv", "hidden": [32]}),
     ("vae_m2", {}), ("vae_m2", {"binarize": True, "kl_warmup": 0.5}),
     ("vae_m2", {"prior": "mixture", "labeled_weight": 2.0, "cls_input_noise": 0.1, "cls_weight_decay": 1e-3}),
+    ("vae_m2", {"consistency": "fixmatch", "consistency_threshold": 0.2}),  # the hybrid
 ])
 def test_method_trains_and_round_trips(method, overrides, run_config_factory, tiny_data):
     cfg = run_config_factory(method, {**SMALL[method], **overrides})

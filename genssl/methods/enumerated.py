@@ -123,13 +123,14 @@ def active_dims(mu: torch.Tensor, threshold: float) -> torch.Tensor:
     return keep
 
 
-def enumerated_stage_loss(method, batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def enumerated_stage_loss(method, batch, step: int, **views) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one stage of M2, ADGM and SDGM: inputs prepared (M1 latents, binarization), the objective with the
     KL weight of the warm-up schedule; (loss, every term of the objective to log). A pure function of the
-    parameters and the batch, so Method.train_step runs it alone and genssl.training.stacked under vmap."""
+    parameters and the batch, so Method.train_step runs it alone and genssl.training.stacked under vmap.
+    `views` go to the objective as they are (M2's hybrid: its strong views)."""
     x_l, x_u = method.prepare(batch.x_l), method.prepare(batch.x_u)
     beta = kl_weight(step, method.total_steps, method.cfg.kl_warmup)
-    terms = method.objective(x_l, batch.y_l, x_u, beta=beta)
+    terms = method.objective(x_l, batch.y_l, x_u, beta=beta, **views)
     logs = {f"train/{k}": v.detach() for k, v in terms.items()}
     logs["train/cls_weight"] = torch.tensor(method.cls_weight)
     if method.cfg.kl_warmup > 0:

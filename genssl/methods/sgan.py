@@ -50,10 +50,10 @@ import torch
 from genssl.data.augment import strong, weak
 from genssl.data.spec import DataSpec
 from genssl.losses import (
+    CONSISTENCY,
     conditional_entropy_loss,
+    consistency_loss,
     feature_matching_loss,
-    fixmatch_loss,
-    kl_consistency_loss,
     manifold_loss,
     perturb_unit,
     pull_away_loss,
@@ -70,7 +70,6 @@ from genssl.registry import register_method
 
 FAKE_LOGITS = ("implicit", "explicit")
 FM_REAL = ("fresh", "d_step")
-CONSISTENCY = ("none", "kl", "fixmatch")
 
 
 @register_method("sgan")
@@ -236,14 +235,10 @@ class SGAN(Method):
                 loss = loss + cfg.entropy_weight * ent
                 logs["train/cond_entropy"] = ent.detach()
             if cfg.consistency != "none":
-                weak_cl, strong_cl = self.class_logits(l_unl), self.class_logits(l_strong[0])
-                if cfg.consistency == "kl":
-                    cons = kl_consistency_loss(weak_cl, strong_cl)
-                else:
-                    cons, mask = fixmatch_loss(weak_cl, strong_cl, cfg.consistency_threshold)
-                    logs["train/mask_rate"] = mask.detach()
+                cons, cons_logs = consistency_loss(cfg.consistency, self.class_logits(l_unl),
+                                                   self.class_logits(l_strong[0]), cfg.consistency_threshold)
                 loss = loss + cfg.consistency_weight * cons
-                logs["train/consistency_loss"] = cons.detach()
+                logs |= {f"train/{k}": v for k, v in cons_logs.items()}
             if cfg.manifold_weight:
                 with torch.no_grad():
                     x_pert = self.gen(perturb_unit(z, cfg.manifold_eps))  # (B_u, C, H, W)

@@ -21,6 +21,12 @@ p(z | y) = N(mu_y, diag sigma_y^2) (the KL becomes KL(q(z | x, y) || p(z | y)));
 `cls_weight_decay` regularize the classifier; `z_dim`, `kl_warmup`, `cls_dropout`. `train/rec_gain_y` logs how
 much the decoder uses y (genssl.methods.enumerated.rec_gain).
 
+Hybrid (off by default): `consistency: kl | fixmatch` adds, for every unlabeled image, a two-view consistency
+term on q(y | x) with the image itself as the weak view and genssl.data.augment.strong as the strong one
+(FixMatch's l_u at `consistency_threshold`, Sohn et al. 2020 sec. 3.1, or UDA's KL, Xie et al. 2020 eq. 1):
+    loss += consistency_weight * L_cons(q(y | x_u), q(y | strong(x_u)))
+It is then M2 plus consistency regularization, not a pure generative model: its table rows say "(hybrid)".
+
 M1+M2: with `encoder:` set to an M1 run or exported encoder folder (loaded frozen with
 genssl.encoders.load.load_encoder), M2 models z1 ~ q(z1 | x) instead of pixels, with a Gaussian p(z1 | y, z2);
 z1 is re-sampled at every step, as in the original, and is the posterior mean when predicting. With
@@ -40,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from genssl import losses
+from genssl.data.augment import strong
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.methods.enumerated import (
@@ -108,6 +115,11 @@ class VAEM2(Method):
         """standard: p(z) = N(0, I) | mixture: p(z | y) = N(mu_y, diag sigma_y^2), learned (starts at N(0, I))."""
         m1_active_threshold: float | None = None
         """M1+M2: model only M1's dims whose posterior-mean std over images exceeds this (e.g. 0.1); None: all."""
+        consistency: str = "none"
+        """none (M2) | kl | fixmatch: the hybrid's consistency term on q(y | x) (module docstring)."""
+        consistency_weight: float = 1.0
+        consistency_threshold: float = 0.95
+        """fixmatch: keep the weak view's hard label where its confidence is at least this."""
 
     @classmethod
     def stacking_refusal(cls, cfg) -> str | None:
@@ -126,6 +138,11 @@ class VAEM2(Method):
             raise ValueError(f"cls_input_noise and cls_weight_decay must be >= 0, got {cfg.cls_input_noise} / "
                              f"{cfg.cls_weight_decay}")
         check_labeled_weight(cfg.labeled_weight)
+        if cfg.consistency not in losses.CONSISTENCY:
+            raise ValueError(f"vae_m2 consistency={cfg.consistency!r} is not one of {', '.join(losses.CONSISTENCY)}")
+        if cfg.consistency_weight < 0 or not 0.0 <= cfg.consistency_threshold <= 1.0:
+            raise ValueError(f"vae_m2 needs consistency_weight >= 0 and consistency_threshold in [0, 1], got "
+                             f"{cfg.consistency_weight} / {cfg.consistency_threshold}")
         if cfg.m1_active_threshold is not None and cfg.encoder is None:
             raise ValueError("m1_active_threshold selects M1 latent dims: it needs `encoder` (M1+M2)")
         if cfg.encoder is not None:
@@ -242,14 +259,17 @@ class VAEM2(Method):
         return neg_L_l, neg_L_u, {"rec_l": rec_l, "rec_u": rec_u, "kl_l": kl[:n_l],
                                   "kl_u": kl[n_l:].unflatten(0, (n_u, K))}
 
-    def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0) -> dict[str, torch.Tensor]:
+    def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0,
+                  x_strong: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The per-step loss (module docstring) and its terms. `beta` < 1 down-weights the KL terms (warm-up);
-        the bounds reported are always the true ones."""
-        x_cls = torch.cat([x_l, x_u])
+        the bounds reported are always the true ones. `x_strong` (B_u, ...): the strong views of x_u, for the
+        hybrid's consistency term."""
+        n_l, n_u = x_l.shape[0], x_u.shape[0]
+        x_cls = torch.cat([x_l, x_u] + ([x_strong] if x_strong is not None else []))
         if self.training and self.cfg.cls_input_noise > 0:
             x_cls = x_cls + self.cfg.cls_input_noise * torch.randn_like(x_cls)
-        logits = self.classifier(x_cls)  # (B_l + B_u, K): one pass, batch norm sees both
-        logits_l, logits_u = logits[: x_l.shape[0]].float(), logits[x_l.shape[0]:].float()
+        logits = self.classifier(x_cls).float()  # (B_l + B_u [+ B_u], K): one pass, batch norm sees all
+        logits_l, logits_u, logits_strong = logits[:n_l], logits[n_l:n_l + n_u], logits[n_l + n_u:]
         neg_L_l, neg_L_u, parts = self.bounds(x_l, y_l, x_u, sample)
         ce_l = F.cross_entropy(logits_l, y_l, reduction="none")  # (B_l,)
         out = {"neg_L_l": neg_L_l.mean(), "ce": ce_l.mean(), "kl_l": parts["kl_l"].mean(),
@@ -259,10 +279,18 @@ class VAEM2(Method):
         if x_u.shape[0]:
             out["entropy_u"] = losses.entropy_from_logits(logits_u).mean()
             out["rec_gain_y"] = rec_gain(parts["rec_u"], logits_u)
+        if x_strong is not None:
+            cons, cons_logs = losses.consistency_loss(self.cfg.consistency, logits_u, logits_strong,
+                                                      self.cfg.consistency_threshold)
+            out["loss"] = out["loss"] + self.cfg.consistency_weight * cons
+            out |= cons_logs
         return out
 
     def stage_loss(self, name, batch, step, carry):
-        loss, logs = enumerated_stage_loss(self, batch, step)
+        views = {}
+        if self.cfg.consistency != "none":  # the hybrid: strong views of the unlabeled images, prepared like x_u
+            views["x_strong"] = self.prepare(strong(batch.x_u, flip=self.spec.hflip))
+        loss, logs = enumerated_stage_loss(self, batch, step, **views)
         return loss, logs, carry
 
     def compile_networks(self) -> None:
