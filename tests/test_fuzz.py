@@ -324,6 +324,8 @@ USER_DATA_REFUSALS = [
     r"the dataset is empty",
     r"(\d+) images but (\d+) labels",
     r"need an integer num_classes >= 2, got (.+)",
+    r"every label is (\d+), so the labels name only one class; a classifier needs at least 2 \(pass num_classes= "
+    r"when some classes have no images here\)",
     r"labels must be in \[0, (-?\d+)\]; \d+ are not, e\.g\. index \d+ has label -?\d+",
 ]
 

@@ -103,6 +103,9 @@ def from_arrays(images, labels, num_classes: int | None = None, name: str = "use
         if y.numel() == 0:
             raise ValueError(f"{name}: the dataset is empty")
         num_classes = int(y.max()) + 1
+        if num_classes < 2 and y.shape[0] == x.shape[0] and int(y.min()) >= 0:  # else the checks below say more
+            raise ValueError(f"{name}: every label is {int(y.max())}, so the labels name only one class; a classifier "
+                             f"needs at least 2 (pass num_classes= when some classes have no images here)")
     return ImageData(x.contiguous(), y, num_classes, name)
 
 
