@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from genssl import Trainer
-from genssl.data.batching import SSLBatch
 from genssl.nn.ema import EMA
 from genssl.nn.gan import MLPDiscriminator, make_gan
 from genssl.nn.layers import WNConv2d, WNLinear, data_dependent_init
@@ -17,21 +16,17 @@ from genssl.losses import (feature_matching_loss, sgan_d_prob, sgan_unsupervised
 from genssl.data.spec import DataSpec
 from genssl.methods import create_method
 
+from sgan_parts import SMALL, tiny_batch, tiny_sgan
+
 SPEC = DataSpec((1, 28, 28), 10, 20, 500)
-SMALL = {"d_hidden": [64, 32], "g_hidden": [32], "z_dim": 8, "n_samples": 20}
 
 
 def small_sgan(spec=SPEC, **overrides):
-    torch.manual_seed(0)
-    m = create_method("sgan", {**SMALL, **overrides}, spec)
-    m.setup(100)
-    return m
+    return tiny_sgan(spec, **overrides)
 
 
 def batch(spec=SPEC, n_l=10, n_u=16):
-    g = torch.Generator().manual_seed(1)
-    return SSLBatch(torch.rand(n_l, *spec.image_shape, generator=g), torch.arange(n_l) % spec.num_classes,
-                    torch.rand(n_u, *spec.image_shape, generator=g))
+    return tiny_batch(spec, n_l, n_u)
 
 
 def test_implicit_fake_logit_equals_explicit_softmax_with_zero_fake_logit():

@@ -7,20 +7,19 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genssl import Trainer
-from genssl.data.batching import SSLBatch
 from genssl.data.spec import DataSpec
 from genssl.losses import (conditional_entropy_loss, fixmatch_loss, kl_consistency_loss, manifold_loss,
                            perturb_unit, pull_away_loss)
 from genssl.methods import create_method
+
+from sgan_parts import SMALL, tiny_batch, tiny_sgan
 from genssl.nn.gan import Conv28Discriminator, make_gan
 from genssl.nn.layers import ByteDropout, GaussianNoise, frozen, noiseless
 from genssl.training.trainer import DivergenceError
 
 SPEC = DataSpec((1, 28, 28), 10, 20, 500, hflip=True)
-SMALL = {"d_hidden": [64, 32], "g_hidden": [32], "z_dim": 8, "n_samples": 20}
 ALL_ON = {"augment_shift": 2, "entropy_weight": 0.3, "pt_weight": 0.8, "manifold_weight": 0.5,
           "consistency": "fixmatch", "consistency_threshold": 0.0}
 # Each lever alone: its config, the weight that scales it, the log it adds and the stage whose loss it joins.
@@ -33,16 +32,11 @@ LEVERS = [
 ]
 
 def small_sgan(spec=SPEC, **overrides):
-    torch.manual_seed(0)
-    m = create_method("sgan", {**SMALL, **overrides}, spec)
-    m.setup(100)
-    return m
+    return tiny_sgan(spec, **overrides)
 
 
 def batch(spec=SPEC, n_l=10, n_u=16):
-    g = torch.Generator().manual_seed(1)
-    return SSLBatch(torch.rand(n_l, *spec.image_shape, generator=g), torch.arange(n_l) % spec.num_classes,
-                    torch.rand(n_u, *spec.image_shape, generator=g))
+    return tiny_batch(spec, n_l, n_u)
 
 
 # ---------------------------------------------------------------- the pure losses, by hand
