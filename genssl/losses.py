@@ -215,7 +215,6 @@ def fixmatch_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
     return (ce * mask).mean(), mask.mean()
 
 
-
 CONSISTENCY = ("none", "kl", "fixmatch")
 
 
