@@ -66,7 +66,7 @@ class EpochSampler:
         return {"gen": self.gen.get_state(), "perm": self.full_perm.cpu(), "pos": self.pos * self.world}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(state["gen"].cpu())  # a CPU byte tensor, also for a CUDA generator
         self.full_perm = state["perm"].to(self.device)
         self.perm = self._shard(self.full_perm)
         self.pos = int(state["pos"]) // self.world
