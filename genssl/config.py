@@ -79,9 +79,10 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: str = "fp32"
-    """auto | fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling). auto: bf16 where bf16 matmuls are native (a GPU
-    with compute capability >= 8.0, a CPU with AMX-BF16 / AVX512-BF16), else fp32; results.json records the choice
-    and why (genssl.training.device.resolve_precision)."""
+    """auto | fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling). auto: bf16 on a CPU with native bf16 (AMX-BF16 /
+    AVX512-BF16), where it was measured faster; fp32 on other CPUs and on GPUs, where genssl's steps are
+    launch-bound and bf16 was measured no faster; results.json records the choice and why
+    (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""
     threads: int = 0

@@ -1,4 +1,5 @@
-"""train.precision: auto picks bf16 only where bf16 is native (genssl.training.device.resolve_precision); the
+"""train.precision: auto picks bf16 only where it was measured faster, CPUs with native bf16
+(genssl.training.device.resolve_precision); the
 hardware detection is mocked, so every branch runs on any machine."""
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def test_native_flag_but_no_onednn_bf16_gets_fp32(monkeypatch):
     assert precision == "fp32" and "oneDNN" in reason
 
 
-@pytest.mark.parametrize("cc, want", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp32")])
-def test_cuda_by_compute_capability(monkeypatch, cc, want):
+@pytest.mark.parametrize("cc", [(9, 0), (8, 0), (7, 5)])
+def test_cuda_gets_fp32_by_measurement(monkeypatch, cc):
+    # an H200 ran every method's step no faster in bf16 than in fp32 (launch-bound at these sizes)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
     precision, reason = dev.resolve_precision("auto", torch.device("cuda", 0))
-    assert precision == want
-    assert f"sm {cc[0]}.{cc[1]}" in reason
+    assert precision == "fp32"
+    assert f"sm {cc[0]}.{cc[1]}" in reason and "launch-bound" in reason
 
 
 @pytest.mark.parametrize("requested", ["fp32", "bf16", "fp16"])

@@ -54,18 +54,14 @@ def mkldnn_bf16_supported() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def cuda_bf16_supported(device: torch.device) -> bool:
-    """The GPU computes in bf16 natively (compute capability >= 8.0), not by emulation."""
-    major, _ = torch.cuda.get_device_capability(device)
-    return major >= 8
-
-
 # ---------------------------------------------------------------- the choice
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """(precision, reason): `requested` itself when it is fp32, bf16 or fp16 (reason "requested"); for `auto`,
-    bf16 autocast where bf16 matmuls are native (a CUDA GPU with compute capability >= 8.0; a CPU with AMX-BF16
-    or AVX512-BF16 that oneDNN uses), fp32 elsewhere: an AVX2-only CPU emulates bf16 (~30x slower than fp32
-    here) and a pre-Ampere GPU gains little. The reason is short enough for a progress line."""
+    chosen by measurement (benchmarks/README.md): bf16 autocast on a CPU with AMX-BF16 or AVX512-BF16 that oneDNN
+    uses (the sgan step 0.88x fp32's there), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
+    and on every GPU: at genssl's model sizes a GPU step is bound by kernel launches, not arithmetic, and on an
+    H200 bf16 was no faster than fp32 for any method (0.9-1.3x the fp32 step; cuDNN convolutions use TF32 in
+    fp32 anyway). The reason is short enough for a progress line."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested != "auto":
@@ -73,9 +69,7 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     device = torch.device(device)
     if device.type == "cuda":
         cc = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        if cuda_bf16_supported(device):
-            return "bf16", f"auto: GPU sm {cc} has native bf16"
-        return "fp32", f"auto: GPU sm {cc} has no native bf16"
+        return "fp32", f"auto: GPU sm {cc}, launch-bound steps (bf16 measured no faster)"
     if device.type == "cpu":
         cap = cpu_capability()
         native = [f for f in _CPU_BF16_FLAGS if f in cpu_flags()]
