@@ -39,3 +39,13 @@ def test_gpu_check_rejects_unknown_arguments():
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--bogus"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_gpu_runs_script_parses_and_names_existing_configs():
+    script = ROOT / "experiments" / "gpu_runs.sh"
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    configs = [w for w in script.read_text().split() if w.startswith("experiments/") and w.endswith(".yaml")]
+    assert configs, "gpu_runs.sh trains no config"
+    missing = [c for c in configs if not (ROOT / c).is_file()]
+    assert not missing, f"gpu_runs.sh names configs that do not exist: {missing}"
