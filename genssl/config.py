@@ -78,10 +78,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
-    precision: str = "fp32"
+    precision: str = "auto"
     """auto | fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling). auto: bf16 on a CPU with native bf16 (AMX-BF16 /
-    AVX512-BF16), where it was measured faster; fp32 on other CPUs and on GPUs, where genssl's steps are
-    launch-bound and bf16 was measured no faster; results.json records the choice and why
+    AVX512-BF16), where it was measured faster, for the methods whose bf16 accuracy was checked against fp32
+    (Method.auto_bf16); fp32 for the others, on other CPUs and on GPUs, where genssl's steps are launch-bound and
+    bf16 was measured no faster. results.json and the progress line record the choice and why
     (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""

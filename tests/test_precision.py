@@ -4,11 +4,16 @@ hardware detection is mocked, so every branch runs on any machine."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from genssl.config import ConfigError, build_run_config
+from genssl.registry import get_method_class, list_methods
 from genssl.training import device as dev
+from genssl.training.trainer import Trainer
+from conftest import tiny_run_config
 
 CPU = torch.device("cpu")
 
@@ -91,3 +96,27 @@ def test_this_machine_resolves():
     """The real probes run without error and give one of the two answers."""
     precision, reason = dev.resolve_precision("auto", CPU)
     assert precision in ("fp32", "bf16") and reason.startswith("auto: ")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_auto_gives_bf16_only_to_methods_checked_in_bf16(monkeypatch, name):
+    # auto is the default, so a method whose bf16 accuracy nobody measured must not get bf16 by it
+    _cpu(monkeypatch, {"avx512f", "avx512_bf16"}, "AVX512", True)
+    cls = get_method_class(name)
+    precision, reason = dev.resolve_precision("auto", CPU, cls)
+    if cls.auto_bf16:
+        assert precision == "bf16"
+    else:
+        assert precision == "fp32" and reason == f"auto: bf16 accuracy not yet checked for {name}"
+    assert dev.resolve_precision("bf16", CPU, cls) == ("bf16", "requested")  # an explicit choice still passes
+
+
+def test_auto_is_the_default_and_the_run_records_its_choice(monkeypatch, tmp_path, tiny_data):
+    _cpu(monkeypatch, {"avx512f", "avx512_bf16"}, "AVX512", True)
+    assert build_run_config({"method": "supervised"}).train.precision == "auto"
+    cfg = tiny_run_config("supervised", tmp_path, train={"precision": "auto", "steps": 2, "eval_every": 2})
+    results = Trainer(cfg, run_dir=tmp_path / "run", data=tiny_data).fit()
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    expected = "fp32" if not get_method_class("supervised").auto_bf16 else "bf16"
+    assert results["precision"] == saved["precision"] == expected
+    assert saved["precision_reason"].startswith("auto: ")

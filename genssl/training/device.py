@@ -55,17 +55,20 @@ def mkldnn_bf16_supported() -> bool:
 
 
 # ---------------------------------------------------------------- the choice
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+def resolve_precision(requested: str, device: torch.device, method: type | None = None) -> tuple[str, str]:
     """(precision, reason): `requested` itself when it is fp32, bf16 or fp16 (reason "requested"); for `auto`,
     chosen by measurement (benchmarks/README.md): bf16 autocast on a CPU with AMX-BF16 or AVX512-BF16 that oneDNN
-    uses (the sgan step 0.88x fp32's there), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
+    uses (the sgan step 0.70x fp32's there), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
     and on every GPU: at genssl's model sizes a GPU step is bound by kernel launches, not arithmetic, and on an
     H200 bf16 was no faster than fp32 for any method (0.9-1.3x the fp32 step; cuDNN convolutions use TF32 in
-    fp32 anyway). The reason is short enough for a progress line."""
+    fp32 anyway). `method` (a Method class): auto gives bf16 only to one whose bf16 accuracy was checked
+    (`Method.auto_bf16`). The reason is short enough for a progress line."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested, "requested"
+    if method is not None and not method.auto_bf16:
+        return "fp32", f"auto: bf16 accuracy not yet checked for {method.name}"
     device = torch.device(device)
     if device.type == "cuda":
         cc = ".".join(map(str, torch.cuda.get_device_capability(device)))

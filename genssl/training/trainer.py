@@ -28,6 +28,7 @@ from genssl.data.split import Split
 from genssl.fileio import CheckpointError
 from genssl.methods import create_method
 from genssl.methods.base import Method
+from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
 from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
@@ -185,7 +186,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
-        self.precision, self.precision_reason = resolve_precision(t.precision, device)
+        self.precision, self.precision_reason = resolve_precision(t.precision, device, get_method_class(cfg.method_name))
         if t.threads:
             torch.set_num_threads(t.threads)
         train, test = self._data if self._data is not None else load_train_test(cfg.data, t.progress)
