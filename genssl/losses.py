@@ -46,9 +46,10 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, event_dims: 
     """log p(x|logits) = sum_i x_i log s(l_i) + (1 - x_i) log(1 - s(l_i)) = sum_i x_i l_i - softplus(l_i),
     AEVB appendix C.1. `x` may be fractional (the usual relaxation for grey levels) and broadcasts against
     `logits`, so an enumerated (B, K, ...) reconstruction is scored against (B, 1, ...) targets without a copy.
-    The last `event_dims` dimensions are summed."""
+    The last `event_dims` dimensions are summed. Computed as -BCE-with-logits: one fused kernel forward and one
+    backward instead of four each (M2 scores B*K*784 enumerated pixels per step)."""
     logits = logits.float()
-    ll = x * logits - F.softplus(logits)
+    ll = -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype).expand_as(logits), reduction="none")
     return ll.sum(dim=tuple(range(-event_dims, 0)))
 
 
