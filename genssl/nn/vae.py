@@ -77,7 +77,11 @@ class GaussianEncoder(nn.Module):
         return dict(self._spec)
 
     def _gaussian(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.head(self.body(pre)).chunk(2, dim=-1)
+        h = self.body(pre)
+        # The head in fp32 even under bf16 autocast: mu and logvar (hence z and the KL) rounded to bf16 cost M2
+        # about a point of test accuracy (experiments/README.md, 2026-12-06); the (H, 2D) head is a small matmul.
+        with torch.autocast(h.device.type, enabled=False):
+            mu, logvar = self.head(h.float()).chunk(2, dim=-1)
         return mu, logvar
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
