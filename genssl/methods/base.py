@@ -37,11 +37,11 @@ class Method(nn.Module):
     """encode(x) -> (B, D) features (embeddings in TensorBoard)."""
     supports_stacking: ClassVar[bool] = False
     """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
-
     auto_bf16: ClassVar[bool] = False
     """bf16 was checked to keep this method's accuracy (Fashion-MNIST, 100 labels, seeds 0-2 at its config: the
-    bf16 mean within one std of fp32's, experiments/README.md), so `train.precision: auto` may choose bf16 for it.
-    Until then auto stays fp32 for the method on every machine."""
+    bf16 mean within one std of fp32's, experiments/README.md) and its bf16 step measured faster on a CPU with
+    native bf16 (benchmarks/README.md), so `train.precision: auto` may choose bf16 for it. Until then auto stays
+    fp32 for the method on every machine."""
 
     @classmethod
     def stacking_refusal(cls, cfg) -> str | None:
