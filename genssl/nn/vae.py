@@ -119,9 +119,29 @@ class GaussianEncoder(nn.Module):
         return self.posterior(x)[0]
 
 
+class _Float32(nn.Module):
+    """Mixin for a layer that computes in fp32 even under autocast (same parameters and state_dict keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class _Float32Linear(_Float32, nn.Linear):
+    pass
+
+
+class _Float32ConvTranspose2d(_Float32, nn.ConvTranspose2d):
+    pass
+
+
 class Decoder(nn.Module):
     """p(x | z[, y]): (..., D) latents [and (..., K) one-hot classes] -> (..., P, *output_shape) parameters of
-    the likelihood (P = 1 for Bernoulli logits, 2 for a Gaussian's mean and log-variance). Any leading dims."""
+    the likelihood (P = 1 for Bernoulli logits, 2 for a Gaussian's mean and log-variance). Any leading dims.
+
+    A Gaussian's output layer runs in fp32 under autocast: its learned variance (floored at e^-6) divides the error
+    of a bf16-rounded mean, which cost M1 about a point of test accuracy (experiments/README.md, 2026-12-06).
+    Bernoulli logits stay in the autocast dtype (M2's largest matmul)."""
 
     def __init__(self, output_shape: tuple[int, ...], z_dim: int = 50, arch: str = "mlp",
                  hidden: tuple[int, ...] = (500, 500), cond_dim: int = 0, n_params: int = 1, conv_width: int = 32):
@@ -131,13 +151,14 @@ class Decoder(nn.Module):
         if not hidden:
             raise ValueError("Decoder needs at least one hidden layer (hidden=())")
         self.output_shape, self.n_params, self.arch = output_shape, n_params, arch
+        gaussian = n_params == 2
         self.fc_z = nn.Linear(z_dim, hidden[0])
         self.fc_y = nn.Linear(cond_dim, hidden[0], bias=False) if cond_dim else None
         layers: list[nn.Module] = [nn.ReLU()]
         for a, b in zip(hidden[:-1], hidden[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
         if arch == "mlp":
-            layers.append(nn.Linear(hidden[-1], n_params * math.prod(output_shape)))
+            layers.append((_Float32Linear if gaussian else nn.Linear)(hidden[-1], n_params * math.prod(output_shape)))
             self.body, self.deconv = nn.Sequential(*layers), None
         else:
             # two stride-2 transposed convolutions double twice: start at ceil(side / 4) and crop the
@@ -148,7 +169,7 @@ class Decoder(nn.Module):
             self.body = nn.Sequential(*layers)
             self.deconv = nn.Sequential(
                 nn.ConvTranspose2d(2 * conv_width, conv_width, 4, 2, 1), nn.ReLU(),
-                nn.ConvTranspose2d(conv_width, n_params * c, 4, 2, 1))
+                (_Float32ConvTranspose2d if gaussian else nn.ConvTranspose2d)(conv_width, n_params * c, 4, 2, 1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         pre = self.fc_z(z)
