@@ -107,7 +107,7 @@ def test_auto_gives_bf16_only_to_methods_checked_in_bf16(monkeypatch, name):
     if cls.auto_bf16:
         assert precision == "bf16"
     else:
-        assert precision == "fp32" and reason == f"auto: bf16 accuracy not yet checked for {name}"
+        assert precision == "fp32" and reason == f"auto: {name} not shown accurate and faster in bf16 (Method.auto_bf16)"
     assert dev.resolve_precision("bf16", CPU, cls) == ("bf16", "requested")  # an explicit choice still passes
 
 

@@ -68,7 +68,7 @@ def resolve_precision(requested: str, device: torch.device, method: type | None 
     if requested != "auto":
         return requested, "requested"
     if method is not None and not method.auto_bf16:
-        return "fp32", f"auto: bf16 accuracy not yet checked for {method.name}"
+        return "fp32", f"auto: {method.name} not shown accurate and faster in bf16 (Method.auto_bf16)"
     device = torch.device(device)
     if device.type == "cuda":
         cc = ".".join(map(str, torch.cuda.get_device_capability(device)))
