@@ -107,8 +107,11 @@ def test_auto_gives_bf16_only_to_methods_checked_in_bf16(monkeypatch, name):
     if cls.auto_bf16:
         assert precision == "bf16"
     else:
-        assert precision == "fp32" and reason == f"auto: {name} not shown accurate and faster in bf16 (Method.auto_bf16)"
+        assert precision == "fp32"
+        assert reason == f"auto: {name} not shown accurate and faster in bf16 (Method.auto_bf16)"
     assert dev.resolve_precision("bf16", CPU, cls) == ("bf16", "requested")  # an explicit choice still passes
+    with dev.autocast(CPU, "auto", cls):  # the autocast helper resolves auto the same way
+        assert torch.is_autocast_enabled("cpu") == (precision == "bf16")
 
 
 def test_auto_is_the_default_and_the_run_records_its_choice(monkeypatch, tmp_path, tiny_data):

@@ -58,7 +58,7 @@ def mkldnn_bf16_supported() -> bool:
 def resolve_precision(requested: str, device: torch.device, method: type | None = None) -> tuple[str, str]:
     """(precision, reason): `requested` itself when it is fp32, bf16 or fp16 (reason "requested"); for `auto`,
     chosen by measurement (benchmarks/README.md): bf16 autocast on a CPU with AMX-BF16 or AVX512-BF16 that oneDNN
-    uses (the sgan step 0.70x fp32's there), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
+    uses (the sgan step 0.88x fp32's on an AMX Xeon, 0.72x on an AVX-512 EPYC), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
     and on every GPU: at genssl's model sizes a GPU step is bound by kernel launches, not arithmetic, and on an
     H200 bf16 was no faster than fp32 for any method (0.9-1.3x the fp32 step; cuDNN convolutions use TF32 in
     fp32 anyway). `method` (a Method class): auto gives bf16 only to one whose bf16 accuracy was checked
@@ -84,10 +84,11 @@ def resolve_precision(requested: str, device: torch.device, method: type | None 
     return "fp32", f"auto: no bf16 detection for {device.type}"
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of `precision` (`auto` is resolved for `device` first)."""
+def autocast(device: torch.device, precision: str, method: type | None = None):
+    """The autocast context of `precision` (`auto` is resolved for `device` and the Method class `method` first, as
+    `resolve_precision` does)."""
     if precision == "auto":
-        precision = resolve_precision(precision, device)[0]
+        precision = resolve_precision(precision, device, method)[0]
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

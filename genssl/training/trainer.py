@@ -186,7 +186,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
-        self.precision, self.precision_reason = resolve_precision(t.precision, device, get_method_class(cfg.method_name))
+        method_class = get_method_class(cfg.method_name)
+        self.precision, self.precision_reason = resolve_precision(t.precision, device, method_class)
         if t.threads:
             torch.set_num_threads(t.threads)
         train, test = self._data if self._data is not None else load_train_test(cfg.data, t.progress)
