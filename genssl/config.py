@@ -45,7 +45,18 @@ class DataConfig:
     n_labels: int = 100
     """Labeled training images, drawn class-balanced."""
     n_val: int = 5000
-    """Images held out of the training set for model selection (never the test set)."""
+    """Images held out of the training set for model selection (never the test set), stratified by class. A
+    user with 100 labels rarely has 5,000 more: 10 per class (n_val: 100 for ten classes) is the realistic
+    protocol of Oliver et al. 2018; pair it with a noise-aware train.select. 0 only with train.select: last."""
+    n_unlabeled: int | None = None
+    """Size of the unlabeled pool: a seeded random draw from the training images outside the labeled and
+    validation sets (None: all of them). With labeled_in_unlabeled the labeled images are added on top."""
+    classes: list[int] | None = None
+    """Class indices the task is about (labeled, validation and test images come from these only, relabeled
+    0..len-1 in this order); the other classes can only reach the unlabeled pool, through `mismatch`. None: all.
+    Fashion-MNIST's six garments, as in Oliver et al.'s class-mismatch study: [0, 1, 2, 3, 4, 6]."""
+    mismatch: float = 0.0
+    """Share of the unlabeled pool (n_unlabeled images) drawn from the classes outside `classes` (0 to 1)."""
     labeled_in_unlabeled: bool = True
     """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
     split_seed: int | None = None
@@ -89,6 +100,22 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
     eval_every: int = 500
+    select: str = "best"
+    """Which evaluated weights the run keeps (best.pt) and reports: best (highest validation accuracy) | last |
+    within_se (the latest whose validation accuracy is within one binomial standard error of the best so far:
+    a small validation set cannot tell those apart, and later weights have trained longer) | smoothed (highest
+    mean validation accuracy over the last 3 evaluations). genssl.training.selection; measured in
+    experiments/README.md (realistic evaluation)."""
+    budgets_s: list[float] = field(default_factory=list)
+    """Equal-cost budgets, in seconds of training: for each, the weights `select` picks among the evaluations
+    reached within it are scored once on the test set (results.json "budgets"). The clock is the process's CPU
+    time on a CPU (one thread: seconds of one core, unaffected by other jobs) and wall time on a GPU; it counts
+    training and validation, not the oracle."""
+    stop_at_budget: bool = False
+    """Stop training once the largest of budgets_s is spent (the schedule still follows train.steps)."""
+    oracle: bool = False
+    """For studies only: score the test set at every evaluation and log it as oracle/test_acc (TensorBoard,
+    results.json "curve"). Nothing that selects reads it; it shows what each selection policy loses."""
     log_every: int = 50
     ckpt_every: int = 1000
     eval_batch_size: int = 1000
@@ -133,7 +160,8 @@ REPORTING_KEYS = frozenset({"name", "out_dir", "train.progress", "train.threads"
 # Keys that may change on --resume without changing what the run computes up to the saved step.
 RESUMABLE_OVERRIDES = frozenset(
     {"train.steps", "train.eval_every", "train.log_every", "train.ckpt_every", "train.progress",
-     "train.eval_batch_size", "train.threads", "train.device", "data.root", "data.download", "out_dir"}
+     "train.eval_batch_size", "train.threads", "train.device", "data.root", "data.download", "out_dir",
+     "train.oracle", "train.stop_at_budget"}
 )
 
 
@@ -330,6 +358,26 @@ def validate(cfg: RunConfig) -> None:
     for where, seed in (("train.seed", t.seed), ("data.split_seed", d.split_seed)):
         if seed is not None and not 0 <= seed < 2**62:  # torch generators take unsigned 64-bit seeds
             raise ConfigError(f"{where} must be in [0, 2**62), got {seed}")
+    if t.select not in SELECT_POLICIES:
+        raise ConfigError(f"train.select: {t.select!r} is not one of {', '.join(SELECT_POLICIES)}")
+    if any(not (b > 0 and math.isfinite(b)) for b in t.budgets_s):
+        raise ConfigError(f"train.budgets_s: every budget must be a positive number of seconds, got {t.budgets_s}")
+    if t.stop_at_budget and not t.budgets_s:
+        raise ConfigError("train.stop_at_budget needs train.budgets_s (the budget to stop at)")
+    if d.n_val == 0 and t.select != "last":
+        raise ConfigError(f"data.n_val is 0, so there is nothing to select on: set train.select: last "
+                          f"(got {t.select!r}) or give a few validation images per class")
+    if d.n_unlabeled is not None and d.n_unlabeled <= 0:
+        raise ConfigError(f"data.n_unlabeled must be positive (or null for the whole pool), got {d.n_unlabeled}")
+    if not 0.0 <= d.mismatch <= 1.0:
+        raise ConfigError(f"data.mismatch is a share of the unlabeled pool in [0, 1], got {d.mismatch}")
+    if d.classes is not None:
+        if len(d.classes) < 2 or len(set(d.classes)) != len(d.classes) or min(d.classes) < 0:
+            raise ConfigError(f"data.classes: need at least two distinct class indices >= 0, got {d.classes}")
+    if d.mismatch > 0 and (d.classes is None or d.n_unlabeled is None):
+        raise ConfigError(f"data.mismatch={d.mismatch} draws that share of a fixed-size unlabeled pool from classes "
+                          f"outside the task: set data.classes (the task's classes) and data.n_unlabeled (the "
+                          f"pool size)")
     if t.threads < 0:
         raise ConfigError(f"train.threads must be >= 0, got {t.threads}")
     if d.n_labels <= 0:
@@ -338,6 +386,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.n_val must be >= 0, got {d.n_val}")
     validate_folder_data(d)
 
+
+SELECT_POLICIES = ("best", "last", "within_se", "smoothed")
 
 FOLDER_DATASET = "folder"
 FOLDER_KEYS = ("labeled", "unlabeled", "test", "val", "image_size")
@@ -374,6 +424,11 @@ def validate_folder_data(d: DataConfig) -> None:
     h, w = folder_image_size(d)
     if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
         raise ConfigError(f"data.image_size: each side must be in [1, {MAX_IMAGE_SIDE}] pixels, got {size!r}")
+    if d.classes is not None or d.mismatch:
+        raise ConfigError("data.classes / data.mismatch build a class mismatch from a labeled dataset; with "
+                          "dataset: folder your unlabeled folder already holds what it holds. To measure the effect "
+                          "of out-of-class images, train on a curated in-class unlabeled folder and on the full "
+                          "one at the same data.n_unlabeled (README: unlabeled data that is not clean)")
     if d.channels not in (1, 3):
         raise ConfigError(f"data.channels: {d.channels!r} is not one of 1 (grey), 3 (RGB)")
     if not 0 < d.val_fraction < 1:

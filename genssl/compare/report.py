@@ -39,8 +39,51 @@ def summarize(runs: list, results: list[dict | None]) -> list[dict]:
             "val_acc_mean": statistics.fmean(100 * r["best_val_acc"] for r in ok) if ok else float("nan"),
             "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in ok) if ok else float("nan"),
             "includes_deps": any(r.get("own_wall_time_s", r["wall_time_s"]) != r["wall_time_s"] for r in ok),
+            "select": "/".join(sorted({r.get("select", "best") for r in ok})),
+            "n_val": "/".join(str(v) for v in sorted({r["n_val"] for r in ok if "n_val" in r})),
+            "budgets": _budget_summary(ok),
         })
     return table
+
+
+def _budget_summary(results: list[dict]) -> dict[float, dict]:
+    """{budget seconds: mean/std test accuracy (%) of the weights picked within it, mean steps reached, how many
+    seeds had a pick}, over the runs that were given that budget (train.budgets_s)."""
+    out = {}
+    for b in sorted({p["budget_s"] for r in results for p in r.get("budgets", [])}):
+        points = [p for r in results for p in r.get("budgets", []) if p["budget_s"] == b]
+        accs = [100 * p["test_acc"] for p in points if p["test_acc"] is not None]
+        out[b] = {"mean": statistics.fmean(accs) if accs else float("nan"),
+                  "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
+                  "steps": statistics.fmean(p["steps_within"] for p in points),
+                  "unspent": sum(not p["spent"] for p in points)}
+    return out
+
+
+def budget_table(table: list[dict]) -> str:
+    """Markdown: test accuracy of each method at each equal-cost budget, next to its own schedule."""
+    budgets = sorted({b for r in table for b in r.get("budgets", {})})
+    if not budgets:
+        return ""
+    head = " | ".join(f"≤ {fmt_duration(b)}" for b in budgets)
+    lines = [f"| method | labels | {head} | own schedule |", "|---|---:|" + "---:|" * (len(budgets) + 1)]
+    for r in table:
+        cells = []
+        for b in budgets:
+            p = r.get("budgets", {}).get(b)
+            if p is None or not p["seeds"]:
+                cells.append("—")
+                continue
+            acc = f"{p['mean']:.2f} ± {p['std']:.2f}" if p["seeds"] > 1 else f"{p['mean']:.2f}"
+            cells.append(f"{acc} ({p['steps']:.0f} steps{', schedule ended first' if p['unspent'] else ''})")
+        own = f"{r['test_acc_mean']:.2f}" if r["seeds"] else "—"
+        lines.append(f"| {r['method']} | {r['n_labels']} | {' | '.join(cells)} | {own} |")
+    lines.append("")
+    lines.append("Equal cost: each cell scores once on the test set the weights that the run's selection policy "
+                 "picked among the evaluations reached within the budget (seconds of the budget clock: CPU time "
+                 "of the run's process on a CPU, wall time on a GPU; validation included, oracle excluded); the "
+                 "steps are those reached within it.")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
@@ -53,14 +96,18 @@ def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
         wall = fmt_duration(r["wall_time_s_mean"]) if r["seeds"] else "—"
         lines.append(f"| {r['method']} | {r['n_labels']} | {acc} | {seeds} | {wall} |")
     lines.append("")
+    policies = sorted({r.get("select", "") for r in table if r["seeds"]} - {""})
+    sizes = sorted({r.get("n_val", "") for r in table if r["seeds"]} - {""})
     lines.append("Mean ± sample standard deviation over seeds; the test set is evaluated once per run, with the "
-                 "checkpoint of best validation accuracy.")
+                 f"checkpoint that train.select={'/'.join(policies) or 'best'} picked on "
+                 f"{'/'.join(sizes) or 'the'} validation images.")
     if any(r.get("includes_deps") for r in table):
         lines.append("The wall time of a run that builds on another (M1+M2 on its M1, a generated-samples "
                      "classifier on its generator) includes that run's.")
     if devices:
         lines.append(f"Ran on: {'; '.join(devices)}.")
-    return "\n".join(lines) + "\n"
+    budgets = budget_table(table)
+    return "\n".join(lines) + "\n" + ("\n" + budgets if budgets else "")
 
 
 def csv_table(rows: list[dict], keys: list[str]) -> str:
@@ -76,13 +123,18 @@ def csv_table(rows: list[dict], keys: list[str]) -> str:
 SUMMARY_KEYS = ["method", "method_name", "n_labels", "seeds", "failed", "test_acc_mean", "test_acc_std",
                 "val_acc_mean", "wall_time_s_mean"]
 RUN_KEYS = ["method", "method_name", "n_labels", "seed", "test_acc", "best_val_acc", "best_step", "steps",
-            "wall_time_s", "device", "run_dir"]
+            "wall_time_s", "select", "n_val", "n_unlabeled", "mismatch", "budget_test_acc", "device", "run_dir"]
 
 
 def _run_rows(runs: list, results: list[dict | None]) -> list[dict]:
     return [{"method": run.label, "method_name": res["method"], "n_labels": run.n_labels, "seed": run.seed,
              "test_acc": res["test_acc"], "best_val_acc": res["best_val_acc"], "best_step": res["best_step"],
-             "steps": res["steps"], "wall_time_s": res["wall_time_s"], "device": res.get("device", ""),
+             "steps": res["steps"], "wall_time_s": res["wall_time_s"], "select": res.get("select", "best"),
+             "n_val": res.get("n_val", ""), "n_unlabeled": res.get("n_unlabeled", ""),
+             "mismatch": res.get("mismatch", 0.0),
+             "budget_test_acc": ";".join(f"{p['budget_s']:g}s:{'' if p['test_acc'] is None else round(p['test_acc'], 4)}"
+                                         for p in res.get("budgets", [])),
+             "device": res.get("device", ""),
              "run_dir": str(run.run_dir)}
             for run, res in zip(runs, results) if res is not None]
 

@@ -13,6 +13,7 @@ from genssl.config import FOLDER_DATASET, DataConfig, folder_image_size
 from genssl.data.datasets import ImageData, load_dataset
 from genssl.data.folder import FolderData, folder_split, load_folder_data
 from genssl.data.split import Split, make_split
+from genssl.data.task import restrict_to_task, task_class_names, task_split_classes
 
 BUILTIN_CLASS_NAMES = {
     "mnist": tuple(str(k) for k in range(10)),
@@ -26,10 +27,16 @@ BUILTIN_IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "svh
 
 
 def load_train_test(d: DataConfig, progress: bool = True) -> tuple[ImageData, ImageData]:
-    """(train, test) of the config's dataset: a built-in one, or your own folders."""
+    """(train, test) of the config's dataset as stored: a built-in one, or your own folders (see task_data)."""
     if d.dataset == FOLDER_DATASET:
         return load_folder_data(d, progress)
     return load_dataset(d.dataset, d.root, d.download)
+
+
+def task_data(train: ImageData, test: ImageData, d: DataConfig) -> tuple[ImageData, ImageData]:
+    """(train, test) as a run with this data config sees them: with data.classes, relabeled so the task's
+    classes come first, and the test set of those classes only (genssl.data.task); else unchanged."""
+    return restrict_to_task(train, test, d.classes)
 
 
 def run_split(train: ImageData, d: DataConfig, seed: int, saved: Split | None = None,
@@ -38,7 +45,7 @@ def run_split(train: ImageData, d: DataConfig, seed: int, saved: Split | None = 
     by their folders; a saved split of folder data must still match them (files added, removed or renamed
     since the run began would shift every index), else this raises instead of training on other images."""
     if isinstance(train, FolderData):
-        split = folder_split(train, d, seed if saved is None else saved.seed)
+        split = _subsample_unlabeled(folder_split(train, d, seed if saved is None else saved.seed), d.n_unlabeled)
         if saved is not None and not _same_split(saved, split):
             raise ValueError(f"{where}: the image folders changed since this run began (the saved split no longer "
                              f"matches the files in data.labeled/val/unlabeled), so its indices would point at other "
@@ -47,7 +54,21 @@ def run_split(train: ImageData, d: DataConfig, seed: int, saved: Split | None = 
     if saved is not None:
         saved.check_against(len(train), where)
         return saved
-    return make_split(train.labels, train.num_classes, d.n_labels, d.n_val, seed, d.labeled_in_unlabeled)
+    return make_split(train.labels, train.num_classes, d.n_labels, d.n_val, seed, d.labeled_in_unlabeled,
+                      d.n_unlabeled, task_split_classes(d.classes), d.mismatch)
+
+
+def _subsample_unlabeled(split: Split, n_unlabeled: int | None) -> Split:
+    """A folder split's unlabeled pool cut to a seeded random n_unlabeled images (data.n_unlabeled)."""
+    if n_unlabeled is None:
+        return split
+    pool = split.unlabeled
+    if n_unlabeled > pool.numel():
+        raise ValueError(f"data.n_unlabeled={n_unlabeled} is more than the {pool.numel()} images of the unlabeled "
+                         f"folder (after leaving out labeled, validation and test files)")
+    gen = torch.Generator().manual_seed(split.seed)
+    return Split(split.labeled, pool[torch.randperm(pool.numel(), generator=gen)[:n_unlabeled]], split.val,
+                 split.seed, split.labeled_in_unlabeled)
 
 
 def _same_split(a: Split, b: Split) -> bool:
@@ -56,14 +77,15 @@ def _same_split(a: Split, b: Split) -> bool:
                for k in ("labeled", "unlabeled", "val"))
 
 
-def class_names(train: ImageData, dataset: str) -> list[str]:
-    """Names of train's classes, to save with the run: a folder dataset's folder names, a built-in dataset's
-    documented names, else the class indices as text."""
+def class_names(train: ImageData, dataset: str, classes: list[int] | None = None) -> list[str]:
+    """Names of the classes a model of this run predicts, to save with the run: a folder dataset's folder names,
+    a built-in dataset's documented names, else the class indices as text; only the task's (data.classes)."""
     if isinstance(train, FolderData):
         return list(train.class_names)
     names = BUILTIN_CLASS_NAMES.get(dataset)
-    return list(names) if names is not None and len(names) == train.num_classes else \
+    names = list(names) if names is not None and len(names) == train.num_classes else \
         [str(k) for k in range(train.num_classes)]
+    return task_class_names(names, classes)
 
 
 def config_image_shape(d: DataConfig) -> tuple[int, int, int] | None:

@@ -3,6 +3,10 @@
 Validation images are held out of both pools (model selection never touches the test set). Labeled images
 are drawn class-balanced from the rest: n_labels // K per class, the remainder going to randomly chosen
 classes. Whether labeled images also sit in the unlabeled pool is explicit (the papers keep them there).
+
+Unlabeled data as users have it (Oliver et al. 2018, sec. 4.4-4.5): `n_unlabeled` draws a pool of that size at
+random from the images outside the labeled and validation sets; `classes` restricts the task (labeled and
+validation images) to some classes, and `mismatch` draws that share of the pool from the others.
 """
 
 from __future__ import annotations
@@ -50,7 +54,11 @@ class Split:
 
 
 def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int, seed: int,
-               labeled_in_unlabeled: bool = True) -> Split:
+               labeled_in_unlabeled: bool = True, n_unlabeled: int | None = None,
+               classes: list[int] | None = None, mismatch: float = 0.0) -> Split:
+    """Indices into the training set. With `classes`, the labeled and validation images come from those classes
+    only; the unlabeled pool holds round(mismatch * n_unlabeled) images of the other classes and the rest from
+    the task's classes (a fixed pool size whose composition changes, as in Oliver et al.'s fig. 2)."""
     labels = torch.as_tensor(labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(labels.shape)}")
@@ -67,41 +75,69 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
     if not isinstance(n_val, int) or isinstance(n_val, bool) or n_val < 0:
         raise ValueError(f"n_val must be a non-negative integer, got {n_val!r}")
     check_label_range(labels, num_classes, "make_split")
-    if n_labels < num_classes:
-        raise ValueError(f"n_labels={n_labels} is fewer than the {num_classes} classes; a class-balanced split "
+    task = _task_classes(classes, num_classes)
+    held_out = [k for k in range(num_classes) if k not in task]
+    if n_unlabeled is not None and (not isinstance(n_unlabeled, int) or isinstance(n_unlabeled, bool)
+                                    or n_unlabeled <= 0):
+        raise ValueError(f"n_unlabeled must be a positive integer or None, got {n_unlabeled!r}")
+    if not 0.0 <= mismatch <= 1.0:
+        raise ValueError(f"mismatch must be a share in [0, 1], got {mismatch!r}")
+    if mismatch > 0 and (not held_out or n_unlabeled is None):
+        raise ValueError(f"mismatch={mismatch} needs classes outside the task (classes=...) and a pool size "
+                         f"(n_unlabeled=...)")
+    if n_labels < len(task):
+        raise ValueError(f"n_labels={n_labels} is fewer than the {len(task)} classes; a class-balanced split "
                          f"needs at least one label per class")
-    if n_val + n_labels > n:
-        raise ValueError(f"asked for {n_labels} labels and {n_val} validation images, but the training set has "
-                         f"only {n} images")
     labels = labels.cpu()
+    counts = torch.bincount(labels, minlength=num_classes)
+    empty = [k for k in task if counts[k] == 0]
+    if empty:
+        raise ValueError(f"class(es) {empty} have no examples in the training set")
+    n_task = int(counts[task].sum())
+    if n_val + n_labels > n_task:
+        raise ValueError(f"asked for {n_labels} labels and {n_val} validation images, but the training set has "
+                         f"only {n_task} images" + (f" of classes {task}" if held_out else ""))
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
     # Validation: stratified in proportion to class frequency, so small val sets are not skewed.
     val_parts, rest_parts = [], []
-    counts = torch.bincount(labels, minlength=num_classes)
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"class(es) {empty} have no examples in the training set")
-    val_quota = _proportional_quota(counts, n_val, gen)
+    val_quota = _proportional_quota(counts[task], n_val, gen)
     assert int(val_quota.sum()) == n_val, (val_quota, n_val)
-    by_class = [perm[labels[perm] == k] for k in range(num_classes)]  # each in random order
-    for k, idx in enumerate(by_class):
-        val_parts.append(idx[: val_quota[k]])
-        rest_parts.append(idx[val_quota[k]:])
-    per_class = n_labels // num_classes
-    extra = torch.randperm(num_classes, generator=gen)[: n_labels - per_class * num_classes]
-    quota = torch.full((num_classes,), per_class, dtype=torch.long)
+    by_class = {k: perm[labels[perm] == k] for k in range(num_classes)}  # each in random order
+    for j, k in enumerate(task):
+        val_parts.append(by_class[k][: val_quota[j]])
+        rest_parts.append(by_class[k][val_quota[j]:])
+    per_class = n_labels // len(task)
+    extra = torch.randperm(len(task), generator=gen)[: n_labels - per_class * len(task)]
+    quota = torch.full((len(task),), per_class, dtype=torch.long)
     quota[extra] += 1
-    labeled_parts, unlabeled_parts = [], []
-    for k, idx in enumerate(rest_parts):
-        if idx.numel() < quota[k]:
-            raise ValueError(f"class {k} has only {idx.numel()} training images outside the validation set, "
-                             f"fewer than the {quota[k].item()} labels asked of it (n_labels={n_labels})")
-        labeled_parts.append(idx[: quota[k]])
-        unlabeled_parts.append(idx if labeled_in_unlabeled else idx[quota[k]:])
+    labeled_parts, remainder_parts, whole_parts = [], [], []
+    for j, idx in enumerate(rest_parts):
+        if idx.numel() < quota[j]:
+            raise ValueError(f"class {task[j]} has only {idx.numel()} training images outside the validation set, "
+                             f"fewer than the {quota[j].item()} labels asked of it (n_labels={n_labels})")
+        labeled_parts.append(idx[: quota[j]])
+        remainder_parts.append(idx[quota[j]:])
+        whole_parts.append(idx if labeled_in_unlabeled else idx[quota[j]:])
     labeled = torch.cat(labeled_parts)
-    unlabeled = torch.cat(unlabeled_parts)
+    remainder = torch.cat(remainder_parts)  # task-class images in neither the labeled nor the validation set
     val = torch.cat(val_parts)
+    if n_unlabeled is None:  # the whole pool, in the order earlier releases drew it (same runs, same numbers)
+        unlabeled = torch.cat(whole_parts)
+    else:
+        n_out = round(mismatch * n_unlabeled)
+        n_in = n_unlabeled - n_out
+        others = torch.cat([by_class[k] for k in held_out]) if held_out else remainder[:0]
+        if n_in > remainder.numel():
+            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} asks for {n_in} unlabeled images "
+                             f"of the task's classes, but only {remainder.numel()} are outside the labeled and "
+                             f"validation sets; lower n_unlabeled (or n_val)")
+        if n_out > others.numel():
+            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} asks for {n_out} unlabeled images "
+                             f"of the other classes {held_out}, but they hold only {others.numel()}; lower "
+                             f"n_unlabeled or mismatch")
+        drawn = torch.cat([_draw(remainder, n_in, gen), _draw(others, n_out, gen)])
+        unlabeled = torch.cat([labeled, drawn]) if labeled_in_unlabeled else drawn
     # Shuffle within each pool so the class-grouped order never leaks into anything that slices them.
     return Split(
         labeled=labeled[torch.randperm(labeled.numel(), generator=gen)],
@@ -110,6 +146,22 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
         seed=seed,
         labeled_in_unlabeled=labeled_in_unlabeled,
     )
+
+
+def _task_classes(classes: list[int] | None, num_classes: int) -> list[int]:
+    if classes is None:
+        return list(range(num_classes))
+    task = [int(k) for k in classes]
+    bad = [k for k in task if not 0 <= k < num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} are not class indices of this dataset (0..{num_classes - 1})")
+    if len(set(task)) != len(task) or len(task) < 2:
+        raise ValueError(f"classes must name at least two distinct classes, got {task}")
+    return task
+
+
+def _draw(pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
 
 
 def _proportional_quota(counts: torch.Tensor, total: int, gen: torch.Generator) -> torch.Tensor:

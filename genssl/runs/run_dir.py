@@ -78,6 +78,11 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    @staticmethod
+    def budget_checkpoint(budget_s: float) -> str:
+        """The file of the weights the selection policy picked within a budget (train.budgets_s)."""
+        return f"budget-{budget_s:g}s.pt"
+
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from genssl.data.batching import to_float
-from genssl.data.source import load_train_test
+from genssl.data.source import load_train_test, task_data
 from genssl.encoders.from_run import method_from_run
 from genssl.runs.run_dir import RunDir
 from genssl.training.device import resolve_device, resolve_precision
@@ -20,7 +20,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
     run = RunDir(run_dir)
     cfg = run.read_config()
     dev = resolve_device(device)
-    train, test = data if data is not None else load_train_test(cfg.data, progress=False)
+    train, test = task_data(*(data if data is not None else load_train_test(cfg.data, progress=False)), cfg.data)
     method, cfg, ckpt = method_from_run(run_dir, checkpoint, data=(train, test), device=dev)
     split = run.read_split()
     split.check_against(len(train), str(run / RunDir.SPLIT))

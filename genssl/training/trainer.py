@@ -22,7 +22,8 @@ from genssl._version import __version__
 from genssl.config import RESUMABLE_OVERRIDES, RunConfig, flatten
 from genssl.data.batching import SSLBatcher, to_float
 from genssl.data.datasets import ImageData, allows_hflip
-from genssl.data.source import class_names, load_train_test, run_split
+from genssl.data.source import class_names, load_train_test, run_split, task_data
+from genssl.data.task import task_num_classes
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split
 from genssl.fileio import CheckpointError
@@ -30,11 +31,13 @@ from genssl.methods import create_method
 from genssl.methods.base import Method
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
+from genssl.training.budget import BudgetClock, clock_kind
 from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy
 from genssl.training.monitor import Monitor, progress
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
+from genssl.training.selection import Selector
 from genssl.training.stacked import StackedStep
 
 
@@ -86,6 +89,10 @@ class Lane:
     last_good_step: int | None = None
     resume_overrides: dict = field(default_factory=dict)
     sums: dict = field(default_factory=dict)
+    selectors: dict = field(default_factory=dict)     # None (the run's pick, best.pt) or a budget -> Selector
+    curve: list = field(default_factory=list)         # one dict per evaluation: step, clock_s, val_acc, [oracle]
+    budget_steps: dict = field(default_factory=dict)  # budget -> the last step reached within it
+    clock_before: float = 0.0                         # budget-clock seconds of the process before a resume
 
     @property
     def seed(self) -> int:
@@ -151,8 +158,9 @@ class Trainer:
         lane.split = split = self._load_data(lane, train)
         lane.val = (images[split.val.to(device)], labels[split.val.to(device)])
         lane.lab = (to_float(images[split.labeled.to(device)]), labels[split.labeled.to(device)])
-        self.spec = DataSpec(train.image_shape, train.num_classes, len(split.labeled), len(split.unlabeled),
-                             allows_hflip(lane.cfg.data.dataset))
+        self.spec = DataSpec(train.image_shape, task_num_classes(train, lane.cfg.data.classes), len(split.labeled),
+                             len(split.unlabeled), allows_hflip(lane.cfg.data.dataset))
+        lane.selectors = {b: Selector(t.select, len(split.val)) for b in (None, *t.budgets_s)}
         method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
         method.setup(t.steps, self.precision)
         lane.batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size,
@@ -167,6 +175,7 @@ class Trainer:
             lane.step = ckpt["step"]
             lane.best_val, lane.best_step = ckpt["best_val"], ckpt["best_step"]
             lane.elapsed_before = ckpt.get("wall_time_s", 0.0)
+            self._restore_selection(lane, ckpt)
             self._adopt_newer_best(lane)
             lane.last_good_step = lane.step
         else:
@@ -190,8 +199,11 @@ class Trainer:
         self.precision, self.precision_reason = resolve_precision(t.precision, device, method_class)
         if t.threads:
             torch.set_num_threads(t.threads)
-        train, test = self._data if self._data is not None else load_train_test(cfg.data, t.progress)
-        self.class_names = class_names(train, cfg.data.dataset)
+        train, test = task_data(*(self._data if self._data is not None else load_train_test(cfg.data, t.progress)),
+                                cfg.data)
+        self.class_names = class_names(train, cfg.data.dataset, cfg.data.classes)
+        if t.budgets_s and self.world_size > 1:
+            raise ValueError("train.budgets_s measure one process's cost; they do not apply to a torchrun run")
         images, labels = train.images.to(device), train.labels.to(device)
         methods = [self._build_lane(lane, train, images, labels, device) for lane in self.lanes]
         steps = {lane.step for lane in self.lanes}
@@ -199,6 +211,11 @@ class Trainer:
             raise CheckpointError(f"stacked seeds resume from the same step, but their last checkpoints are at "
                                   f"steps {sorted(steps)}; resume them one by one (genssl train --resume per folder)")
         step = steps.pop()
+        n_lanes = len(self.lanes)
+        clock = BudgetClock(clock_kind(device), before=self.lanes[0].clock_before)
+        self.clock = clock
+        x_test, y_test = test.images.to(device), test.labels.to(device)
+        budgets = sorted(t.budgets_s)
         if len(methods) > 1:
             strategy = StackedStep(methods, t.steps, self.precision)
             if self.lanes[0].resume:  # the lanes share one noise stream, saved in every lane's checkpoint
@@ -234,6 +251,9 @@ class Trainer:
                         "batcher": lane.batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks,
                         "step": at_step, "best_val": lane.best_val, "best_step": lane.best_step,
                         "wall_time_s": lane.elapsed_before + wall,
+                        "selection": {str(b): sel.state_dict() for b, sel in lane.selectors.items()},
+                        "curve": lane.curve, "budget_steps": {str(b): s for b, s in lane.budget_steps.items()},
+                        "budget_clock_s": clock.elapsed(),
                     })
                 lane.last_good_step = at_step
 
@@ -245,15 +265,31 @@ class Trainer:
                 if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
                     self.ddp.sync_buffers()
                 method.fit_readout(*lane.lab, seed=lane.seed)
-                val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision)
-                lane.monitor.scalars({"val/acc": val_acc}, at_step)
-                if val_acc > lane.best_val:
-                    lane.best_val, lane.best_step = val_acc, at_step
-                    if self.is_main:
-                        lane.run.save_checkpoint(RunDir.BEST, {
+                n_val = lane.val[0].shape[0]
+                val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
+                clock_s = clock.elapsed() / n_lanes
+                point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
+                if n_val:
+                    lane.monitor.scalars({"val/acc": val_acc}, at_step)
+                if t.oracle:  # study only: logged under "oracle", never read by a selector, off the budget clock
+                    with clock.paused():
+                        point["oracle_test_acc"] = accuracy(method, x_test, y_test, t.eval_batch_size,
+                                                            self.precision)
+                    lane.monitor.scalars({"oracle/test_acc": point["oracle_test_acc"]}, at_step)
+                lane.curve.append(point)
+                saved = None
+                for budget, selector in lane.selectors.items():
+                    if budget is not None and clock_s > budget:
+                        continue  # these weights were reached after the budget was spent
+                    if selector.offer(at_step, val_acc) and self.is_main:
+                        name = RunDir.BEST if budget is None else RunDir.budget_checkpoint(budget)
+                        payload = saved = saved or {
                             "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
                             "data_spec": method.spec.to_dict(), "class_names": self.class_names,
-                            "model": method.state_dict(), "step": at_step, "val_acc": val_acc})
+                            "model": method.state_dict(), "step": at_step, "val_acc": val_acc,
+                            "select": t.select}
+                        lane.run.save_checkpoint(name, payload)
+                lane.best_val, lane.best_step = lane.selectors[None].pick_val, lane.selectors[None].pick_step
                 if self.is_main:
                     with torch.no_grad():
                         method.eval()
@@ -275,7 +311,18 @@ class Trainer:
         bar = progress(t.steps, step, desc, t.progress and self.is_main)
         count = 0
         strategy.train()
+        stopped_at_budget = False
         while step < t.steps:
+            if budgets:
+                spent = clock.elapsed() / n_lanes
+                for lane in self.lanes:
+                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
+                if t.stop_at_budget and spent > budgets[-1]:
+                    stopped_at_budget = True
+                    if count:
+                        flush(step, count)
+                    save_last(step)
+                    break
             batches = [lane.batcher.next() for lane in self.lanes]
             with autocast(device, self.precision):
                 lane_logs = strategy(batches, step)
@@ -301,27 +348,53 @@ class Trainer:
                 save_last(step)
             bar.update(1)
         bar.close()
+        if budgets and not stopped_at_budget:
+            spent = clock.elapsed() / n_lanes
+            for lane in self.lanes:
+                lane.budget_steps.update({b: step for b in budgets if spent <= b})
         wall = time.perf_counter() - start_time
+        self.budget_clock_s = clock.elapsed() / n_lanes
         if self.ddp:
             self.ddp.barrier()  # rank 0 has finished writing best.pt
-        x_test, y_test = test.images.to(device), test.labels.to(device)
-        results = [self._finish(lane, strategy.lane_method(i), x_test, y_test, wall, device)
+        results = [self._finish(lane, strategy.lane_method(i), x_test, y_test, wall, device, step,
+                                stopped_at_budget)
                    for i, lane in enumerate(self.lanes)]
         self.method = strategy.lane_method(0)
         return results
 
-    def _finish(self, lane: Lane, method: Method, x_test, y_test, wall: float, device) -> dict:
-        """The final report: the weights chosen on validation, evaluated once on the test set."""
+    def _finish(self, lane: Lane, method: Method, x_test, y_test, wall: float, device, final_step: int,
+                stopped_at_budget: bool) -> dict:
+        """The final report: the weights the selection policy chose on validation, and those it chose within
+        each budget, each evaluated once on the test set."""
         t = lane.cfg.train
-        best = lane.run.load_checkpoint(RunDir.BEST, map_location=device)
-        method.load_state_dict(best["model"])
-        method.fit_readout(*lane.lab, seed=lane.seed)
-        test_acc = accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
+
+        def score(name: str) -> float:
+            chosen = lane.run.load_checkpoint(name, map_location=device)
+            method.load_state_dict(chosen["model"])
+            method.fit_readout(*lane.lab, seed=lane.seed)
+            return accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
+
+        budgets = []
+        for b in sorted(t.budgets_s):
+            sel = lane.selectors[b]
+            picked = sel.pick_step >= 0
+            at = next((p for p in lane.curve if p["step"] == sel.pick_step), {})
+            budgets.append({
+                "budget_s": b, "spent": self.budget_clock_s >= b, "steps_within": lane.budget_steps.get(b, 0),
+                "step": sel.pick_step if picked else None, "clock_s": at.get("clock_s"),
+                "val_acc": sel.pick_val if picked else None,
+                "test_acc": score(RunDir.budget_checkpoint(b)) if picked else None})
+        test_acc = score(RunDir.BEST)  # last, so `method` ends with the run's own pick
         n = len(self.lanes)
         results = {
             "method": lane.cfg.method_name, "dataset": lane.cfg.data.dataset, "n_labels": lane.cfg.data.n_labels,
             "seed": lane.seed, "test_acc": test_acc, "best_val_acc": lane.best_val, "best_step": lane.best_step,
-            "steps": t.steps, "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
+            "select": t.select, "n_val": int(lane.val[0].shape[0]), "n_unlabeled": int(lane.split.unlabeled.numel()),
+            "classes": lane.cfg.data.classes, "mismatch": lane.cfg.data.mismatch,
+            "steps": final_step, "scheduled_steps": t.steps, "stopped_at_budget": stopped_at_budget,
+            "budget_clock": self.clock.kind, "budget_clock_s": self.budget_clock_s, "budgets": budgets,
+            "curve": lane.curve,
+            "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
             "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
             "genssl": __version__,
             "config_digest": lane.cfg.digest(),
@@ -336,6 +409,24 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ guards
+    def _restore_selection(self, lane: Lane, ckpt: dict) -> None:
+        """Selectors, curve and budget clock from a checkpoint; one written before they existed carries only
+        best_val/best_step, which is the state of the `best` policy."""
+        states = ckpt.get("selection")
+        if states is None:
+            main = lane.selectors[None]
+            main.pick_val = main.best_val = ckpt["best_val"]
+            main.pick_step = ckpt["best_step"]
+        else:
+            for b, sel in lane.selectors.items():
+                if str(b) not in states:
+                    raise CheckpointError(f"{lane.run / RunDir.LAST}: no selection state for budget {b}; the run "
+                                          f"began with other train.budgets_s")
+                sel.load_state_dict(states[str(b)])
+        lane.curve = list(ckpt.get("curve", []))
+        lane.budget_steps = {float(b): s for b, s in ckpt.get("budget_steps", {}).items()}
+        lane.clock_before = ckpt.get("budget_clock_s", 0.0)
+
     def _adopt_newer_best(self, lane: Lane) -> None:
         """A run killed after an evaluation but before its next checkpoint leaves a best.pt newer than last.pt.
         Keep it as the incumbent, so best.pt and the recorded best accuracy always describe the same weights
@@ -345,6 +436,9 @@ class Trainer:
         best = lane.run.load_checkpoint(RunDir.BEST)
         if best.get("method") == lane.cfg.method_name and best.get("step", -1) > lane.step:
             lane.best_val, lane.best_step = float(best["val_acc"]), int(best["step"])
+            main = lane.selectors[None]
+            main.pick_val, main.pick_step = lane.best_val, lane.best_step
+            main.best_val = max(main.best_val, lane.best_val)
 
     def _flush_logs(self, lane: Lane, method: Method, count: int, step: int) -> dict[str, float]:
         sums, lane.sums = lane.sums, {}
