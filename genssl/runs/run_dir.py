@@ -70,6 +70,7 @@ def state_digest(obj) -> str:
 class RunDir:
     CONFIG, SPLIT, LAST, PREV, BEST = "config.yaml", "split.pt", "last.pt", "prev.pt", "best.pt"
     RESULTS, UPSTREAM, TB, ENCODER = "results.json", "upstream.json", "tb", "encoder"
+    VAL_OUTCOMES = "val_outcomes.pt"
     STAGED = "last.pt.staged"
 
     def __init__(self, path: str | Path):
@@ -136,6 +137,14 @@ class RunDir:
 
     def read_results(self) -> dict:
         return json.loads((self.path / self.RESULTS).read_text())
+
+    def write_val_outcomes(self, hits, steps: list[int], val_idx) -> None:
+        """With train.oracle: which validation images each evaluation got right, (evals, n_val) bool, so a study
+        can replay selection on subsets of the validation set (experiments/realistic_report.py)."""
+        atomic_torch_save({"hits": hits, "steps": list(steps), "val": val_idx}, self.path / self.VAL_OUTCOMES)
+
+    def read_val_outcomes(self) -> dict:
+        return safe_torch_load(self.path / self.VAL_OUTCOMES)
 
     def write_upstream(self, fingerprints: dict) -> None:
         atomic_write_json(fingerprints, self.path / self.UPSTREAM)

@@ -10,15 +10,22 @@ from genssl.training.device import autocast
 
 
 @torch.no_grad()
-def accuracy(method: Method, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             precision: str = "fp32") -> float:
-    """Top-1 accuracy of method.predict over uint8 images, in eval mode, in batches."""
+def correct(method: Method, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int,
+            precision: str = "fp32") -> torch.Tensor:
+    """(N,) bool: whether method.predict's top-1 class is right for each uint8 image, in eval mode, in batches."""
     was_training = method.training
     method.eval()
-    correct = 0
+    hits = []
     for i in range(0, images_u8.shape[0], batch_size):
         with autocast(images_u8.device, precision):
             logits = method.predict(to_float(images_u8[i:i + batch_size]))
-        correct += (logits.argmax(1) == labels[i:i + batch_size]).sum()
+        hits.append(logits.argmax(1) == labels[i:i + batch_size])
     method.train(was_training)
-    return float(correct) / max(images_u8.shape[0], 1)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=images_u8.device)
+
+
+def accuracy(method: Method, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             precision: str = "fp32") -> float:
+    """Top-1 accuracy of method.predict over uint8 images, in eval mode, in batches."""
+    hits = correct(method, images_u8, labels, batch_size, precision)
+    return float(hits.sum()) / max(hits.numel(), 1)

@@ -34,7 +34,7 @@ from genssl.runs.run_dir import RunDir
 from genssl.training.budget import BudgetClock, clock_kind
 from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
-from genssl.training.metrics import accuracy
+from genssl.training.metrics import accuracy, correct
 from genssl.training.monitor import Monitor, progress
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
 from genssl.training.selection import Selector
@@ -93,6 +93,7 @@ class Lane:
     curve: list = field(default_factory=list)         # one dict per evaluation: step, clock_s, val_acc, [oracle]
     budget_steps: dict = field(default_factory=dict)  # budget -> the last step reached within it
     clock_before: float = 0.0                         # budget-clock seconds of the process before a resume
+    val_outcomes: list = field(default_factory=list)  # with train.oracle: (n_val,) bool per evaluation
 
     @property
     def seed(self) -> int:
@@ -254,6 +255,7 @@ class Trainer:
                         "selection": {str(b): sel.state_dict() for b, sel in lane.selectors.items()},
                         "curve": lane.curve, "budget_steps": {str(b): s for b, s in lane.budget_steps.items()},
                         "budget_clock_s": clock.elapsed(),
+                        "val_outcomes": torch.stack(lane.val_outcomes) if lane.val_outcomes else None,
                     })
                 lane.last_good_step = at_step
 
@@ -266,7 +268,12 @@ class Trainer:
                     self.ddp.sync_buffers()
                 method.fit_readout(*lane.lab, seed=lane.seed)
                 n_val = lane.val[0].shape[0]
-                val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
+                if t.oracle:  # keep which validation images were right, so a study can re-select on subsets of them
+                    hits = correct(method, *lane.val, t.eval_batch_size, self.precision)
+                    lane.val_outcomes.append(hits.cpu())
+                    val_acc = float(hits.float().mean()) if n_val else float("nan")
+                else:
+                    val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
                 clock_s = clock.elapsed() / n_lanes
                 point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
                 if n_val:
@@ -404,6 +411,9 @@ class Trainer:
             results |= {"group_wall_time_s": wall, "seeds_trained_together": n}
         if self.is_main:
             self._log_final(lane, method, results)
+            if lane.val_outcomes:
+                lane.run.write_val_outcomes(torch.stack(lane.val_outcomes), [p["step"] for p in lane.curve],
+                                            lane.split.val)
             lane.run.write_results(results)
         lane.monitor.close()
         return results
@@ -426,6 +436,8 @@ class Trainer:
         lane.curve = list(ckpt.get("curve", []))
         lane.budget_steps = {float(b): s for b, s in ckpt.get("budget_steps", {}).items()}
         lane.clock_before = ckpt.get("budget_clock_s", 0.0)
+        outcomes = ckpt.get("val_outcomes")
+        lane.val_outcomes = list(outcomes.cpu()) if outcomes is not None else []
 
     def _adopt_newer_best(self, lane: Lane) -> None:
         """A run killed after an evaluation but before its next checkpoint leaves a best.pt newer than last.pt.
