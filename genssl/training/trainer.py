@@ -320,16 +320,9 @@ class Trainer:
         strategy.train()
         stopped_at_budget = False
         while step < t.steps:
-            if budgets:
-                spent = clock.elapsed() / n_lanes
-                for lane in self.lanes:
-                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
-                if t.stop_at_budget and spent > budgets[-1]:
-                    stopped_at_budget = True
-                    if count:
-                        flush(step, count)
-                    save_last(step)
-                    break
+            if budgets and t.stop_at_budget and clock.elapsed() / n_lanes > budgets[-1]:
+                stopped_at_budget = True  # a resumed run whose budget was already spent
+                break
             batches = [lane.batcher.next() for lane in self.lanes]
             with autocast(device, self.precision):
                 lane_logs = strategy(batches, step)
@@ -354,11 +347,17 @@ class Trainer:
             if step % t.ckpt_every == 0 or boundary:
                 save_last(step)
             bar.update(1)
+            if budgets:
+                spent = clock.elapsed() / n_lanes
+                for lane in self.lanes:
+                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
+                if t.stop_at_budget and spent > budgets[-1] and step < t.steps:
+                    stopped_at_budget = True
+                    if count:
+                        flush(step, count)
+                    save_last(step)
+                    break
         bar.close()
-        if budgets and not stopped_at_budget:
-            spent = clock.elapsed() / n_lanes
-            for lane in self.lanes:
-                lane.budget_steps.update({b: step for b in budgets if spent <= b})
         wall = time.perf_counter() - start_time
         self.budget_clock_s = clock.elapsed() / n_lanes
         if self.ddp:
