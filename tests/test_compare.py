@@ -169,11 +169,16 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
         load_grid(write_grid(tmp_path, {"s": synthetic("supervised"), "x": {"samples_from": "nope"}}))
 
 
-def test_parallel_jobs_give_the_same_runs_as_serial_ones(tmp_path, tiny_data):
+def test_parallel_jobs_give_the_same_runs_as_serial_ones(tmp_path, tiny_data, monkeypatch):
     """Two worker processes train the grid's two runs: each run's results and final checkpoint equal those of
     the same grid trained serially in this process."""
+    import os
+
     from genssl.runs.run_dir import RunDir
 
+    # A machine of 2 usable cores, whichever count the runner reads, so that a --jobs 2 worker gets 1 thread
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     grid = write_grid(tmp_path, {"supervised": synthetic("supervised")})
     serial = run_grid(grid, out=str(tmp_path / "serial"), jobs=1, data=tiny_data, progress=False)
     parallel = run_grid(grid, out=str(tmp_path / "parallel"), jobs=2, data=tiny_data, progress=False)

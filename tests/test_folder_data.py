@@ -21,7 +21,7 @@ import genssl.data.folder as folder_mod
 import genssl.training.trainer as trainer_mod
 from genssl.config import ConfigError, DataConfig, build_run_config, dump_yaml, load_run_config
 from genssl.data.folder import UNLABELED, FolderData, decode_image, folder_split, load_folder_data
-from genssl.data.source import class_names, config_image_shape, load_train_test, run_split
+from genssl.data.source import class_names, config_image_shape, run_split
 from genssl.data.spec import DataSpec
 from genssl.methods import create_method
 from imagefiles import class_image, save, write_class_folders, write_dataset, write_unlabeled
@@ -439,8 +439,6 @@ def test_fuzz_mutated_image_bytes(case, skip):
 
 # ------------------------------------------------------------------------------------------------ the trainer
 
-@pytest.mark.skipif(not hasattr(trainer_mod, "load_train_test"),
-                    reason="the Trainer reads `dataset: folder` once trainer.py calls genssl.data.source (issue #18)")
 def test_training_on_a_folder_end_to_end(tmp_path, dataset):
     cfg = build_run_config({
         "out_dir": str(tmp_path / "runs"), "name": "own", "method": {"name": "supervised", "arch": "mlp",
