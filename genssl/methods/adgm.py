@@ -51,60 +51,36 @@ import torch.nn.functional as F
 
 from genssl import losses
 from genssl.data.spec import DataSpec
-from genssl.methods.base import Method
-from genssl.methods.enumerated import (
-    check_labeled_weight,
-    classification_weight,
-    enumerated_stage_loss,
-    load_m1,
-    rec_gain,
-    sample_classes,
-    step_loss,
-)
+from genssl.methods.enumerated import EnumeratedConfig, EnumeratedModel, rec_gain, step_loss
 from genssl.nn.adgm import AuxClassifier, SumMLP, gaussian_params
-from genssl.nn.vae import likelihood_mean, log_likelihood, n_params, reparameterize, resolve_likelihood
+from genssl.nn.vae import likelihood_mean, log_likelihood, n_params, reparameterize
 from genssl.registry import register_method
 
 EVAL_SEED = 0  # the noise of predict()'s samples of a: fixed, so predictions depend on the weights only
 
 
-class AuxiliaryDGM(Method):
-    """The shared machinery of ADGM and SDGM; a subclass names the inputs of p(a | .) and p(x | .)."""
+class AuxiliaryDGM(EnumeratedModel):
+    """The shared machinery of ADGM and SDGM; a subclass names the inputs of p(a | .) and p(x | .). Exports,
+    samples and trains stacked as EnumeratedModel says (stacked: without gradient clipping, stacking_refusal)."""
 
-    has_encoder = True  # on pixels only: on M1 latents encoder_module() refuses, as for M1+M2
-    can_sample = True
-    can_sample_conditional = True  # on pixels only, as for the encoder
-    supports_stacking = True  # without gradient clipping (stacking_refusal)
     PA_INPUTS: tuple[str, ...] = ()
     PX_INPUTS: tuple[str, ...] = ()
 
     @dataclass
-    class Config:
+    class Config(EnumeratedConfig):
+        """EnumeratedConfig's options (likelihood, binarize, alpha, classifier_weight, labeled_weight, kl_warmup,
+        lr, encoder: on M1's latents) and the auxiliary models' own."""
         a_dim: int = 100
         z_dim: int = 100
         hidden: tuple[int, ...] = (500, 500)
         """Hidden widths of q(a|x), q(z|a,y,x), p(a|.) and p(x|.) (and of q(y|a,x) unless cls_hidden is set)."""
         cls_hidden: tuple[int, ...] | None = None
         """Hidden widths of the classifier q(y|a,x); None follows hidden."""
-        likelihood: str = "auto"
-        """auto (Bernoulli for grey images, Gaussian for colour and for M1 latents) | bernoulli | gaussian."""
-        binarize: bool = False
-        """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood on pixels only)."""
-        alpha: float = 0.1
-        """Classification weight w = alpha * N / N_l per labeled example (genssl.methods.enumerated)."""
-        classifier_weight: float | None = None
-        """Sets w directly, overriding alpha."""
-        labeled_weight: float | None = None
-        """What one labeled image weighs against one unlabeled image; None: balanced minibatches."""
-        kl_warmup: float = 0.0
-        """Fraction of the run over which the weight of the KL terms (z's and a's) ramps from 0 to 1."""
         lr: float = 3e-4
         grad_clip: float | None = 5.0
         """Clip the gradients' global norm (the original code's 5); None: no clipping."""
         eval_samples: int = 10
         """Samples of a ~ q(a|x) averaged in predictions; 0 uses the mean of q(a|x)."""
-        encoder: str | None = None
-        """An M1 run folder or exported encoder folder: the model then runs on M1's latents."""
 
     @classmethod
     def stacking_refusal(cls, cfg) -> str | None:
@@ -114,23 +90,12 @@ class AuxiliaryDGM(Method):
         return super().stacking_refusal(cfg)
 
     def __init__(self, cfg: Config, spec: DataSpec):
-        super().__init__(cfg, spec)
-        K = spec.num_classes
         if cfg.eval_samples < 0:
             raise ValueError(f"eval_samples must be >= 0 (0: the mean of q(a|x)), got {cfg.eval_samples}")
         if cfg.grad_clip is not None and not cfg.grad_clip > 0:
             raise ValueError(f"grad_clip must be a positive norm or None, got {cfg.grad_clip}")
-        check_labeled_weight(cfg.labeled_weight)
-        self.m1 = None
-        shape = spec.image_shape
-        if cfg.encoder is not None:
-            self.m1 = load_m1(cfg.encoder, "mlp", None)
-            shape = (int(self.m1.out_dim),)
-        self.input_shape = tuple(shape)
-        self.likelihood = resolve_likelihood(cfg.likelihood, self.input_shape)
-        if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
-            raise ValueError(f"binarize=True needs pixels with likelihood='bernoulli', got {self.likelihood!r}"
-                             f"{' on M1 latents' if self.m1 is not None else ''}")
+        super().__init__(cfg, spec)
+        K = spec.num_classes
         F_in, A, D, h = math.prod(self.input_shape), cfg.a_dim, cfg.z_dim, tuple(cfg.hidden)
         self.n_params = n_params(self.likelihood)
         dims = {"x": F_in, "a": A, "y": K, "z": D}
@@ -138,35 +103,7 @@ class AuxiliaryDGM(Method):
         self.qz = SumMLP({k: dims[k] for k in ("x", "a", "y")}, h, 2 * D)  # q(z | a, y, x)
         self.pa = SumMLP({k: dims[k] for k in self.PA_INPUTS}, h, 2 * A)  # p(a | .)
         self.px = SumMLP({k: dims[k] for k in self.PX_INPUTS}, h, self.n_params * F_in)  # p(x | .)
-        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec)
-        self.log_prior_y = -math.log(K)  # log p(y), uniform
         self.grad_clip = cfg.grad_clip
-
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        # fused Adam: one kernel for the ~3.5M parameters' update instead of a dozen elementwise passes
-        # (measured on one Xeon core, bf16: 7.95 vs 6.66 it/s for the whole step)
-        fused = params[0].device.type in ("cpu", "cuda")
-        return {"main": torch.optim.Adam(params, lr=self.cfg.lr, fused=fused)}
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.m1 is not None:
-            self.m1.eval()  # frozen
-        return self
-
-    # ------------------------------------------------------------------ inputs: pixels or M1 latents
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Training inputs: z1 ~ q(z1 | x) with an M1 below (fresh each step), else x (binarized if configured)."""
-        if self.m1 is not None:
-            with torch.no_grad():
-                mu, logvar = self.m1.posterior(x)
-            return reparameterize(mu.float(), logvar.float())
-        return torch.bernoulli(x) if self.cfg.binarize else x
-
-    def features_in(self, x: torch.Tensor) -> torch.Tensor:
-        """Evaluation inputs: the M1 posterior mean, or the images."""
-        return self.m1(x).float() if self.m1 is not None else x
 
     # ------------------------------------------------------------------ the bounds
     def _x_params(self, out: torch.Tensor) -> torch.Tensor:
@@ -252,10 +189,6 @@ class AuxiliaryDGM(Method):
             out["rec_gain_y"] = rec_gain(parts["rec_u"], logits_u)
         return out
 
-    def stage_loss(self, name, batch, step, carry):
-        loss, logs = enumerated_stage_loss(self, batch, step)
-        return loss, logs, carry
-
     # ------------------------------------------------------------------ inference
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """log E_q(a|x)[q(y | a, x)] over `eval_samples` samples of a (fixed noise), or q(y | mean a, x): (B, K)."""
@@ -273,11 +206,8 @@ class AuxiliaryDGM(Method):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.aux(self.features_in(x))  # (B, H): q(y|a,x)'s last hidden layer at a = mean of q(a|x)
 
-    def encoder_module(self) -> AuxClassifier:
+    def classifier_features(self) -> AuxClassifier:
         """q(a|x) and q(y|a,x) as an exportable encoder: the classifier's last hidden layer at a = E_q(a|x)[a]."""
-        if self.m1 is not None:
-            raise ValueError(f"{self.name} on M1 latents: its classifier reads M1 latents, not images; export the M1 "
-                             f"encoder instead")
         return self.aux
 
     # ------------------------------------------------------------------ generation
@@ -290,17 +220,10 @@ class AuxiliaryDGM(Method):
             v["a"] = reparameterize(mu_pa, logvar_pa)
         return self._x_params(self.px(**{k: v[k] for k in self.PX_INPUTS}))
 
-    @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """n images (n, C, H, W) in [0, 1], the likelihood's mean of p(x | .) for z ~ N(0, I) and the classes y
-        (n,), drawn from the uniform p(y) when None. On pixels only."""
-        if self.m1 is not None:
-            raise ValueError(f"{self.name} on M1 latents generates M1 latents, not images (it has no M1 decoder)")
-        K, device = self.spec.num_classes, next(self.px.parameters()).device
-        y = sample_classes(n, y, K, device)
-        z = torch.randn(n, self.cfg.z_dim, device=device)
-        params = self._generate(z, F.one_hot(y, K).float())
-        return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)
+    def generate(self, y: torch.Tensor) -> torch.Tensor:
+        """p(x | .)'s parameters for z ~ N(0, I) and the classes y (n,) (sample: their likelihood means)."""
+        z = torch.randn(y.shape[0], self.cfg.z_dim, device=y.device)
+        return self._generate(z, F.one_hot(y, self.spec.num_classes).float())
 
     @torch.no_grad()
     def eval_images(self, x: torch.Tensor):

@@ -1,7 +1,9 @@
-"""What the class-enumerating generative models share (vae_m2; adgm and sdgm in genssl.methods.adgm): the
-per-step objective built from their labeled and enumerated unlabeled bounds, the classification weight, the
-frozen M1 encoder of the stacked (M1+...) variants and its active dimensions, and a diagnostic of how much the
-decoder uses y. Pure helpers: no networks, no state.
+"""What the class-enumerating generative models share (vae_m2; adgm and sdgm in genssl.methods.adgm): their
+base class `EnumeratedModel` (the options every one of them has, the checks, the frozen M1 encoder of the
+stacked (M1+...) variants, the optimizer, the input handling and the one training stage), and the pure helpers
+it is built from: the per-step objective built from the labeled and enumerated unlabeled bounds, the
+classification weight, M1's active dimensions, and a diagnostic of how much the decoder uses y. A subclass
+builds its networks and writes its bounds (`objective`), `predict`, `encode` and `generate`.
 
 The per-step objective (Kingma et al. 2014, eq. 9; Maaloe et al. 2016, sec. 2.3, the same form with their
 bounds) from the labeled bounds -L(x_l, y_l), the unlabeled bounds -U(x_u) and the classification loss
@@ -21,6 +23,7 @@ halved). w is the classification weight per labeled example: alpha * N / N_l (`c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +32,9 @@ from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.encoders.format import Encoder
 from genssl.encoders.load import load_encoder
+from genssl.methods.base import Method
 from genssl.methods.schedules import kl_weight
+from genssl.nn.vae import likelihood_mean, reparameterize, resolve_likelihood
 
 
 def classification_weight(alpha: float, classifier_weight: float | None, spec: DataSpec) -> float:
@@ -123,21 +128,6 @@ def active_dims(mu: torch.Tensor, threshold: float) -> torch.Tensor:
     return keep
 
 
-def enumerated_stage_loss(method, batch, step: int, **views) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The one stage of M2, ADGM and SDGM: inputs prepared (M1 latents, binarization), the objective with the
-    KL weight of the warm-up schedule; (loss, every term of the objective to log). A pure function of the
-    parameters and the batch, so Method.train_step runs it alone and genssl.training.stacked under vmap.
-    `views` go to the objective as they are (M2's hybrid: its strong views)."""
-    x_l, x_u = method.prepare(batch.x_l), method.prepare(batch.x_u)
-    beta = kl_weight(step, method.total_steps, method.cfg.kl_warmup)
-    terms = method.objective(x_l, batch.y_l, x_u, beta=beta, **views)
-    logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-    logs["train/cls_weight"] = torch.tensor(method.cls_weight)
-    if method.cfg.kl_warmup > 0:
-        logs["train/kl_weight"] = torch.tensor(beta)
-    return terms["loss"], logs
-
-
 def sample_classes(n: int, y, num_classes: int, device) -> torch.Tensor:
     """The classes of n class-conditional samples: `y` checked ((n,) indices in [0, K - 1]), or drawn from the
     uniform p(y) when None."""
@@ -149,3 +139,134 @@ def sample_classes(n: int, y, num_classes: int, device) -> torch.Tensor:
         raise ValueError(f"y must be {n} class indices in [0, {num_classes - 1}], got shape {tuple(y.shape)}, "
                          f"dtype {y.dtype}")
     return y
+
+
+# ------------------------------------------------------------------ the shared base
+@dataclass
+class EnumeratedConfig:
+    """The options of every class-enumerating model; a subclass's Config adds its own (and may change a
+    default by declaring the field again)."""
+    likelihood: str = "auto"
+    """auto (Bernoulli for grey images, Gaussian for colour and for M1 latents) | bernoulli | gaussian."""
+    binarize: bool = False
+    """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood on pixels only)."""
+    alpha: float = 0.1
+    """Classification weight w = alpha * N / N_l per labeled example (module docstring)."""
+    classifier_weight: float | None = None
+    """Sets w directly, overriding alpha."""
+    labeled_weight: float | None = None
+    """What one labeled image (its bound + w * its classification loss) weighs against one unlabeled image's
+    bound; None: balanced minibatches, the labeled mean counts as much as the unlabeled mean (module docstring)."""
+    kl_warmup: float = 0.0
+    """Fraction of the run over which the weight of the KL terms ramps from 0 to 1."""
+    lr: float = 1e-3
+    encoder: str | None = None
+    """An M1 run folder or exported encoder folder: the model then runs on M1's latents (M1+M2 and the like)."""
+
+
+class EnumeratedModel(Method):
+    """A model whose class y is a latent enumerated in the unlabeled bound (M2, ADGM, SDGM). It owns what they
+    share: the checks of EnumeratedConfig, the frozen M1 below a stacked variant (`self.m1`, None on pixels),
+    the input shape and likelihood, the classification weight, one fused Adam, the training inputs (`prepare`)
+    and evaluation inputs (`features_in`), and the one training stage: the subclass's `objective` on the
+    prepared batch with the KL weight of the warm-up schedule. A subclass builds its networks after calling
+    this __init__ (`arch`, `cls_arch`: the architectures a stacked variant must give as MLPs) and implements
+    `objective`, `predict`, `encode`, `classifier_features` (its exportable encoder) and `generate`."""
+
+    has_encoder = True  # on pixels only: on M1 latents encoder_module() refuses
+    can_sample = True
+    can_sample_conditional = True  # on pixels only, as for the encoder
+    supports_stacking = True  # except where a subclass's stacking_refusal says otherwise
+
+    def __init__(self, cfg: EnumeratedConfig, spec: DataSpec, arch: str = "mlp", cls_arch: str | None = None):
+        super().__init__(cfg, spec)
+        check_labeled_weight(cfg.labeled_weight)
+        self.m1 = None
+        shape = spec.image_shape
+        if cfg.encoder is not None:
+            self.m1 = load_m1(cfg.encoder, arch, cls_arch)
+            shape = (int(self.m1.out_dim),)
+        self.input_shape = tuple(shape)
+        self.likelihood = resolve_likelihood(cfg.likelihood, self.input_shape)
+        if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
+            raise ValueError(f"binarize=True needs pixels with likelihood='bernoulli', got {self.likelihood!r}"
+                             f"{' on M1 latents' if self.m1 is not None else ''}")
+        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec)
+        self.log_prior_y = -math.log(spec.num_classes)  # log p(y), uniform
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        # fused Adam: one kernel for the update instead of a dozen elementwise passes over every parameter
+        # (the unfused update was ~18% of M2's bf16 step on one Xeon core; benchmarks/README.md)
+        fused = params[0].device.type in ("cpu", "cuda")
+        return {"main": torch.optim.Adam(params, lr=self.cfg.lr, fused=fused)}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.m1 is not None:
+            self.m1.eval()  # frozen: never let a loaded encoder's dropout/BN switch to training
+        return self
+
+    # ------------------------------------------------------------------ inputs: pixels or M1 latents
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Training inputs: z1 ~ q(z1 | x) with an M1 below (fresh each step), else x (binarized if configured)."""
+        if self.m1 is not None:
+            with torch.no_grad():
+                mu, logvar = self.m1.posterior(x)
+            return self.m1_inputs(reparameterize(mu.float(), logvar.float()))
+        return torch.bernoulli(x) if self.cfg.binarize else x
+
+    def features_in(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation inputs: the M1 posterior mean, or the images."""
+        return self.m1_inputs(self.m1(x).float()) if self.m1 is not None else x
+
+    def m1_inputs(self, z1: torch.Tensor) -> torch.Tensor:
+        """M1 latents (B, D1) as the model reads them (M2 zeroes M1's inactive dims here)."""
+        return z1
+
+    # ------------------------------------------------------------------ the step
+    def stage_loss(self, name, batch, step, carry, **views):
+        """The one stage: inputs prepared (M1 latents, binarization), the objective with the KL weight of the
+        warm-up schedule; (loss, every term of the objective to log, carry). A pure function of the parameters
+        and the batch, so Method.train_step runs it alone and genssl.training.stacked under vmap. `views` go to
+        the objective as they are (M2's hybrid: its strong views)."""
+        x_l, x_u = self.prepare(batch.x_l), self.prepare(batch.x_u)
+        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
+        terms = self.objective(x_l, batch.y_l, x_u, beta=beta, **views)
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logs["train/cls_weight"] = torch.tensor(self.cls_weight)
+        if self.cfg.kl_warmup > 0:
+            logs["train/kl_weight"] = torch.tensor(beta)
+        return terms["loss"], logs, carry
+
+    def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0, **views) -> dict[str, torch.Tensor]:
+        """{"loss", and the terms to log} of one step on prepared inputs (`step_loss` on the model's bounds)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ pixels only: export and generation
+    def _pixels_only(self, what: str) -> None:
+        if self.m1 is not None:
+            raise ValueError(f"{self.name} on M1 latents (M1+{self.name}) {what}")
+
+    def encoder_module(self):
+        """The classifier's features as an exportable encoder (on pixels only)."""
+        self._pixels_only("has a classifier that reads M1 latents, not images: export the M1 encoder instead")
+        return self.classifier_features()
+
+    def classifier_features(self):
+        """The exportable encoder of a pixel model (a registered encoder arch sharing the classifier's weights)."""
+        raise NotImplementedError
+
+    def generate(self, y: torch.Tensor) -> torch.Tensor:
+        """Likelihood parameters of p(x | .) for the classes y (n,), the latents drawn from their prior."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1]: the likelihood's mean of p(x | .) for the classes y (n,), drawn from
+        the uniform p(y) when None. Feeds genssl.downstream.samples (label_source 'conditional'). On pixels only:
+        on M1 latents the model generates M1 latents and has no M1 decoder to turn them into images."""
+        self._pixels_only(f"generates M1 latents, not images (it has no M1 decoder); sample from a pixel "
+                          f"{self.name} run instead")
+        y = sample_classes(n, y, self.spec.num_classes, next(self.parameters()).device)
+        return likelihood_mean(self.likelihood, self.generate(y), len(self.input_shape)).float().clamp(0, 1)

@@ -29,6 +29,7 @@ class PseudoLabel(ClassifierMethod):
     @dataclass
     class Config(ClassifierConfig):
         alpha_final: float = 3.0
+        """alpha_f, the weight of the pseudo-label loss once the ramp ends (eq. 16)."""
         ramp_start: float = 0.05
         """T1 as a fraction of train.steps."""
         ramp_end: float = 0.3

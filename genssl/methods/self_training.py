@@ -26,6 +26,8 @@ from genssl.registry import register_method
 
 @register_method("self_training")
 class SelfTraining(ClassifierMethod):
+    supports_stacking = False  # its train_step copies the student into the teacher between rounds: no stage_loss
+
     @dataclass
     class Config(ClassifierConfig):
         threshold: float = 0.95

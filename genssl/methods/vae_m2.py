@@ -39,7 +39,6 @@ capacity on.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -48,44 +47,27 @@ import torch.nn.functional as F
 from genssl import losses
 from genssl.data.augment import strong
 from genssl.data.spec import DataSpec
-from genssl.methods.base import Method
-from genssl.methods.enumerated import (
-    active_dims,
-    check_labeled_weight,
-    classification_weight,
-    enumerated_stage_loss,
-    load_m1,
-    rec_gain,
-    sample_classes,
-    step_loss,
-)
+from genssl.methods.enumerated import EnumeratedConfig, EnumeratedModel, active_dims, rec_gain, step_loss
 from genssl.nn.classifiers import ClassifierFeatures, make_classifier
-from genssl.nn.vae import (
-    Decoder,
-    GaussianEncoder,
-    likelihood_mean,
-    log_likelihood,
-    n_params,
-    reparameterize,
-    resolve_likelihood,
-)
+from genssl.nn.vae import Decoder, GaussianEncoder, likelihood_mean, log_likelihood, n_params, reparameterize
 from genssl.registry import register_method
 
 PRIORS = ("standard", "mixture")
 
 
 @register_method("vae_m2")
-class VAEM2(Method):
-    has_encoder = True  # pixel M2 only: M1+M2's classifier reads M1 latents (encoder_module says so)
-    can_sample = True
-    can_sample_conditional = True  # pixel M2 only, as for the encoder
-    supports_stacking = True  # except with m1_active_threshold (stacking_refusal)
+class VAEM2(EnumeratedModel):
+    """M2 and M1+M2 (module docstring). Exports its classifier and samples classes on pixels only
+    (EnumeratedModel); trains stacked except with m1_active_threshold (stacking_refusal)."""
+
     # 3,000 steps, AVX-512 EPYC, bf16 with the encoder head in fp32 (genssl.nn.vae): seeds 0-2 71.05 vs fp32
     # 71.63 +- 1.41, seeds 0-4 71.09 +- 0.97 vs 71.73 +- 1.34 (experiments/README.md, 2026-12-06)
     auto_bf16 = True
 
     @dataclass
-    class Config:
+    class Config(EnumeratedConfig):
+        """EnumeratedConfig's options (likelihood, binarize, alpha, classifier_weight, labeled_weight, kl_warmup,
+        lr, encoder: M1+M2) and M2's own."""
         arch: str = "mlp"
         """mlp | conv: encoder/decoder bodies (and classifier, unless cls_arch is set)."""
         enc_hidden: tuple[int, ...] = (500,)
@@ -95,22 +77,6 @@ class VAEM2(Method):
         """mlp | conv; None follows arch."""
         cls_dropout: float = 0.0
         z_dim: int = 50
-        likelihood: str = "auto"
-        """auto (Bernoulli for grey images, Gaussian for colour and for M1 latents) | bernoulli | gaussian."""
-        binarize: bool = False
-        """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood on pixels only)."""
-        alpha: float = 0.1
-        """Classification weight w = alpha * N / N_l per labeled example (see the module docstring)."""
-        classifier_weight: float | None = None
-        """Sets w directly, overriding alpha."""
-        kl_warmup: float = 0.0
-        lr: float = 1e-3
-        encoder: str | None = None
-        """M1+M2: an M1 run folder or exported encoder folder; M2 then runs on its latents."""
-        labeled_weight: float | None = None
-        """What one labeled image (its bound + w * its classification loss) weighs against one unlabeled image's
-        bound; None: balanced minibatches, the labeled mean counts as much as the unlabeled mean
-        (genssl.methods.enumerated)."""
         cls_input_noise: float = 0.0
         """Std of Gaussian noise added to the classifier's inputs (pixels or M1 latents) while training; 0: none."""
         cls_weight_decay: float = 0.0
@@ -132,16 +98,11 @@ class VAEM2(Method):
         return super().stacking_refusal(cfg)
 
     def __init__(self, cfg: Config, spec: DataSpec):
-        super().__init__(cfg, spec)
-        K = spec.num_classes
-        self.m1 = None
-        shape = spec.image_shape
         if cfg.prior not in PRIORS:
             raise ValueError(f"unknown prior {cfg.prior!r}; choose one of {', '.join(PRIORS)}")
         if cfg.cls_input_noise < 0 or cfg.cls_weight_decay < 0:
             raise ValueError(f"cls_input_noise and cls_weight_decay must be >= 0, got {cfg.cls_input_noise} / "
                              f"{cfg.cls_weight_decay}")
-        check_labeled_weight(cfg.labeled_weight)
         if cfg.consistency not in losses.CONSISTENCY:
             raise ValueError(f"vae_m2 consistency={cfg.consistency!r} is not one of {', '.join(losses.CONSISTENCY)}")
         if cfg.consistency_weight < 0 or not 0.0 <= cfg.consistency_threshold <= 1.0:
@@ -149,16 +110,11 @@ class VAEM2(Method):
                              f"{cfg.consistency_weight} / {cfg.consistency_threshold}")
         if cfg.m1_active_threshold is not None and cfg.encoder is None:
             raise ValueError("m1_active_threshold selects M1 latent dims: it needs `encoder` (M1+M2)")
-        if cfg.encoder is not None:
-            self.m1 = load_m1(cfg.encoder, cfg.arch, cfg.cls_arch)
-            shape = (int(self.m1.out_dim),)
-            if cfg.m1_active_threshold is not None:  # set by initialize() on a fresh run, restored from checkpoints
-                self.register_buffer("m1_keep", torch.ones(shape[0], dtype=torch.bool))
-        self.input_shape = shape
-        self.likelihood = resolve_likelihood(cfg.likelihood, shape)
-        if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
-            raise ValueError(f"binarize=True needs pixels with likelihood='bernoulli', got {self.likelihood!r}"
-                             f"{' on M1 latents' if self.m1 is not None else ''}")
+        super().__init__(cfg, spec, cfg.arch, cfg.cls_arch)
+        K, shape = spec.num_classes, self.input_shape
+        # M1's modelled dims: set by initialize() on a fresh run, restored from checkpoints; None models all
+        keep = torch.ones(shape[0], dtype=torch.bool) if cfg.m1_active_threshold is not None else None
+        self.register_buffer("m1_keep", keep)
         self.classifier = make_classifier(cfg.cls_arch or cfg.arch, shape, K, cfg.cls_hidden, cfg.cls_dropout)
         self.encoder = GaussianEncoder(shape, cfg.z_dim, cfg.arch, cfg.enc_hidden, cond_dim=K)
         self.decoder = Decoder(shape, cfg.z_dim, cfg.arch, cfg.dec_hidden, cond_dim=K,
@@ -166,21 +122,18 @@ class VAEM2(Method):
         if cfg.prior == "mixture":  # p(z | y) = N(mu_y, diag exp(logvar_y)), starting at N(0, I)
             self.prior_mu = torch.nn.Parameter(torch.zeros(K, cfg.z_dim))
             self.prior_logvar = torch.nn.Parameter(torch.zeros(K, cfg.z_dim))
-        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec)
-        self.log_prior_y = -math.log(K)  # log p(y), uniform
 
     def configure_optimizers(self):
+        if self.cfg.cls_weight_decay == 0:
+            return super().configure_optimizers()
+        # decay the classifier's weight matrices only (not biases / BN); fused as in EnumeratedModel
         params = [p for p in self.parameters() if p.requires_grad]
-        # fused Adam: one kernel for the update instead of a dozen elementwise passes over every parameter
-        # (the unfused update was ~18% of a bf16 step on one Xeon core; benchmarks/README.md)
+        decayed = [p for p in self.classifier.parameters() if p.requires_grad and p.dim() > 1]
+        ids = {id(p) for p in decayed}
+        groups = [{"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+                  {"params": decayed, "weight_decay": self.cfg.cls_weight_decay}]
         fused = params[0].device.type in ("cpu", "cuda")
-        if self.cfg.cls_weight_decay > 0:  # decay the classifier's weight matrices only (not biases / BN)
-            decayed = [p for p in self.classifier.parameters() if p.requires_grad and p.dim() > 1]
-            ids = {id(p) for p in decayed}
-            groups = [{"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
-                      {"params": decayed, "weight_decay": self.cfg.cls_weight_decay}]
-            return {"main": torch.optim.AdamW(groups, lr=self.cfg.lr, fused=fused)}
-        return {"main": torch.optim.Adam(params, lr=self.cfg.lr, fused=fused)}
+        return {"main": torch.optim.AdamW(groups, lr=self.cfg.lr, fused=fused)}
 
     def initialize(self, batch) -> None:
         """M1+M2 with m1_active_threshold: find M1's active dims on the first unlabeled batch of a fresh run."""
@@ -189,35 +142,14 @@ class VAEM2(Method):
                 mu = self.m1(batch.x_u).float()  # (B_u, D1) posterior means
             self.m1_keep.copy_(active_dims(mu, self.cfg.m1_active_threshold))
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.m1 is not None:
-            self.m1.eval()  # frozen: never let a loaded encoder's dropout/BN switch to training
-        return self
-
-    # ------------------------------------------------------------------ inputs: pixels or M1 latents
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Training inputs: z1 ~ q(z1 | x) for M1+M2 (fresh each step), else x (binarized if configured)."""
-        if self.m1 is not None:
-            with torch.no_grad():
-                mu, logvar = self.m1.posterior(x)
-            return self._mask(reparameterize(mu.float(), logvar.float()))
-        return torch.bernoulli(x) if self.cfg.binarize else x
-
-    def features_in(self, x: torch.Tensor) -> torch.Tensor:
-        """Evaluation inputs: the M1 posterior mean, or the images."""
-        return self._mask(self.m1(x).float()) if self.m1 is not None else x
-
-    def _mask(self, z1: torch.Tensor) -> torch.Tensor:
+    def m1_inputs(self, z1: torch.Tensor) -> torch.Tensor:
         """M1 latents with the inactive dims zeroed (when m1_active_threshold is set)."""
-        keep = getattr(self, "m1_keep", None)
-        return z1 if keep is None else z1 * keep.to(z1.dtype)
+        return z1 if self.m1_keep is None else z1 * self.m1_keep.to(z1.dtype)
 
     def _log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | params) over the modelled dims: all of them, or M1's active ones."""
-        keep = getattr(self, "m1_keep", None)
-        if keep is not None:
-            params, x = params[..., keep], x[..., keep]
+        if self.m1_keep is not None:
+            params, x = params[..., self.m1_keep], x[..., self.m1_keep]
         return log_likelihood(self.likelihood, params, x, len(self.input_shape))
 
     def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -291,11 +223,11 @@ class VAEM2(Method):
         return out
 
     def stage_loss(self, name, batch, step, carry):
-        views = {}
-        if self.cfg.consistency != "none":  # the hybrid: strong views of the unlabeled images, prepared like x_u
-            views["x_strong"] = self.prepare(strong(batch.x_u, flip=self.spec.hflip))
-        loss, logs = enumerated_stage_loss(self, batch, step, **views)
-        return loss, logs, carry
+        if self.cfg.consistency == "none":
+            return super().stage_loss(name, batch, step, carry)
+        # the hybrid: strong views of the unlabeled images, prepared like x_u
+        return super().stage_loss(name, batch, step, carry,
+                                  x_strong=self.prepare(strong(batch.x_u, flip=self.spec.hflip)))
 
     def compile_networks(self) -> None:
         """torch.compile the whole objective (networks, bounds and losses in one graph) rather than each network:
@@ -304,10 +236,8 @@ class VAEM2(Method):
         compiling; compiling each network alone gained nothing (benchmarks/README.md)."""
         self.objective = torch.compile(self.objective)
 
-    def encoder_module(self):
-        """The classifier's last hidden layer as an exportable encoder (pixel M2 only)."""
-        if self.m1 is not None:
-            raise ValueError("M1+M2's classifier reads M1 latents, not images: export the M1 encoder instead")
+    def classifier_features(self):
+        """The classifier's last hidden layer as an exportable encoder (pixel M2 only: encoder_module)."""
         c = self.cfg
         return ClassifierFeatures(c.cls_arch or c.arch, self.input_shape, self.spec.num_classes, c.cls_hidden,
                                   c.cls_dropout, net=self.classifier)
@@ -319,19 +249,9 @@ class VAEM2(Method):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(self.features_in(x))  # (B, H): the classifier's last hidden layer
 
-    @torch.no_grad()
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """n images (n, C, H, W) in [0, 1]: the likelihood's mean of p(x | y, z), z ~ N(0, I), for the classes
-        y (n,), drawn from the uniform p(y) when None. Feeds genssl.downstream.samples (label_source
-        'conditional'). Pixel M2 only: M1+M2 generates M1 latents and has no M1 decoder to turn them into images."""
-        if self.m1 is not None:
-            raise ValueError("M1+M2 generates M1 latents, not images (it has no M1 decoder); sample from a "
-                             "pixel vae_m2 run instead")
-        K, device = self.spec.num_classes, next(self.decoder.parameters()).device
-        y = sample_classes(n, y, K, device)
-        z = self.prior_sample(y)
-        params = self.decoder(z, F.one_hot(y, K).float())
-        return likelihood_mean(self.likelihood, params, len(self.input_shape)).float().clamp(0, 1)
+    def generate(self, y: torch.Tensor) -> torch.Tensor:
+        """p(x | y, z)'s parameters for z ~ p(z | y) (sample: their likelihood means)."""
+        return self.decoder(self.prior_sample(y), F.one_hot(y, self.spec.num_classes).float())
 
     @torch.no_grad()
     def eval_images(self, x: torch.Tensor):
