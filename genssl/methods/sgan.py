@@ -28,6 +28,7 @@ Levers, all off by default (each term is a pure function of genssl.losses, logge
   weak augmentation (genssl.data.augment.weak: a horizontal flip where the data allow it, DataSpec.hflip, and
   a random reflection-padded translation of up to `augment_shift` pixels). Still a pure GAN.
 - `arch: conv28`: a weight-normalized 28x28 conv discriminator (genssl.nn.gan.Conv28Discriminator).
+- `arch: convnet`: the discriminator matched to FixMatch's conv net (genssl.nn.gan.MatchedConvDiscriminator).
 - `entropy_weight` (conditional entropy, Bad GAN) in L_D on the unlabeled images; `pt_weight`: Bad GAN's
   pull-away term on the generated images' features in L_G; `manifold_weight`: manifold regularization
   (Lecouat et al. 2018) of the discriminator's logits along the generator's manifold, in L_D.
@@ -82,7 +83,8 @@ class SGAN(Method):
     class Config:
         arch: str = "mlp"
         """mlp (the paper's MNIST model) | conv (the paper's 32x32 SVHN/CIFAR-10 model) | conv28 (a small 28x28
-        conv discriminator with the MLP generator)."""
+        conv discriminator with the MLP generator) | convnet (the classifiers' ConvNet stages, FixMatch's conv net,
+        with weight norm instead of batch norm: genssl.nn.gan.MatchedConvDiscriminator; MLP generator)."""
         d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250)
         g_hidden: tuple[int, ...] = (500, 500)
         z_dim: int = 100
@@ -98,7 +100,6 @@ class SGAN(Method):
         generator: str = "auto"
         """auto (the arch's own: the MLP for mlp and conv28, the 32x32 conv one for conv) | mlp | conv28 (a 28x28
         conv generator of conv_width channels)."""
-        """Dropout after each stride-2 stage of the conv28 discriminator."""
         fake_logit: str = "implicit"
         """implicit (fixed at 0, the paper) | explicit (a learned K+1-th logit)."""
         unsup_weight: float = 0.5

@@ -162,6 +162,38 @@ class Conv28Discriminator(nn.Module):
         return self.head(self.features(x))  # (B, out_dim)
 
 
+class MatchedConvDiscriminator(nn.Module):
+    """The discriminator matched to the classifiers' ConvNet (genssl.nn.classifiers.ConvNet, FixMatch's conv
+    net): the same three stages of two 3x3 convs (width, 2*width, 4*width channels) with 2x max pooling between
+    stages and global average pooling, so the SSL-GAN and FixMatch compare on one network (Oliver et al. 2018,
+    sec. 3). As in the paper's conv discriminators, batch norm is replaced by weight norm (its per-batch
+    statistics would mix real and generated images), with Gaussian noise on the input and on the features,
+    dropout after each pooling and leaky ReLU (0.2). Any image size from 4x4 up."""
+
+    def __init__(self, in_channels: int, out_dim: int, width: int = 32, input_noise: float = 0.3,
+                 hidden_noise: float = 0.5, dropout: float = 0.3):
+        super().__init__()
+        chans = [in_channels, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [WNConv2d(chans[i], chans[i + 1], 3, 1, 1), nn.LeakyReLU(0.2),
+                       WNConv2d(chans[i + 1], chans[i + 1], 3, 1, 1), nn.LeakyReLU(0.2)]
+            layers += [nn.MaxPool2d(2), ByteDropout(dropout)] if i < 2 else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.noise = GaussianNoise(input_noise)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(GaussianNoise(hidden_noise), WNLinear(chans[-1], out_dim, train_scale=True))
+        self.feature_dim = chans[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.noise(x) * 2 - 1
+        if not torch._C._functorch.is_functorch_wrapped_tensor(x):  # channels-last: see Conv28Discriminator
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x)  # (B, 4*width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, out_dim)
+
+
 class Conv28Generator(nn.Module):
     """z (uniform, z_dim) -> Linear to 2*width x 7 x 7 -> batch norm, ReLU -> 5x5 deconv to width x 14 x 14 -> batch
     norm, ReLU -> weight-normalized 5x5 deconv to C x 28 x 28 -> sigmoid (pixels in [0, 1]): the paper's 32x32
@@ -189,7 +221,7 @@ class Conv28Generator(nn.Module):
         return self.deconv(x).contiguous()  # (B, C, 28, 28) in [0, 1]
 
 
-GAN_ARCHS = ("mlp", "conv", "conv28")
+GAN_ARCHS = ("mlp", "conv", "conv28", "convnet")
 GENERATORS = ("auto", "mlp", "conv28")
 
 
@@ -211,10 +243,14 @@ def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: in
         disc = ConvDiscriminator(image_shape[0], d_out, conv_width)
     elif arch == "conv28":
         disc = Conv28Discriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
+    elif arch == "convnet":
+        if min(image_shape[1:]) < 4:
+            raise ValueError(f"arch='convnet' takes images of 4x4 pixels or more, got {tuple(image_shape)}")
+        disc = MatchedConvDiscriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
     else:
         raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
     if generator == "auto":
-        generator = "conv" if arch == "conv" else "mlp"
+        generator = "conv" if arch == "conv" else "mlp"  # convnet too: the generator is not matched to anything
     if generator == "conv":
         gen = ConvGenerator(image_shape, z_dim)
     elif generator == "conv28":
