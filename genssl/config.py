@@ -57,6 +57,12 @@ class DataConfig:
     Fashion-MNIST's six garments, as in Oliver et al.'s class-mismatch study: [0, 1, 2, 3, 4, 6]."""
     mismatch: float = 0.0
     """Share of the unlabeled pool (n_unlabeled images) drawn from the classes outside `classes` (0 to 1)."""
+    filter_run: str | None = None
+    """A finished run of a generative method trained on this same pool (same data config and seed): unlabeled
+    images it scores as less typical than `filter_quantile` of the labeled and validation images are dropped
+    before training (genssl.training.pool_filter)."""
+    filter_quantile: float = 0.05
+    """The quantile of the in-task images' typicality scores below which an unlabeled image is dropped."""
     labeled_in_unlabeled: bool = True
     """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
     split_seed: int | None = None
@@ -111,6 +117,10 @@ class TrainConfig:
     reached within it are scored once on the test set (results.json "budgets"). The clock is the process's CPU
     time on a CPU (one thread: seconds of one core, unaffected by other jobs) and wall time on a GPU; it counts
     training and validation, not the oracle."""
+    budget_counts_validation: bool = True
+    """Whether scoring the validation set runs on the budget clock. A user's ~100 validation images cost nothing;
+    a study that keeps 5,000 to re-select on subsets of them (train.oracle) sets false, so a conv net's larger
+    evaluation cost is not charged to its training."""
     stop_at_budget: bool = False
     """Stop training once the largest of budgets_s is spent (the schedule still follows train.steps)."""
     oracle: bool = False
@@ -374,6 +384,8 @@ def validate(cfg: RunConfig) -> None:
     if d.classes is not None:
         if len(d.classes) < 2 or len(set(d.classes)) != len(d.classes) or min(d.classes) < 0:
             raise ConfigError(f"data.classes: need at least two distinct class indices >= 0, got {d.classes}")
+    if not 0.0 <= d.filter_quantile < 1.0:
+        raise ConfigError(f"data.filter_quantile must be in [0, 1), got {d.filter_quantile}")
     if d.mismatch > 0 and (d.classes is None or d.n_unlabeled is None):
         raise ConfigError(f"data.mismatch={d.mismatch} draws that share of a fixed-size unlabeled pool from classes "
                           f"outside the task: set data.classes (the task's classes) and data.n_unlabeled (the "

@@ -70,7 +70,7 @@ def state_digest(obj) -> str:
 class RunDir:
     CONFIG, SPLIT, LAST, PREV, BEST = "config.yaml", "split.pt", "last.pt", "prev.pt", "best.pt"
     RESULTS, UPSTREAM, TB, ENCODER = "results.json", "upstream.json", "tb", "encoder"
-    VAL_OUTCOMES = "val_outcomes.pt"
+    VAL_OUTCOMES, FILTER = "val_outcomes.pt", "filter.json"
     STAGED = "last.pt.staged"
 
     def __init__(self, path: str | Path):
@@ -145,6 +145,13 @@ class RunDir:
 
     def read_val_outcomes(self) -> dict:
         return safe_torch_load(self.path / self.VAL_OUTCOMES)
+
+    def write_filter_report(self, report: dict) -> None:
+        atomic_write_json(report, self.path / self.FILTER)
+
+    def read_filter_report(self) -> dict | None:
+        path = self.path / self.FILTER
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def write_upstream(self, fingerprints: dict) -> None:
         atomic_write_json(fingerprints, self.path / self.UPSTREAM)

@@ -11,6 +11,7 @@ stacked, in one vmapped step. Everything else (guards, evaluation, checkpoints, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from genssl.training.device import autocast, device_name, resolve_device, resolv
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy, correct
 from genssl.training.monitor import Monitor, progress
+from genssl.training.pool_filter import filter_unlabeled
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
 from genssl.training.selection import Selector
 from genssl.training.stacked import StackedStep
@@ -94,6 +96,7 @@ class Lane:
     budget_steps: dict = field(default_factory=dict)  # budget -> the last step reached within it
     clock_before: float = 0.0                         # budget-clock seconds of the process before a resume
     val_outcomes: list = field(default_factory=list)  # with train.oracle: (n_val,) bool per evaluation
+    filter_report: dict | None = None                 # with data.filter_run: what the pool filter kept
 
     @property
     def seed(self) -> int:
@@ -124,11 +127,20 @@ class Trainer:
         self.resume = resume
 
     # ------------------------------------------------------------------ set-up
-    def _load_data(self, lane: Lane, train: ImageData) -> Split:
+    def _load_data(self, lane: Lane, train: ImageData, images, labels) -> Split:
         d = lane.cfg.data
         saved = lane.run.read_split() if lane.resume and lane.run.has(RunDir.SPLIT) else None
         seed = d.split_seed if d.split_seed is not None else lane.seed
         split = run_split(train, d, seed, saved, str(lane.run / RunDir.SPLIT))
+        if d.filter_run is not None:  # a resumed run keeps the filtered split it saved
+            if saved is None:
+                split, lane.filter_report = filter_unlabeled(split, images, labels,
+                                                             task_num_classes(train, d.classes), d.filter_run,
+                                                             d.filter_quantile, images.device)
+                if self.is_main:
+                    lane.run.write_filter_report(lane.filter_report)
+            else:
+                lane.filter_report = lane.run.read_filter_report()
         if saved is None and self.is_main:
             lane.run.write_split(split)
         if split.unlabeled.numel() == 0:
@@ -156,7 +168,7 @@ class Trainer:
         if self.is_main:
             lane.run.prepare(lane.resume)
         seed_everything(lane.seed + self.rank)
-        lane.split = split = self._load_data(lane, train)
+        lane.split = split = self._load_data(lane, train, images, labels)
         lane.val = (images[split.val.to(device)], labels[split.val.to(device)])
         lane.lab = (to_float(images[split.labeled.to(device)]), labels[split.labeled.to(device)])
         self.spec = DataSpec(train.image_shape, task_num_classes(train, lane.cfg.data.classes), len(split.labeled),
@@ -268,12 +280,8 @@ class Trainer:
                     self.ddp.sync_buffers()
                 method.fit_readout(*lane.lab, seed=lane.seed)
                 n_val = lane.val[0].shape[0]
-                if t.oracle:  # keep which validation images were right, so a study can re-select on subsets of them
-                    hits = correct(method, *lane.val, t.eval_batch_size, self.precision)
-                    lane.val_outcomes.append(hits.cpu())
-                    val_acc = float(hits.float().mean()) if n_val else float("nan")
-                else:
-                    val_acc = accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
+                with contextlib.nullcontext() if t.budget_counts_validation else clock.paused():
+                    val_acc = self._validate(lane, method, n_val)
                 clock_s = clock.elapsed() / n_lanes
                 point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
                 if n_val:
@@ -399,7 +407,7 @@ class Trainer:
             "classes": lane.cfg.data.classes, "mismatch": lane.cfg.data.mismatch,
             "steps": final_step, "scheduled_steps": t.steps, "stopped_at_budget": stopped_at_budget,
             "budget_clock": self.clock.kind, "budget_clock_s": self.budget_clock_s, "budgets": budgets,
-            "curve": lane.curve,
+            "curve": lane.curve, "filter": lane.filter_report,
             "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
             "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
             "genssl": __version__,
@@ -418,6 +426,16 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------ guards
+    def _validate(self, lane: Lane, method: Method, n_val: int) -> float:
+        """Validation accuracy (NaN without validation images); with train.oracle, also which images were right,
+        so a study can re-select on subsets of them."""
+        t = lane.cfg.train
+        if not t.oracle:
+            return accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
+        hits = correct(method, *lane.val, t.eval_batch_size, self.precision)
+        lane.val_outcomes.append(hits.cpu())
+        return float(hits.float().mean()) if n_val else float("nan")
+
     def _restore_selection(self, lane: Lane, ckpt: dict) -> None:
         """Selectors, curve and budget clock from a checkpoint; one written before they existed carries only
         best_val/best_step, which is the state of the `best` policy."""
