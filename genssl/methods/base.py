@@ -4,6 +4,13 @@ A Method is an nn.Module that owns its networks, losses and optimizer updates. T
 about what is inside: it calls `setup`, then `train_step(batch, step)` in a loop, and `predict` for
 evaluation. Backward, loss scaling and gradient clipping all happen in `update`, so a GAN's two optimizers
 need no special case anywhere else.
+
+A method writes its step in one of two ways:
+- `stage_loss` (most methods): the loss of each optimizer's stage. The default `train_step` runs the stages, and
+  genssl.training.stacked runs the same stages under vmap, so the method can also train seeds stacked.
+- `train_step` itself, when the step is not a fixed sequence of losses (e.g. a teacher that is refit between
+  rounds, or a loss weight read from Python state): the step is then the method's own; it still calls `update`
+  for each optimizer step.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from genssl.data.spec import DataSpec
 
 
 class Method(nn.Module):
-    """Subclasses define a nested ``Config`` dataclass and implement `configure_optimizers`, `train_step`,
-    `predict` and `encode`. Optional: `initialize(batch)` (data-dependent init on a fresh run),
+    """Subclasses define a nested ``Config`` dataclass and implement `configure_optimizers`, `predict`, `encode`
+    and the step: `stage_loss` (run by the default `train_step`), or `train_step` itself (module docstring).
+    Optional: `initialize(batch)` (data-dependent init on a fresh run),
     `fit_readout(x_l, y_l)` (methods without their own classifier fit one before evaluation),
     `sample(n, y=None)` and `eval_images(x)` (pictures for TensorBoard), `check_health(means, step)`."""
 
@@ -33,6 +41,9 @@ class Method(nn.Module):
     """sample(n, y) draws images of the given classes."""
     has_encoder: ClassVar[bool] = False
     """encoder_module() -> a registered-arch net that genssl export / load_encoder can rebuild."""
+    uses_unlabeled: ClassVar[bool] = True
+    """The loss has a term in the unlabeled batch x_u: two steps that differ only in x_u give different models
+    (False for a labeled-only baseline). The learning tests hold such a method above the supervised baseline."""
     has_features: ClassVar[bool] = True
     """encode(x) -> (B, D) features (embeddings in TensorBoard)."""
     supports_stacking: ClassVar[bool] = False
