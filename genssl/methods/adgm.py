@@ -65,6 +65,7 @@ class AuxiliaryDGM(EnumeratedModel):
 
     PA_INPUTS: tuple[str, ...] = ()
     PX_INPUTS: tuple[str, ...] = ()
+    typicality_score = "elbo"
 
     @dataclass
     class Config(EnumeratedConfig):
@@ -205,6 +206,16 @@ class AuxiliaryDGM(EnumeratedModel):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.aux(self.features_in(x))  # (B, H): q(y|a,x)'s last hidden layer at a = mean of q(a|x)
+
+    def typicality(self, x: torch.Tensor) -> torch.Tensor:
+        """-U(x) = sum_y q(y | a, x) (-L(x, y; a)) + H(q(y | a, x)) per image (sec. 2.3, the unlabeled bound of the
+        module docstring), one a ~ q(a | x) per image shared by its K classes and one z per class: the bound on
+        log p(x) with the class marginalised, (B,). On M1 latents it bounds log p(z1) at M1's posterior mean.
+        Called through genssl.methods.typicality.typicality_scores."""
+        x_in = self.features_in(x).float()
+        no_labels = torch.zeros(0, dtype=torch.long, device=x.device)
+        _, neg_L_u, parts = self.bounds(x_in[:0], no_labels, x_in)  # (B, K)
+        return losses.unlabeled_bound(neg_L_u, parts["logits"])
 
     def classifier_features(self) -> AuxClassifier:
         """q(a|x) and q(y|a,x) as an exportable encoder: the classifier's last hidden layer at a = E_q(a|x)[a]."""

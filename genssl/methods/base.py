@@ -46,6 +46,10 @@ class Method(nn.Module):
     (False for a labeled-only baseline). The learning tests hold such a method above the supervised baseline."""
     has_features: ClassVar[bool] = True
     """encode(x) -> (B, D) features (embeddings in TensorBoard)."""
+    typicality_score: ClassVar[str | None] = None
+    """The name of the score `typicality(x)` computes ("elbo", "log_d"), or None: the method has no generative model
+    to score how typical an image is of its training data (genssl.methods.typicality: the scores, and the
+    classifier-confidence baseline that works for every method)."""
     supports_stacking: ClassVar[bool] = False
     """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
     auto_bf16: ClassVar[bool] = False
@@ -148,6 +152,12 @@ class Method(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, D) features (latent means for the VAEs)."""
         raise NotImplementedError
+
+    def typicality(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float images in [0, 1] -> (B,) scores, higher = more typical of the training data; for the
+        methods that declare `typicality_score`. Call it through genssl.methods.typicality.typicality_scores (eval
+        mode, no grad, fp32, batched, the noise of a stochastic bound from a fixed seed)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no typicality_score")
 
     def eval_images(self, x: torch.Tensor) -> dict[str, torch.Tensor | tuple[torch.Tensor, int]]:
         """Named image batches (N, C, H, W) in [0, 1] to show in TensorBoard at each evaluation; a value may be

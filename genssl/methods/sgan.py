@@ -77,6 +77,7 @@ FM_REAL = ("fresh", "d_step")
 class SGAN(Method):
     can_sample = True
     supports_stacking = True
+    typicality_score = "log_d"
     auto_bf16 = True  # 20k steps, seeds 0-2: bf16 77.73 +- 2.72 vs fp32 77.47 +- 2.50 (AMX Xeon, experiments/README.md)
 
     @dataclass
@@ -308,6 +309,17 @@ class SGAN(Method):
 
     def encode(self, x):
         return self._eval_net().features(x)  # (B, F)
+
+    def typicality(self, x: torch.Tensor) -> torch.Tensor:
+        """log D(x), the evaluation discriminator's log-probability that x is real (Sec. 5), (B,): with the fake logit
+        fixed at 0, D(x) = Z(x) / (Z(x) + 1), Z = sum_k exp l_k(x), so log D(x) = lse(l) - softplus(lse(l)) =
+        log sigmoid(lse(l)); with an explicit fake logit l_{K+1}, log D(x) = log sigmoid(lse(l_1..l_K) - l_{K+1}).
+        Computed as log sigmoid in float64, which does not round to 0 where D(x) is near 1 (the difference form
+        does in fp32 once lse(l) > ~17, and would tie every such image). Called through
+        genssl.methods.typicality.typicality_scores."""
+        logits = self._eval_net()(x.float()).double()  # (B, K) or (B, K + 1)
+        fake = logits[:, -1] if self.explicit else 0.0
+        return torch.nn.functional.logsigmoid(torch.logsumexp(self.class_logits(logits), 1) - fake)
 
     @torch.no_grad()
     def sample(self, n: int, y=None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from genssl import losses
 from genssl.data.spec import DataSpec
 from genssl.methods.base import Method
 from genssl.methods.schedules import kl_weight
+from genssl.methods.typicality import importance_weighted_bound
 from genssl.nn.probes import fit_classifier
 from genssl.nn.vae import (
     Decoder,
@@ -40,6 +41,7 @@ READOUTS = ("linear", "mlp", "knn")
 class VAEM1(Method):
     has_encoder = True
     supports_stacking = True
+    typicality_score = "elbo"
     @dataclass
     class Config:
         arch: str = "mlp"
@@ -105,6 +107,26 @@ class VAEM1(Method):
     # ------------------------------------------------------------------ inference
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # posterior mean (B, D)
+
+    def typicality(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """A lower bound on log p(x) per image, (B,): samples = 1, the ELBO (AEVB eq. 10) E_q[log p(x | z)] -
+        KL(q(z | x) || p(z)) with one sample and the analytic KL (the KL weight 1, whatever the warm-up); samples =
+        k > 1, the importance-weighted bound (Burda et al. 2016, eq. 8) log (1/k) sum_i p(x | z_i) p(z_i) / q(z_i | x),
+        z_i ~ q(z | x). Called through genssl.methods.typicality.typicality_scores."""
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        x = x.float()
+        if samples == 1:
+            rec, kl = self.elbo_terms(x)
+            return rec - kl
+        mu, logvar = self.encoder.posterior(x)  # (B, D)
+        mu, logvar = mu.float(), logvar.float()
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(samples, *mu.shape, device=x.device)  # (k, B, D)
+        params = self.decoder(z.flatten(0, 1)).unflatten(0, (samples, x.shape[0]))  # (k, B, P, C, H, W)
+        log_px = log_likelihood(self.likelihood, params, x[None], len(self.spec.image_shape))  # (k, B)
+        log_pz = losses.gaussian_log_likelihood(z, torch.zeros_like(z), torch.zeros_like(z), 1)
+        log_qz = losses.gaussian_log_likelihood(z, mu, logvar, 1)
+        return importance_weighted_bound(log_px + log_pz - log_qz)
 
     @torch.no_grad()
     def fit_readout(self, x_l: torch.Tensor, y_l: torch.Tensor, seed: int = 0) -> None:

@@ -63,6 +63,7 @@ class VAEM2(EnumeratedModel):
     # 3,000 steps, AVX-512 EPYC, bf16 with the encoder head in fp32 (genssl.nn.vae): seeds 0-2 71.05 vs fp32
     # 71.63 +- 1.41, seeds 0-4 71.09 +- 0.97 vs 71.73 +- 1.34 (experiments/README.md, 2026-12-06)
     auto_bf16 = True
+    typicality_score = "elbo"
 
     @dataclass
     class Config(EnumeratedConfig):
@@ -248,6 +249,16 @@ class VAEM2(EnumeratedModel):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.features(self.features_in(x))  # (B, H): the classifier's last hidden layer
+
+    def typicality(self, x: torch.Tensor) -> torch.Tensor:
+        """-U(x) = sum_y q(y | x) (-L(x, y)) + H(q(y | x)) per image (eq. 7, -L(x, y) of eq. 6 with one sample of z
+        per class): the bound on log p(x) with the class marginalised, (B,). On M1 latents (M1+M2) it bounds
+        log p(z1) at M1's posterior mean z1, over the modelled dims. Called through
+        genssl.methods.typicality.typicality_scores."""
+        x_in = self.features_in(x).float()
+        no_labels = torch.zeros(0, dtype=torch.long, device=x.device)
+        _, neg_L_u, _ = self.bounds(x_in[:0], no_labels, x_in)  # (B, K)
+        return losses.unlabeled_bound(neg_L_u, self.classifier(x_in))
 
     def generate(self, y: torch.Tensor) -> torch.Tensor:
         """p(x | y, z)'s parameters for z ~ p(z | y) (sample: their likelihood means)."""
