@@ -1,10 +1,12 @@
 """Filtering the unlabeled pool by typicality (`data.filter_run`), before any method trains on it.
 
 A finished run of a generative method, trained on this same unlabeled pool (same data config and seed), scores
-how typical each image is (its Method.typicality: the ELBO for the VAE family, log D(x) for the SSL-GAN). The
-threshold is the `filter_quantile` of the scores of the run's own labeled and validation images, which are
-of the task's classes by construction, so about (1 - quantile) of in-task images pass; unlabeled images
-scoring below it are dropped. The labeled images always stay. What was kept, and, from the hidden labels
+how typical each image is (`data.filter_score: model`, its Method.typicality: the ELBO for the VAE family, log D(x)
+for the SSL-GAN; genssl.methods.typicality), or, as the non-generative baseline, any run's classifier confidence
+(`confidence`: the maximum softmax probability). The threshold is the `filter_quantile` of the scores of the
+validation images (the labeled ones when there are none), which are of the task's classes by construction and
+unseen by the filter's training, so about (1 - quantile) of in-task images pass; unlabeled images scoring
+below it are dropped. The labeled images always stay. What was kept, and, from the hidden labels
 (reporting only, as SSLBatch.y_u), how many out-of-task images were among the kept and the dropped, is
 written to filter.json and results.json.
 """
@@ -15,44 +17,37 @@ from pathlib import Path
 
 import torch
 
-from genssl.data.batching import to_float
 from genssl.data.split import Split
 from genssl.encoders.from_run import method_from_run
-
-
-@torch.no_grad()
-def typicality_scores(method, images_u8: torch.Tensor, idx: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """(len(idx),) typicality of images_u8[idx], in eval mode, in batches, on the method's device."""
-    method.eval()
-    device = next(method.parameters()).device
-    out = [method.typicality(to_float(images_u8[idx[i:i + batch_size].to(images_u8.device)].to(device))).float().cpu()
-           for i in range(0, idx.numel(), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
+from genssl.methods.typicality import score_images, score_name, typicality_refusal
 
 
 def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor, num_task_classes: int,
-                     filter_run: str | Path, quantile: float, device="cpu") -> tuple[Split, dict]:
+                     filter_run: str | Path, quantile: float, kind: str = "model", device="cpu") -> tuple[Split, dict]:
     """(split with the atypical unlabeled images removed, report)."""
     method, cfg, _ = method_from_run(filter_run, "best.pt", device=device)
-    if not getattr(type(method), "scores_typicality", False):
-        raise ValueError(f"data.filter_run={str(filter_run)!r} is a {cfg.method_name!r} run, which cannot score how "
-                         f"typical an image is; use a run of a generative method (vae_m1, vae_m2, adgm, sdgm, sgan)")
+    if kind == "model" and typicality_refusal(method) is not None:
+        raise ValueError(f"data.filter_run={str(filter_run)!r}: {typicality_refusal(method)}; filter with a run of "
+                         f"vae_m1, vae_m2, adgm, sdgm or sgan, or set data.filter_score: confidence")
     if tuple(method.spec.image_shape) != tuple(images_u8.shape[1:]):
         raise ValueError(f"data.filter_run={str(filter_run)!r} was trained on {tuple(method.spec.image_shape)} images, "
                          f"these are {tuple(images_u8.shape[1:])}")
     source = Path(filter_run) / "split.pt"
     same_pool = source.is_file() and torch.equal(torch.load(source, weights_only=True)["unlabeled"].sort().values,
                                                  split.unlabeled.sort().values)
-    reference = torch.cat([split.labeled, split.val])
-    threshold = float(torch.quantile(typicality_scores(method, images_u8, reference), quantile))
+    reference = split.val if split.val.numel() else split.labeled
+
+    def scores(idx: torch.Tensor) -> torch.Tensor:
+        return score_images(method, images_u8[idx.to(images_u8.device)], kind).float()
+
+    threshold = float(torch.quantile(scores(reference), quantile))
     labeled = set(split.labeled.tolist())
     candidates = torch.tensor([i for i in split.unlabeled.tolist() if i not in labeled], dtype=torch.long)
-    scores = typicality_scores(method, images_u8, candidates)
-    keep = scores >= threshold
+    keep = scores(candidates) >= threshold
     kept = candidates[keep]
     on_top = split.unlabeled[torch.isin(split.unlabeled, split.labeled)]
     out_of_task = labels.cpu()[candidates] >= num_task_classes
-    report = {"run": str(filter_run), "method": cfg.method_name, "score": getattr(type(method), "typicality_score", ""),
+    report = {"run": str(filter_run), "method": cfg.method_name, "score": score_name(method, kind),
               "same_pool": bool(same_pool), "quantile": quantile, "threshold": threshold, "pool": int(split.unlabeled.numel()),
               "scored": int(candidates.numel()), "kept": int(kept.numel()), "dropped": int((~keep).sum()),
               "labeled_kept": int(on_top.numel()),

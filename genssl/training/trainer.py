@@ -136,7 +136,7 @@ class Trainer:
             if saved is None:
                 split, lane.filter_report = filter_unlabeled(split, images, labels,
                                                              task_num_classes(train, d.classes), d.filter_run,
-                                                             d.filter_quantile, images.device)
+                                                             d.filter_quantile, d.filter_score, images.device)
                 if self.is_main:
                     lane.run.write_filter_report(lane.filter_report)
             else:

@@ -1,0 +1,77 @@
+"""data.filter_run: the unlabeled pool filtered by a finished run's typicality score keeps exactly the images it
+reports, and no labeled, validation or test image is touched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_run_config
+from genssl import Trainer
+from genssl.encoders.from_run import method_from_run
+from genssl.methods.typicality import score_images
+from genssl.runs.run_dir import RunDir
+
+DATA = {"classes": [0, 1, 2, 3, 4], "n_unlabeled": 200, "mismatch": 0.5, "n_val": 40, "n_labels": 10}
+
+
+@pytest.fixture(scope="module")
+def filter_run(tiny_data, tmp_path_factory):
+    """A small M1 trained on the mismatched pool: the filter."""
+    out = tmp_path_factory.mktemp("filter")
+    cfg = tiny_run_config("vae_m1", out, {"hidden": [64], "z_dim": 8, "readout": "linear"}, data=DATA,
+                          train={"steps": 20, "eval_every": 10, "ckpt_every": 10})
+    Trainer(cfg, run_dir=out / "m1", data=tiny_data).fit()
+    return out / "m1"
+
+
+def test_the_filter_keeps_exactly_what_it_reports(tiny_data, tmp_path, filter_run):
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]},
+                          data={**DATA, "filter_run": str(filter_run), "filter_quantile": 0.1})
+    trainer = Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data)
+    res = trainer.fit()
+    report = res["filter"]
+    assert report == json.loads((tmp_path / "r" / "filter.json").read_text())
+    assert report["same_pool"] and report["score"] == "elbo" and report["pool"] == 210
+    assert report["scored"] == 200 and report["kept"] + report["dropped"] == 200
+    split = RunDir(tmp_path / "r").read_split()
+    assert len(split.unlabeled) == report["kept"] + report["labeled_kept"] == res["n_unlabeled"]
+    assert set(split.labeled.tolist()) <= set(split.unlabeled.tolist())  # labeled images always stay
+    source = RunDir(filter_run).read_split()  # labeled and validation images are the filter run's own
+    assert torch.equal(split.labeled, source.labeled) and torch.equal(split.val, source.val)
+    assert set(split.unlabeled.tolist()) <= set(source.unlabeled.tolist())
+    # the counts it reports are the counts it kept: recompute them from the filter's scores
+    train = trainer.lanes[0].batcher.images
+    labels = trainer.lanes[0].batcher.labels
+    method, _, _ = method_from_run(filter_run)
+    threshold = float(torch.quantile(score_images(method, train[split.val]).float(), 0.1))
+    assert threshold == pytest.approx(report["threshold"])
+    lab = set(source.labeled.tolist())  # in the filter's order: a stochastic bound's noise is seeded per batch
+    candidates = torch.tensor([i for i in source.unlabeled.tolist() if i not in lab])
+    keep = score_images(method, train[candidates]).float() >= threshold
+    assert set(candidates[keep].tolist()) == set(split.unlabeled.tolist()) - set(split.labeled.tolist())
+    out_of_task = labels[candidates] >= 5
+    assert report["out_of_task_scored"] == int(out_of_task.sum()) == 100
+    assert report["out_of_task_kept"] == int((out_of_task & keep).sum())
+
+
+def test_a_resumed_filtered_run_keeps_its_saved_pool(tiny_data, tmp_path, filter_run):
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]}, data={**DATA, "filter_run": str(filter_run)})
+    first = Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data).fit()
+    (tmp_path / "r" / "results.json").unlink()
+    again = Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data, resume=True).fit()
+    assert again["filter"] == first["filter"] and again["n_unlabeled"] == first["n_unlabeled"]
+
+
+def test_a_classifier_run_filters_by_confidence_only(tiny_data, tmp_path):
+    src = tiny_run_config("supervised", tmp_path, {"hidden": [32]}, data=DATA)
+    Trainer(src, run_dir=tmp_path / "sup", data=tiny_data).fit()
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]}, data={**DATA, "filter_run": str(tmp_path / "sup")})
+    with pytest.raises(ValueError, match="cannot score how typical.*filter_score: confidence"):
+        Trainer(cfg, run_dir=tmp_path / "a", data=tiny_data).fit()
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]},
+                          data={**DATA, "filter_run": str(tmp_path / "sup"), "filter_score": "confidence"})
+    res = Trainer(cfg, run_dir=tmp_path / "b", data=tiny_data).fit()
+    assert res["filter"]["score"] == "max_softmax" and res["filter"]["kept"] + res["filter"]["dropped"] == 200
