@@ -8,7 +8,8 @@ must beat). The public API, re-exported from the layers that define it::
 from genssl._version import __version__
 from genssl.config import ConfigError, RunConfig, build_run_config, load_run_config
 from genssl.data.batching import SSLBatch
-from genssl.data.datasets import DatasetNotFoundError, ImageData, from_arrays, load_dataset, load_image_folder
+from genssl.data.datasets import DatasetNotFoundError, ImageData, from_arrays, load_dataset
+from genssl.data.folder import load_image_folder
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split, make_split
 from genssl.encoders.format import Encoder, export_encoder

@@ -11,7 +11,8 @@ import torch
 
 import genssl.data.datasets as ds
 from datafiles import write_cifar10, write_idx, write_idx_dataset, write_svhn
-from genssl.data.datasets import DatasetNotFoundError, from_arrays, load_dataset, load_image_folder, read_idx
+from genssl.data.datasets import DatasetNotFoundError, from_arrays, load_dataset, read_idx
+from genssl.data.folder import load_image_folder
 
 
 @pytest.fixture(autouse=True)
@@ -235,19 +236,28 @@ def test_nan_and_inf_images_rejected_naming_indices():
         from_arrays(x, np.arange(20) % 2)
 
 
-def test_image_folder(tmp_path):
+def test_image_folder(tmp_path, monkeypatch):
+    """genssl.load_image_folder is the `dataset: folder` reader for one labeled folder: resized, converted, cached."""
     from PIL import Image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     rng = np.random.default_rng(0)
     for cls, n in (("cat", 3), ("ant", 2)):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
-    data = load_image_folder(tmp_path / "imgs")
-    assert data.images.shape == (5, 3, 10, 12) and data.num_classes == 2
-    assert sorted(data.labels.tolist()) == [0, 0, 1, 1, 1]  # classes in sorted order: ant=0, cat=1
-    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "imgs" / "cat" / "odd.png")
-    with pytest.raises(ValueError, match="images must all have one size"):
-        load_image_folder(tmp_path / "imgs")
-    with pytest.raises(FileNotFoundError, match="image folder not found"):
+    data = load_image_folder(tmp_path / "imgs", progress=False)
+    assert data.images.shape == (5, 3, 10, 12) and data.num_classes == 2  # the first image's size and mode
+    assert data.labels.tolist() == [0, 0, 1, 1, 1] and data.class_names == ("ant", "cat")  # classes in sorted order
+    assert data.paths[0].endswith("ant/0.png") and len(list((tmp_path / "cache").rglob("*.pt"))) == 1
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "imgs" / "cat" / "odd.png")  # another size, grey
+    data = load_image_folder(tmp_path / "imgs", image_size=8, channels=1, progress=False)
+    assert data.images.shape == (6, 1, 8, 8) and data.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    (tmp_path / "imgs" / "cat" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"(?s)1 of 7 image file\(s\) cannot be read:\n.*bad.png.*set skip_bad=True"):
+        load_image_folder(tmp_path / "imgs", progress=False)
+    with pytest.warns(UserWarning, match="skipped 1 of 7"):
+        assert len(load_image_folder(tmp_path / "imgs", skip_bad=True, progress=False).labels) == 6
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         load_image_folder(tmp_path / "missing")

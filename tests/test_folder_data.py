@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import genssl.data.folder as folder_mod
+import genssl.data.folder.decode as decode_mod
 import genssl.training.trainer as trainer_mod
 from genssl.config import ConfigError, DataConfig, build_run_config, dump_yaml, load_run_config
 from genssl.data.folder import UNLABELED, FolderData, decode_image, folder_split, load_folder_data
@@ -188,7 +188,7 @@ def test_the_cache_is_used_and_invalidated(tmp_path, dataset, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds these files")
 
-    monkeypatch.setattr(folder_mod, "decode_image", no_decoding)
+    monkeypatch.setattr(decode_mod, "decode_image", no_decoding)
     again = load_folder_data(d, progress=False)[0]
     assert torch.equal(first.images, again.images) and first.paths == again.paths
     monkeypatch.undo()

@@ -1,6 +1,6 @@
 """Built-in datasets by name: root resolution ($GENSSL_DATA, the cache, Debian's /usr/share/datasets), the
-file readers of genssl.data.formats, torchvision download as a fallback, and image folders through
-torchvision. Everything returns an `ImageData` (genssl.data.images, re-exported here)."""
+file readers of genssl.data.formats, and torchvision download as a fallback. Everything returns an `ImageData`
+(genssl.data.images, re-exported here). Your own image folders: genssl.data.folder (`load_image_folder`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from genssl.data.formats import read_cifar10, read_idx, read_idx_split, read_svh
 from genssl.data.images import DatasetNotFoundError, ImageData, check_label_range, from_arrays, validate_images_labels
 
 __all__ = ["BUILTIN", "DatasetNotFoundError", "HFLIP_DATASETS", "ImageData", "allows_hflip", "candidate_roots",
-           "check_label_range", "from_arrays", "load_dataset", "load_image_folder", "read_idx",
+           "check_label_range", "from_arrays", "load_dataset", "read_idx",
            "validate_images_labels"]
 
 DEBIAN_ROOT = Path("/usr/share/datasets")
@@ -119,23 +119,4 @@ def _download(name: str, spec: _Builtin) -> str | None:
         return None
     except Exception as e:  # offline machines fail in many ways (URLError, socket errors, RuntimeError)
         return f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def load_image_folder(path: str | Path, name: str | None = None) -> ImageData:
-    """Images arranged as <path>/<class_name>/<image files>, classes in sorted order (torchvision's layout)."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder not found: {path}")
-    folder = ImageFolder(str(path))
-    if len(folder) == 0:
-        raise ValueError(f"{path}: no images found")
-    images = [pil_to_tensor(folder.loader(p)) for p, _ in folder.samples]
-    shapes = {tuple(im.shape) for im in images}
-    if len(shapes) != 1:
-        raise ValueError(f"{path}: images must all have one size, found {sorted(shapes)[:3]}")
-    labels = torch.tensor([c for _, c in folder.samples], dtype=torch.int64)
-    return ImageData(torch.stack(images), labels, len(folder.classes), name or path.name)
 
