@@ -1,5 +1,5 @@
-"""Built-in methods; importing a module registers it. A new method is one file, one line here and one YAML
-config in experiments/."""
+"""Built-in methods; importing a module registers it. A new method is one file, one line here, one YAML config in
+experiments/ and its line in experiments/demo.yaml (README, "Methods")."""
 
 from genssl.config import from_dict
 from genssl.registry import get_method_class
