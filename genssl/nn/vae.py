@@ -79,7 +79,7 @@ class GaussianEncoder(nn.Module):
     def _gaussian(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(pre)
         # The head in fp32 even under bf16 autocast: mu and logvar (hence z and the KL) rounded to bf16 cost M2
-        # about a point of test accuracy (experiments/README.md, 2026-12-06); the (H, 2D) head is a small matmul.
+        # about a point of test accuracy (experiments/HISTORY.md, 2026-12-06); the (H, 2D) head is a small matmul.
         with torch.autocast(h.device.type, enabled=False):
             mu, logvar = self.head(h.float()).chunk(2, dim=-1)
         return mu, logvar
@@ -140,7 +140,7 @@ class Decoder(nn.Module):
     the likelihood (P = 1 for Bernoulli logits, 2 for a Gaussian's mean and log-variance). Any leading dims.
 
     A Gaussian's output layer runs in fp32 under autocast: its learned variance (floored at e^-6) divides the error
-    of a bf16-rounded mean, which cost M1 about a point of test accuracy (experiments/README.md, 2026-12-06).
+    of a bf16-rounded mean, which cost M1 about a point of test accuracy (experiments/HISTORY.md, 2026-12-06).
     Bernoulli logits stay in the autocast dtype (M2's largest matmul)."""
 
     def __init__(self, output_shape: tuple[int, ...], z_dim: int = 50, arch: str = "mlp",
