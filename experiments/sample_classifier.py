@@ -23,7 +23,8 @@ from torchvision.utils import save_image
 
 from genssl.data.batching import to_float
 from genssl.training.evaluate import load_run
-from genssl.downstream.samples import SampleClassifierConfig, accuracy, labeled_samples, train_sample_classifier
+from genssl.downstream.samples import SampleClassifierConfig, labeled_samples, train_sample_classifier
+from genssl.nn.probes import accuracy
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genssl.compare.runner import run_grid
 from genssl.config import ConfigError, load_run_config
-from genssl.downstream.evaluate import run_downstream_command
+from genssl.downstream.encoder_scores import run_downstream_command
 from genssl.downstream.predict import FORMATS, run_predict_command
 from genssl.encoders.format import SPEC_FILE
 from genssl.encoders.from_run import export_run

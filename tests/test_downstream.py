@@ -13,7 +13,7 @@ import torch
 from genssl import Trainer, fit_and_score, fit_classifier
 from genssl.cli import main
 from genssl.nn.probes import KINDS, LINEAR_LAMBDAS, cross_validate_lambda
-from genssl.downstream.evaluate import BEST, adapt_images, best_on_validation, summarize
+from genssl.downstream.encoder_scores import BEST, adapt_images, best_on_validation, mean_over_seeds
 
 
 def gaussian_features(n, d=20, k=5, seed=0, spread=1.0):
@@ -109,7 +109,7 @@ def test_adapt_images_and_summary():
     with pytest.raises(ValueError, match="2 channels but the encoder expects 3"):
         adapt_images(torch.rand(1, 2, 8, 8), (3, None, None))
     rows = [{"n_labels": 10, "kind": "linear", "seed": s, "test_acc": a} for s, a in enumerate([0.5, 0.7])]
-    (s,) = summarize(rows)
+    (s,) = mean_over_seeds(rows)
     assert s["seeds"] == 2 and abs(s["mean_acc"] - 0.6) < 1e-9
 
 
@@ -120,7 +120,7 @@ def test_best_readout_is_chosen_on_validation_not_test():
             {"n_labels": 10, "seed": 1, "kind": "mlp", "val_acc": 0.4, "test_acc": 0.95}]
     best = best_on_validation(rows)
     assert [(r["seed"], r["chosen"], r["test_acc"]) for r in best] == [(0, "mlp", 0.5), (1, "linear", 0.8)]
-    (s,) = summarize(best)
+    (s,) = mean_over_seeds(best)
     assert s["kind"] == BEST and abs(s["mean_acc"] - 0.65) < 1e-9
     assert best_on_validation(rows[:1]) == []  # one kind: nothing to choose
 

@@ -1,4 +1,4 @@
-"""The run folder's owner (genssl.runs.RunDir): checksummed checkpoints, the prev.pt fallback on resume, models
+"""The run folder's owner (genssl.runs.run_dir.RunDir): checksummed checkpoints, the prev.pt fallback on resume, models
 rebuilt from a checkpoint alone (the data root removed), and stacked seeds killed and resumed exactly."""
 
 from __future__ import annotations

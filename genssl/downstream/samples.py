@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from genssl.nn.classifiers import ARCHS, make_classifier
+from genssl.nn.probes import accuracy  # also what compare.samples scores the classifier with
 
 LABEL_SOURCES = ("predict", "conditional")
 
@@ -71,15 +72,6 @@ def labeled_samples(model, n: int, num_classes: int, label_source: str = "predic
     return x, y, conf
 
 
-@torch.no_grad()
-def _accuracy(net, x, y, batch: int = 1000) -> float:
-    was_training = net.training
-    net.eval()
-    correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    net.train(was_training)
-    return correct / max(len(x), 1)
-
-
 def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_classes: int,
                             cfg: SampleClassifierConfig | None = None, x_val: torch.Tensor | None = None,
                             y_val: torch.Tensor | None = None):
@@ -108,7 +100,7 @@ def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_cla
         opt.step()
         kept += mask.mean()
         if x_val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            acc = _accuracy(net, x_val, y_val)
+            acc = accuracy(net, x_val, y_val)
             if acc > best_val:
                 best_val, best_state, best_step = acc, copy.deepcopy(net.state_dict()), step
     model.train(was_training)
@@ -117,7 +109,3 @@ def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_cla
     net.eval()
     return net, {"kept_fraction": float(kept) / cfg.steps, "best_val_acc": best_val, "best_step": best_step}
 
-
-def accuracy(net, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy of a classifier from `train_sample_classifier` on float images."""
-    return _accuracy(net, x, y)

@@ -17,7 +17,7 @@ Regularization with ~100 labels is what decides accuracy, so the defaults are ch
   knn     k nearest labeled points by cosine similarity of standardized features; logits are log vote
           fractions (smoothed), nearer neighbours breaking ties. k="auto": a third of the rarest class's labels,
           at most 10 (3 with 10 labels per class: on M1 latents k=3 beats k=10 by 5-7 points at 100 labels).
-`genssl downstream` (genssl/downstream_eval.py) fits these on seeded labeled subsets and reports test accuracy.
+`genssl downstream` (genssl.downstream.encoder_scores) fits these on seeded labeled subsets and reports test accuracy.
 """
 
 from __future__ import annotations
@@ -223,8 +223,17 @@ def fit_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
-def accuracy(classifier: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return (classifier(features).argmax(1) == labels.to(features.device)).float().mean().item()
+def accuracy(classifier: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of a classifier net (a probe on features, or a classifier on images) over `inputs` (N, ...),
+    in batches and in eval mode (its mode is restored). A Method's accuracy on uint8 images:
+    genssl.training.metrics.accuracy."""
+    was_training = classifier.training
+    classifier.eval()
+    labels = labels.to(inputs.device)
+    correct = sum(int((classifier(inputs[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+                  for i in range(0, len(inputs), batch_size))
+    classifier.train(was_training)
+    return correct / max(len(inputs), 1)
 
 
 def fit_and_score(train_features, train_labels, test_features, test_labels, num_classes: int | None = None,

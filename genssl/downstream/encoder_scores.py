@@ -84,7 +84,7 @@ def best_on_validation(rows: list[dict]) -> list[dict]:
     return [{**r, "kind": BEST, "chosen": r["kind"]} for r in best]
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation of test accuracy over seeds, per (n_labels, kind)."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
@@ -111,7 +111,7 @@ def run_downstream_command(args, overrides) -> int:
     train, test = load_dataset(dataset, args.data_root, download=not args.no_download)
     rows = evaluate_encoder(encoder, train, test, args.n_labels, args.kind, args.seed, args.n_val)
     rows += best_on_validation(rows)
-    summary = summarize(rows)
+    summary = mean_over_seeds(rows)
     print(f"encoder {source} ({encoder.out_dim} features) on {dataset}: test accuracy")
     for s in summary:
         print(f"  {s['n_labels']:>6} labels  {s['kind']:<9}  {100 * s['mean_acc']:6.2f}% "
