@@ -1,7 +1,8 @@
 """Wall-clock time until validation accuracy first reaches given thresholds, per method. Prints a table.
 
-    # train each config now (real Fashion-MNIST, 100 labels) and report 70/75/80% times
-    GENSSL_DATA=/work/shared/data .venv/bin/python benchmarks/time_to_accuracy.py \\
+    # train each config now (real Fashion-MNIST, 100 labels; found by the README's data search: $GENSSL_DATA,
+    # ~/.cache/genssl/data, /usr/share/datasets) and report 70/75/80% times
+    GENSSL_DATA=path/to/data .venv/bin/python benchmarks/time_to_accuracy.py \\
         experiments/fmnist_sgan.yaml experiments/fmnist_vae_m2.yaml --thresholds 0.7 0.75 0.8 \\
         --set train.threads=1 train.eval_every=100
 

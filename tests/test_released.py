@@ -19,6 +19,7 @@ import yaml
 
 import genssl.encoders.released as released
 from genssl import load_encoder
+from genssl.data.datasets import BUILTIN, candidate_roots
 from genssl.encoders.format import SPEC_FILE, WEIGHTS_FILE
 from genssl.encoders.load import list_released
 from genssl.encoders.released import RELEASES, ReleaseNotFoundError, release_folder, sha256_file
@@ -124,9 +125,11 @@ def test_a_released_root_still_names_folders(tmp_path):
 # ------------------------------------------------------------------------------------------------ pip install
 
 def _data_root() -> Path | None:
-    for root in (os.environ.get("GENSSL_DATA"), "/work/shared/data"):
-        if root and (Path(root) / "fashion-mnist").is_dir():
-            return Path(root)
+    """The first root of the data search (README, "Data": $GENSSL_DATA, the cache, /usr/share/datasets) that holds
+    Fashion-MNIST in one of its folder layouts."""
+    for root in candidate_roots(None):
+        if any((root / sub).is_dir() for sub in BUILTIN["fashion_mnist"].folders):
+            return root
     return None
 
 
