@@ -17,12 +17,20 @@ Grid YAML::
       sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
     n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its
     seeds: [0, 1, 2]                            # own config's data.n_labels (train.seed)
+    resources:                                  # optional: what one run asks a scheduler for (--executor
+      cpus: 2                                   #   slurm / submitit-local; genssl/compare/executors.py):
+      gpus: 0                                   #   CPU cores (also the run's torch threads unless train.threads
+      mem_gb: 8                                 #   is set), GPUs, memory (default: the cluster's) and time
+      time_min: 120                             #   limit in minutes; slurm: further submitit Slurm parameters
+      slurm: {partition: cpu, account: myproj}  #   (partition, account, qos, constraint, setup, ...)
+      methods:                                  #   per method entry, over the values above
+        sgan: {gpus: 1, slurm: {partition: gpu}}
 
 Any registered method is accepted: an entry is only a run config, so a method added later needs no change
 here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
 command line (``--train.threads=1``), then the grid's label count and seed. Runs land in
 ``<runs>/<name>-n<labels>-s<seed>``; a run whose config names another run's folder (M1+M2 naming its M1)
-is ordered after it.
+is ordered after it. Each run carries its `Resources` (the grid's `resources`, then its entry's).
 """
 
 from __future__ import annotations
@@ -44,8 +52,20 @@ from genssl.config import (
     to_dict,
 )
 
-GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds")
+GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds", "resources")
+RESOURCE_KEYS = ("cpus", "gpus", "mem_gb", "time_min", "slurm")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class Resources:
+    """What one run of a grid asks a scheduler for (genssl/compare/executors.py). The local executor ignores
+    them: it splits this machine's cores between its --jobs."""
+    cpus: int = 1                  # CPU cores; also the run's torch threads unless its train.threads is set
+    gpus: int = 0
+    mem_gb: float | None = None    # None: the cluster's default
+    time_min: int = 120            # the job's time limit; a run past it is requeued and resumes from last.pt
+    slurm: dict = field(default_factory=dict)   # further submitit Slurm parameters (partition, account, ...)
 
 
 @dataclass
@@ -57,6 +77,7 @@ class GridRun:
     run_dir: Path
     samples: object = None                          # SampleClassifierConfig for a samples entry, else None
     deps: list[str] = field(default_factory=list)   # names of the grid runs this one needs finished first
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def name(self) -> str:
@@ -91,6 +112,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
     # Without `n_labels` / `seeds`, each entry keeps its own config's data.n_labels / train.seed.
     label_counts = _int_list(grid["n_labels"], "n_labels", path) if "n_labels" in grid else None
     seeds = _int_list(grid["seeds"], "seeds", path) if "seeds" in grid else None
+    resources = _resources(grid.get("resources"), list(grid["methods"]), path)
     runs: list[GridRun] = []
     by_entry: dict[str, dict[tuple[int, int], GridRun]] = {}
     for label, entry in grid["methods"].items():
@@ -116,7 +138,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
                 src = by_entry[source][(n, seed)]
                 scfg = compare_samples.samples_config(entry, where, seed)
                 run = GridRun(label, n, seed, {"samples_from": str(src.run_dir), "classifier": to_dict(scfg)},
-                              run_dir, samples=scfg, deps=[src.name])
+                              run_dir, samples=scfg, deps=[src.name], resources=resources[label])
             else:
                 cfg = _fill(merge(raw, {"data": {"n_labels": n}, "train": {"seed": seed}}),
                             {"{out}": str(out_dir), "{runs}": str(runs_dir), "{n_labels}": str(n),
@@ -125,7 +147,7 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
                     build_run_config(cfg)  # fail on a bad entry before spending an hour on the good ones
                 except (ConfigError, ValueError) as e:
                     raise ConfigError(f"{where}: {e}") from e
-                run = GridRun(label, n, seed, cfg, run_dir)
+                run = GridRun(label, n, seed, cfg, run_dir, resources=resources[label])
             by_entry[label][(n, seed)] = run
             runs.append(run)
     _link_dependencies(runs)
@@ -191,6 +213,51 @@ def _link_dependencies(runs: list[GridRun]) -> None:
     for run in runs:
         place(run)
     runs[:] = order
+
+
+def _resources(spec, labels: list[str], path: Path) -> dict[str, Resources]:
+    """{method entry: its Resources}: the grid's `resources`, then `resources.methods.<entry>` over them."""
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: `resources` must be a mapping with keys {', '.join(RESOURCE_KEYS)}, methods; "
+                          f"got {spec!r}")
+    per_entry = spec.get("methods") or {}
+    if not isinstance(per_entry, dict):
+        raise ConfigError(f"{path}: resources.methods must map method entries to resources, got {per_entry!r}")
+    unknown = sorted(set(per_entry) - set(labels), key=str)
+    if unknown:
+        raise ConfigError(f"{path}: resources.methods names {', '.join(map(str, unknown))}, which are not method "
+                          f"entries of this grid; its entries: {', '.join(labels)}")
+    shared = {k: v for k, v in spec.items() if k != "methods"}
+    _check_resources(shared, "resources", path)
+    out = {}
+    for label in labels:
+        own = per_entry.get(label) or {}
+        if not isinstance(own, dict):
+            raise ConfigError(f"{path}: resources.methods.{label} must be a mapping, got {own!r}")
+        _check_resources(own, f"resources.methods.{label}", path)
+        out[label] = Resources(**{**shared, **own, "slurm": {**shared.get("slurm", {}), **own.get("slurm", {})}})
+    return out
+
+
+def _check_resources(spec: dict, where: str, path: Path) -> None:
+    unknown = sorted(set(spec) - set(RESOURCE_KEYS), key=str)
+    if unknown:
+        valid = ", ".join(RESOURCE_KEYS) + (", methods" if where == "resources" else "")
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(str, unknown))} in {where}; valid keys: {valid}")
+
+    def whole(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    checks = {"cpus": (lambda v: whole(v, 1), "an integer >= 1"), "gpus": (lambda v: whole(v, 0), "an integer >= 0"),
+              "time_min": (lambda v: whole(v, 1), "a whole number of minutes >= 1"),
+              "mem_gb": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+                         "a number of GB > 0"),
+              "slurm": (lambda v: isinstance(v, dict), "a mapping of submitit Slurm parameters")}
+    for key, value in spec.items():
+        ok, what = checks[key]
+        if not ok(value):
+            raise ConfigError(f"{path}: {where}.{key} must be {what}, got {value!r}")
 
 
 def _get(raw: dict, section: str, key: str, default):
