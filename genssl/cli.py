@@ -9,12 +9,14 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from genssl.compare.runner import run_grid
+from genssl.compare.executors import EXECUTORS
+from genssl.compare.runner import collect_grid, run_grid
 from genssl.config import ConfigError, load_run_config
 from genssl.downstream.encoder_scores import run_downstream_command
 from genssl.downstream.predict import FORMATS, run_predict_command
 from genssl.encoders.format import SPEC_FILE
 from genssl.encoders.from_run import export_run
+from genssl.methods.typicality import SCORE_KINDS
 from genssl.nn.probes import KINDS
 from genssl.registry import list_methods
 from genssl.training.distributed import env_from_torchrun, init_distributed, shutdown
@@ -53,7 +55,10 @@ def _cmd_eval(args, overrides: list[str]) -> int:
 
 
 def _cmd_compare(args, overrides: list[str]) -> int:
-    run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs)
+    if args.collect:
+        collect_grid(args.grid, overrides=overrides, out=args.out)
+    else:
+        run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor)
     return 0
 
 
@@ -104,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="run a grid of methods x label counts x seeds and tabulate")
     p.add_argument("grid", help="grid YAML (see experiments/)")
     p.add_argument("--out", default=None, help="output folder (default: the grid's `out`)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: 1 on this machine, in separate "
+                   "processes when > 1; every run at once on Slurm)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="what runs the runs: local processes (default), slurm (one submitit job per run, with the "
+                        "grid's `resources`; run it on a login node), or submitit-local (the same jobs on this "
+                        "machine)")
+    p.add_argument("--collect", action="store_true", help="run nothing: rewrite the report from the run folders")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a short comparison on Fashion-MNIST with 100 labels")
@@ -150,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (named on stderr) instead of "
                    "stopping")
+    p.add_argument("--flag-atypical", nargs="?", const="model", default=None, choices=SCORE_KINDS, metavar="KIND",
+                   help="add the columns typicality (the run's score, higher = more typical of its training data) "
+                        "and atypical (1 below the --atypical-quantile of the run's validation images' scores; reads "
+                        "its dataset). KIND model (the default: the ELBO for the VAEs, log D(x) for sgan; methods "
+                        "without a generative model refuse) or confidence (the maximum softmax probability, any "
+                        "method); write it as --flag-atypical=KIND")
+    p.add_argument("--atypical-quantile", type=float, default=0.01,
+                   help="with --flag-atypical: the share of validation images the threshold flags (default 0.01)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
     return parser

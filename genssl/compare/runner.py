@@ -3,33 +3,33 @@ report them in one folder.
 
 Runs land in ``<runs>/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
 checking its config still matches the grid's); one with only last.pt is resumed; so a stopped grid picks up
-where it left off. A run whose config names another run's folder (M1+M2 naming its M1) runs after it, and
-records in upstream.json which results it was built on, so it is not reused once those runs change. The
-report (genssl/report.py) is rewritten from all runs at the end.
+where it left off. A run whose config names another run's folder (M1+M2 naming its M1) starts once that run
+has finished, and records in upstream.json which results it was built on, so it is not reused once those
+runs change. An executor (genssl/compare/executors.py: local processes, or Slurm through submitit) runs
+them; the report (genssl/report.py) is rewritten from all runs once every run has ended, and
+`collect_grid` (--collect) rewrites it from the run folders without running anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
-import os
 import shutil
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from genssl.compare import samples as compare_samples
+from genssl.compare.executors import exit_with_parent, make_executor
 from genssl.compare.grid import GridRun, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
 from genssl.config import REPORTING_KEYS, ConfigError, build_run_config, flatten, load_yaml, merge
 from genssl.runs.run_dir import RunDir
 from genssl.training.trainer import Trainer
 
-__all__ = ["GridRun", "finished_results", "load_grid", "run_grid", "run_one"]
+__all__ = ["GridRun", "collect_grid", "exit_with_parent", "finished_results", "load_grid", "run_grid", "run_one"]
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -106,19 +106,6 @@ def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:
     return run_one(run, data, progress=False, threads=threads)
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
-    """Worker initializer: end this process soon after the grid process dies. A killed (SIGTERM/SIGKILL) pool
-    owner does not take its spawn workers with it; left alone they would train on, and a restarted grid would
-    resume the same runs into the same folders beside them. The run keeps its last checkpoint, as when the
-    grid itself is stopped."""
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 class _TimeLeft:
     """Time left in a grid, from seconds per step measured on the runs done so far (same method entry when
     possible, else all entries). Reused runs count: their wall time is in their results.json."""
@@ -150,14 +137,16 @@ class _Failed(RuntimeError):
     pass
 
 
-def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None, jobs: int = 1,
-             data=None, progress: bool | None = None) -> list[dict]:
+def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
+             jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local") -> list[dict]:
     """Run (or reuse) every run of the grid and write the report; returns the summary rows.
 
-    jobs > 1 trains that many runs at once in separate processes (each gets cpu_count // jobs threads unless
-    the config sets train.threads). `data` = (train, test) ImageData replaces the configs' datasets (tests).
+    executor: local (this machine's processes), slurm or submitit-local (genssl/compare/executors.py).
+    jobs: runs at once (default 1 here, all of them on Slurm); locally, jobs > 1 trains in separate processes,
+    each with cores // jobs threads unless the config sets train.threads; a scheduler's job gets the run's
+    resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets (tests).
     `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out_dir, runs = load_grid(path, overrides, out)
     runs_dir = runs[0].run_dir.parent
@@ -169,6 +158,8 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
                disable=not show, file=sys.stderr,
                bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed{postfix}")
     start = time.perf_counter()
+    slots = jobs or 1
+    started = 0
 
     def finish(run: GridRun, res: dict | None, reused: bool, error: BaseException | None = None) -> None:
         if error is not None:
@@ -187,11 +178,15 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
         return f"needs {', '.join(bad)}, which failed" if bad else None
 
     def announce(run: GridRun, pending: list[GridRun]) -> None:
-        left = fmt_duration(eta.estimate(pending, jobs))
+        nonlocal started
+        started += 1
+        left = fmt_duration(eta.estimate(pending, slots))
+        rd = RunDir(run.run_dir)
+        resumes = ", resumes from its last.pt" if rd.has(RunDir.LAST) or rd.has(RunDir.PREV) else ""
         bar.set_postfix_str(f"now {run.name} | ~{left} left", refresh=True)
-        tqdm.write(f"[{len(results) + len(failures) + 1}/{len(runs)}] {run.label} n_labels={run.n_labels} "
-                   f"seed={run.seed} -> {run.run_dir}  (elapsed {fmt_duration(time.perf_counter() - start)}, "
-                   f"~{left} left)")
+        tqdm.write(f"[{len(runs) - len(todo) + started}/{len(runs)}] {run.label} n_labels={run.n_labels} "
+                   f"seed={run.seed} -> {run.run_dir}{resumes}  (elapsed "
+                   f"{fmt_duration(time.perf_counter() - start)}, ~{left} left)")
 
     # Reused runs first: they cost nothing and calibrate the time estimate of the rest.
     todo = []
@@ -204,7 +199,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     if len(todo) < len(runs):
         tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs_dir}")
 
-    if jobs == 1 or len(todo) <= 1:
+    if executor == "local" and (slots == 1 or len(todo) <= 1):
         for k, run in enumerate(todo):
             if blocked(run):
                 finish(run, None, False, _Failed(blocked(run)))
@@ -214,10 +209,36 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
                 finish(run, *run_one(run, data, progress=show))
             except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:  # DivergenceError, ...
                 finish(run, None, False, e)
-    else:
-        _run_parallel(todo, jobs, data, results, blocked, announce, finish)
+    elif todo:
+        with make_executor(executor, jobs, out_dir / "jobs", len(todo)) as pool:
+            slots = pool.slots
+            pool.check(todo)
+            _run_scheduled(todo, pool, data, results, blocked, announce, finish)
     bar.close()
+    return _report(out_dir, runs, results, failures)
 
+
+def collect_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> list[dict]:
+    """Rewrite the grid's report from the results.json in its run folders, running nothing (the runs may be
+    queued, running or finished on a cluster). Runs without results yet are listed and left out of the table."""
+    out_dir, runs = load_grid(path, overrides, out)
+    results = {}
+    for run in runs:
+        res = finished_results(run)
+        if res is not None:
+            results[run.name] = res
+    done = [r for r in runs if r.name in results]
+    missing = [r.name for r in runs if r.name not in results]
+    print(f"collected {len(done)} of {len(runs)} runs under {runs[0].run_dir.parent}")
+    if missing:
+        print(f"{len(missing)} run(s) have no results.json yet (queued, running, failed or not started) and are "
+              f"left out of the table: {', '.join(missing)}")
+    return _report(out_dir, done, results, {})
+
+
+def _report(out_dir: Path, runs: list[GridRun], results: dict[str, dict], failures: dict[str, str]) -> list[dict]:
+    """Write the report of `runs` (whatever executor ran them), print the table and where everything is; raise
+    if runs failed, naming each with its error."""
     report = write_report(out_dir, runs, _with_total_wall_time(runs, results))
     table, paths = report["table"], report["paths"]
     print()
@@ -226,8 +247,9 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     if "plot_labels" in paths:
         print(f"Plots:  {paths['plot_labels']}  and  {paths['plot_time']}")
     print(f"TensorBoard, one HParams row per run (test accuracy, wall time):  tensorboard --logdir {paths['tb']}")
-    print(f"TensorBoard, training curves, samples and full configs of every run:  "
-          f"tensorboard --logdir {runs_dir}")
+    if runs:
+        print(f"TensorBoard, training curves, samples and full configs of every run:  "
+              f"tensorboard --logdir {runs[0].run_dir.parent}")
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (the table shows the rest):\n  "
                            + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))
@@ -253,30 +275,35 @@ def _with_total_wall_time(runs: list[GridRun], results: dict[str, dict]) -> list
     return out
 
 
-def _run_parallel(todo, jobs, data, results, blocked, announce, finish) -> None:
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def _run_scheduled(todo, pool, data, results, blocked, announce, finish) -> None:
+    """Start each run on `pool` once the runs it needs have finished, at most pool.slots at once, until every
+    run has ended (a run whose dependency failed is reported, not started)."""
     queue = list(todo)
     running = {}
-    # spawn, not fork: torch's thread pools and any CUDA context do not survive a fork.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-        while queue or running:
-            for run in [r for r in queue if blocked(r)]:
-                queue.remove(run)
-                finish(run, None, False, _Failed(blocked(run)))
-            ready = [r for r in queue if all(d in results for d in r.deps)]
-            while ready and len(running) < jobs:
-                run = ready.pop(0)
-                queue.remove(run)
-                announce(run, [run, *queue, *running.values()])
-                running[pool.submit(_run_in_worker, run, data, threads)] = run
-            if not running:
-                break  # only runs whose dependencies failed are left; they were reported above
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                run = running.pop(fut)
-                try:
-                    finish(run, *fut.result())
-                except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
-                    finish(run, None, False, e)
+    for run in list(queue):  # jobs of an earlier submission still queued or running: wait for those
+        fut = pool.attach(run)
+        if fut is not None:
+            queue.remove(run)
+            running[fut] = run
+            tqdm.write(f"  {run.name}: still running from an earlier submission ({pool.where(run)})")
+    while queue or running:
+        for run in [r for r in queue if blocked(r)]:
+            queue.remove(run)
+            finish(run, None, False, _Failed(blocked(run)))
+        ready = [r for r in queue if all(d in results for d in r.deps)]
+        while ready and len(running) < pool.slots:
+            run = ready.pop(0)
+            queue.remove(run)
+            announce(run, [run, *queue, *running.values()])
+            running[pool.submit(run, _run_in_worker, run, data, pool.threads(run))] = run
+            if pool.where(run):
+                tqdm.write(f"  submitted as {pool.where(run)}")
+        if not running:
+            break  # only runs whose dependencies failed are left; they were reported above
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            run = running.pop(fut)
+            try:
+                finish(run, *fut.result())
+            except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
+                finish(run, None, False, e)

@@ -1,0 +1,311 @@
+"""Executors: what runs the runs of a grid (`genssl compare --executor NAME`). genssl/compare/runner.py owns
+the list (order, dependencies, reuse, the report); an executor only starts a run and says when it has ended.
+
+    local           this machine, as processes: --jobs N runs at once (the default; N = 1 trains in-process)
+    slurm           a Slurm cluster through submitit (https://github.com/facebookincubator/submitit): one
+                    job per run, with the run's `resources` from the grid (genssl/compare/grid.py)
+    submitit-local  submitit's LocalExecutor: the same job interface as slurm on this machine (real
+                    subprocesses, logs, time limits, requeue); how the slurm path is tested without a cluster
+
+Run folders on the shared filesystem stay the one source of truth, so any executor can be stopped,
+resubmitted and collected: a run is reused once its results.json exists and resumed from last.pt when it
+has one (runner.run_one). A submitit job is checkpointable: when Slurm preempts it, or its time limit is
+near (USR2, `signal_delay_s` before), submitit requeues the same call and the run resumes from last.pt.
+Each run's job folder (submission pickle, log, result) is <out>/jobs/<run name>/; a failed run is
+reported with its log there. A Slurm job id is recorded in <out>/jobs/<run name>/job.json, so a grid
+resubmitted while its earlier jobs are still queued or running waits for those instead of starting
+a second job on the same run folder.
+
+An executor has `slots` (runs at once), `threads(run)` (torch threads for the run's process), `check(runs)`
+(fail before any run starts on what it cannot run), `attach(run)` (a Future for a job of an earlier submission still queued or running, else None),
+`submit(run, fn, *args) -> Future` (fn(*args) runs in the run's process) and `where(run)` (a line
+naming the job and its log, or "").
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import select
+import sys
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from genssl.compare.grid import GridRun
+from genssl.config import ConfigError
+from genssl.fileio import atomic_write_json
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+JOB_RECORD = "job.json"
+
+
+def available_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (what a container, taskset or a Slurm allocation
+    grants), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def make_executor(name: str, jobs: int | None, jobs_dir: Path, n_runs: int):
+    """The executor called `name`; jobs: runs at once (default: 1 on this machine, every run on Slurm)."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if name == "local":
+        return LocalProcesses(jobs or 1)
+    return SubmititJobs("slurm" if name == "slurm" else "local", jobs_dir,
+                        jobs or (max(1, n_runs) if name == "slurm" else 1))
+
+
+# ---------------------------------------------------------------------------------------------- local
+def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
+    """Worker initializer: end this process soon after the grid process dies. A killed (SIGTERM/SIGKILL) pool
+    owner does not take its spawn workers with it; left alone they would train on, and a restarted grid would
+    resume the same runs into the same folders beside them. The run keeps its last checkpoint, as when the
+    grid itself is stopped."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+class LocalProcesses:
+    """`slots` spawn processes on this machine, each run with cores // slots torch threads."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        # spawn, not fork: torch's thread pools and any CUDA context do not survive a fork.
+        self._pool = ProcessPoolExecutor(max_workers=slots, mp_context=mp.get_context("spawn"),
+                                         initializer=exit_with_parent, initargs=(os.getpid(),))
+
+    def threads(self, run: GridRun) -> int:
+        return max(1, available_cpus() // self.slots)
+
+    def check(self, runs: list[GridRun]) -> None:
+        """Nothing to check: local processes take no resources from the grid."""
+
+    def attach(self, run: GridRun) -> Future | None:
+        return None
+
+    def submit(self, run: GridRun, fn, *args) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def where(self, run: GridRun) -> str:
+        return ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------------------------- submitit
+class CellFailed(RuntimeError):
+    """A run's job ended without results: its exception, or how it ended, and its log."""
+
+
+class _Cell:
+    """One grid run as a submitit job. Checkpointable: on preemption or near the time limit submitit calls
+    checkpoint(), which requeues the same call, and the requeued run resumes from its last.pt. With
+    driver_pid (jobs on this machine) the job ends when the grid process does, as the local pool's do."""
+
+    def __init__(self, fn, driver_pid: int | None = None):
+        self.fn = fn
+        self.driver_pid = driver_pid
+
+    def __call__(self, *args):
+        if self.driver_pid is not None:
+            _exit_when_gone(self.driver_pid)
+        return self.fn(*args)
+
+    def checkpoint(self, *args):
+        import submitit  # optional dependency (the cluster extra); only the submitit executors need it
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
+def _exit_when_gone(pid: int, on_gone=lambda: os._exit(1)) -> None:
+    """End this process (call on_gone) as soon as process `pid` has exited: a pidfd becomes readable, no
+    polling where there is one."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        on_gone()
+        return
+    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll
+        def watch():
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return on_gone()
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+    else:
+        def watch():
+            select.select([fd], [], [])
+            os.close(fd)
+            on_gone()
+
+    threading.Thread(target=watch, name="exit-with-grid", daemon=True).start()
+
+
+class SubmititJobs:
+    """Each run a submitit job (cluster "slurm" or "local") with the run's resources; at most `slots` at once.
+    A thread polls the jobs and completes their Futures."""
+
+    def __init__(self, cluster: str, jobs_dir: Path, slots: int, poll_s: float | None = None):
+        try:
+            import submitit  # optional dependency (the cluster extra); only the submitit executors need it
+        except ImportError as e:
+            raise ConfigError("--executor slurm / submitit-local needs submitit: pip install 'genssl[cluster]' "
+                              "(or pip install submitit)") from e
+        if cluster == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+            raise ConfigError("--executor slurm: no `srun` on PATH, so this is not a Slurm login node; run "
+                              "there, or try the grid here with --executor submitit-local")
+        self.submitit = submitit
+        self.cluster = cluster
+        self.jobs_dir = Path(jobs_dir)
+        self.slots = slots
+        self.poll_s = poll_s if poll_s is not None else (0.1 if cluster == "local" else 5.0)
+        self._jobs: dict[str, object] = {}        # run name -> its current submitit job
+        self._watch: dict[Future, object] = {}    # futures not completed yet -> their job
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="submitit-poller", daemon=True)
+        self._poller.start()
+
+    def threads(self, run: GridRun) -> int:
+        return run.resources.cpus
+
+    def parameters(self, run: GridRun) -> dict:
+        """submitit's AutoExecutor parameters for a run: its resources, its Slurm extras prefixed `slurm_`."""
+        r = run.resources
+        params = {"name": f"genssl-{run.name}", "timeout_min": r.time_min, "cpus_per_task": r.cpus,
+                  "gpus_per_node": r.gpus, "nodes": 1, "tasks_per_node": 1, "stderr_to_stdout": True}
+        if r.mem_gb is not None:
+            params["mem_gb"] = r.mem_gb
+        return params | {f"slurm_{k}": v for k, v in r.slurm.items()}
+
+    def check(self, runs: list[GridRun]) -> None:
+        """Fail before any job starts on a resources.slurm key that submitit does not know."""
+        probe = self.submitit.AutoExecutor(self.jobs_dir, cluster="local")  # validates names, submits nothing
+        for run in runs:
+            try:
+                probe.update_parameters(**self.parameters(run))
+            except (NameError, AssertionError) as e:
+                raise ConfigError(f"resources of {run.name} (method entry {run.label!r}): {e}") from e
+
+    def submit(self, run: GridRun, fn, *args) -> Future:
+        folder = self.jobs_dir / run.name
+        if self.cluster == "local":  # local job ids are process ids, which repeat: drop an old attempt's result
+            for stale in folder.glob("*_result.pkl"):
+                stale.unlink()
+        fut: Future = Future()
+        try:
+            executor = self.submitit.AutoExecutor(folder, cluster=self.cluster)
+            executor.update_parameters(**self.parameters(run))
+            job = executor.submit(_Cell(fn, os.getpid() if self.cluster == "local" else None), *args)
+        except Exception as e:  # sbatch refused it (partition, limits, ...): this run fails, the others go on
+            fut.set_exception(CellFailed(f"submitting {run.name} to {self.cluster} failed: {e}"))
+            return fut
+        if self.cluster == "local":
+            job._results_timeout_s = 1.0  # a local job writes its result before its process exits
+        else:
+            atomic_write_json({"cluster": self.cluster, "job_id": job.job_id, "submitted": time.time()},
+                              folder / JOB_RECORD)
+        return self._track(run, job, fut)
+
+    def attach(self, run: GridRun) -> Future | None:
+        """A Slurm job of an earlier submission of this run that is still queued or running (its driver was
+        stopped): wait for it rather than start a second job on the same run folder."""
+        record = self.jobs_dir / run.name / JOB_RECORD
+        if self.cluster != "slurm" or not record.is_file():
+            return None
+        saved = json.loads(record.read_text())
+        if saved.get("cluster") != self.cluster:
+            return None
+        job = self.submitit.SlurmJob(folder=record.parent, job_id=str(saved["job_id"]))
+        if job.done(force_check=True):
+            return None
+        return self._track(run, job, Future())
+
+    def where(self, run: GridRun) -> str:
+        job = self._jobs.get(run.name)
+        if job is None:
+            return ""
+        kind = "slurm job" if self.cluster == "slurm" else "local submitit job"
+        return f"{kind} {job.job_id}, log {job.paths.stdout}"
+
+    def _track(self, run: GridRun, job, fut: Future) -> Future:
+        with self._lock:
+            self._jobs[run.name] = job
+            self._watch[fut] = job
+        return fut
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                watched = list(self._watch.items())
+            for fut, job in watched:
+                try:
+                    if not job.done():
+                        continue
+                    with self._lock:
+                        self._watch.pop(fut, None)
+                    self._resolve(fut, job)
+                except Exception as e:  # never leave the grid waiting on a Future nobody completes
+                    with self._lock:
+                        self._watch.pop(fut, None)
+                    if not fut.done():
+                        fut.set_exception(CellFailed(f"job {job.job_id}: {type(e).__name__}: {e}"))
+            self._stop.wait(self.poll_s)
+
+    def _resolve(self, fut: Future, job) -> None:
+        UncompletedJobError = self.submitit.core.utils.UncompletedJobError
+        try:
+            fut.set_result(job.result())
+            return
+        except UncompletedJobError:
+            pass
+        log = job.paths.stdout
+        outcome = None
+        if job.paths.result_pickle.exists():
+            outcome = self.submitit.core.utils.pickle_load(job.paths.result_pickle)
+        if outcome is not None and outcome[0] == "error":  # the run raised: its exception's last line
+            last = [line for line in outcome[1].strip().splitlines() if line.strip()][-1]
+            fut.set_exception(CellFailed(f"{last.strip()} (job {job.job_id}; log: {log})"))
+        else:
+            fut.set_exception(CellFailed(
+                f"job {job.job_id} ended without a result (state {job.state}): killed, out of memory or past "
+                f"its time limit too often? Its last.pt, if any, is kept for a resubmission; log: {log}"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._stop.set()
+        self._poller.join()
+        with self._lock:
+            left = list(self._watch.values())
+            self._watch.clear()
+        if not left:
+            return
+        ids = ", ".join(str(j.job_id) for j in left)
+        if self.cluster == "local":  # on this machine: end them with the grid, as the local pool does
+            for job in left:
+                job.cancel(check=False)
+            print(f"genssl compare: stopped {len(left)} local submitit job(s) ({ids}); their runs keep their "
+                  f"last.pt and resume when the grid runs again", file=sys.stderr)
+        else:
+            print(f"genssl compare: {len(left)} Slurm job(s) keep running ({ids}); run the same command again to "
+                  f"wait for them and report (it does not submit them twice), or scancel them", file=sys.stderr)
