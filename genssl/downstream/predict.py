@@ -7,6 +7,15 @@ predicted class, its probability, and the top-k classes with theirs:
 
     path,class,probability,class_2,probability_2,class_3,probability_3
     shirts/0001.png,Shirt,0.8123,T-shirt/top,0.1022,Pullover,0.0511
+
+With `--flag-atypical` two columns follow: `typicality`, the run's score of how typical the image is of its
+training data (higher = more typical: the ELBO for the VAE family, log D(x) for the SSL-GAN;
+genssl.methods.typicality), and `atypical`, 1 where that score is below a threshold chosen on the run's
+validation images (their `--atypical-quantile` quantile, 0.01 by default, so about 1% of images like the training
+data are flagged). The validation images are read from the run's dataset (split.pt names them), as `genssl eval`
+does. A method without a generative model (supervised, fixmatch, ...) cannot score typicality and says so;
+`--flag-atypical=confidence` flags by the classifier-confidence baseline instead (the maximum softmax probability,
+Hendrycks & Gimpel 2017), for any method.
 """
 
 from __future__ import annotations
@@ -22,12 +31,21 @@ import torch
 
 from genssl.config import RunConfig, build_run_config
 from genssl.data.batching import to_float
+from genssl.data.datasets import ImageData
 from genssl.data.folder import IMAGE_EXTENSIONS, decode_files, list_images
-from genssl.data.source import BUILTIN_CLASS_NAMES, config_image_shape
+from genssl.data.source import BUILTIN_CLASS_NAMES, config_image_shape, load_train_test, task_data
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split
 from genssl.fileio import CheckpointError, atomic_write_text
 from genssl.methods.base import Method
+from genssl.methods.typicality import (
+    SCORE_KINDS,
+    flag_atypical,
+    score_images,
+    score_name,
+    threshold_from_validation,
+    typicality_refusal,
+)
 from genssl.runs.run_dir import RunDir
 from genssl.training.device import resolve_device
 from genssl.training.monitor import progress
@@ -109,6 +127,61 @@ def _fallback_spec(run: RunDir, ckpt: dict) -> DataSpec:
     return DataSpec(tuple(shape), len(names), n_lab, n_unl)
 
 
+@dataclass
+class AtypicalFlag:
+    """How --flag-atypical flags an image: its `score` (kind "model": the method's own, Method.typicality_score;
+    "confidence": the classifier-confidence baseline) below `threshold`, the `quantile` of the scores of the
+    run's `n_val` validation images."""
+    kind: str
+    score: str
+    threshold: float
+    quantile: float
+    n_val: int
+
+    def describe(self) -> str:
+        return (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of the run's "
+                f"{self.n_val} validation images' scores")
+
+
+def validation_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
+                      ) -> torch.Tensor:
+    """The run's validation images (N_val, C, H, W) uint8: its dataset read as `genssl eval` reads it
+    (genssl.training.evaluate.load_run), or `data` = (train, test) for runs trained on in-memory data, indexed by
+    the run's split.pt."""
+    run = RunDir(run_dir)
+    if not run.has(RunDir.SPLIT):
+        raise FileNotFoundError(f"{run.path / RunDir.SPLIT} not found: --flag-atypical picks its threshold on the "
+                                f"run's validation images, which split.pt names")
+    train, _ = task_data(*(data if data is not None else load_train_test(cfg.data, progress=False)), cfg.data)
+    split = run.read_split()
+    split.check_against(len(train), str(run / RunDir.SPLIT))
+    if split.val.numel() == 0:
+        raise ValueError(f"{run.path}: the run has no validation images to choose an atypical threshold on")
+    return train.images[split.val.to(train.images.device)]
+
+
+def refuse_flag(predictor: Predictor, kind: str) -> None:
+    """A ValueError naming why the run cannot flag with `kind`, before any dataset is read; nothing if it can."""
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"--flag-atypical: {kind!r} is not one of {', '.join(SCORE_KINDS)}")
+    refusal = typicality_refusal(predictor.method) if kind == "model" else None
+    if refusal is not None:
+        raise ValueError(f"--flag-atypical: {refusal}; pass --flag-atypical=confidence to flag by it")
+
+
+def atypical_flag(predictor: Predictor, run_dir: str | Path, kind: str = "model", quantile: float = 0.01,
+                  batch_size: int | None = None, data: tuple[ImageData, ImageData] | None = None) -> AtypicalFlag:
+    """The threshold of --flag-atypical: the `quantile` of the run's validation images' scores of `kind`
+    (genssl.methods.typicality.threshold_from_validation)."""
+    refuse_flag(predictor, kind)
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"--atypical-quantile must be in (0, 1), got {quantile}")
+    images = validation_images(run_dir, predictor.cfg, data)
+    scores = score_images(predictor.method, images, kind, batch_size or predictor.cfg.train.eval_batch_size)
+    return AtypicalFlag(kind, score_name(predictor.method, kind), threshold_from_validation(scores, quantile),
+                        quantile, int(scores.numel()))
+
+
 def collect_paths(inputs: list[str | Path]) -> list[Path]:
     """Files as given (in order), folders as their image files (recursively, sorted); a missing path is an
     error naming it."""
@@ -129,8 +202,10 @@ def collect_paths(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
-                  show_progress: bool = True, skip_bad: bool = False) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(one row per readable file: {"path", "class", "probability", "top_k": [{"class", "probability"}, ...]},
+                  show_progress: bool = True, skip_bad: bool = False, flag: AtypicalFlag | None = None
+                  ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(one row per readable file: {"path", "class", "probability", "top_k": [{"class", "probability"}, ...]}
+    and, with `flag`, "typicality" (the score) and "atypical" (below the flag's threshold),
     [(path, why)] of files that could not be read). Unreadable files are an error unless skip_bad."""
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
@@ -143,14 +218,20 @@ def predict_files(predictor: Predictor, paths: list[Path], top_k: int = 3, batch
     bad_paths = {p for p, _ in bad}
     good = [p for p in paths if str(p) not in bad_paths]
     probs = predictor.probabilities(images, batch_size, show_progress)  # (N, K)
+    typical = None
+    if flag is not None:
+        typical = score_images(predictor.method, images, flag.kind, batch_size or predictor.cfg.train.eval_batch_size)
+        atypical = flag_atypical(typical, flag.threshold)
     k = min(top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = predictor.class_names
     rows = []
-    for path, ps, idx in zip(good, top_p.tolist(), top_i.tolist()):
+    for n, (path, ps, idx) in enumerate(zip(good, top_p.tolist(), top_i.tolist())):
         ranked = [{"class": names[i], "probability": p} for p, i in zip(ps, idx)]
         rows.append({"path": str(path), "class": ranked[0]["class"], "probability": ranked[0]["probability"],
                      "top_k": ranked})
+        if typical is not None:
+            rows[-1] |= {"typicality": float(typical[n]), "atypical": bool(atypical[n])}
     return rows, bad
 
 
@@ -160,24 +241,36 @@ def format_rows(rows: list[dict], fmt: str, top_k: int) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
     k = max([len(r["top_k"]) for r in rows] + [min(top_k, 1)])
+    flagged = bool(rows) and "typicality" in rows[0]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "class", "probability"] + [f"{col}_{i}" for i in range(2, k + 1)
-                                                        for col in ("class", "probability")])
+                                                        for col in ("class", "probability")]
+                    + (["typicality", "atypical"] if flagged else []))
     for r in rows:
         rest = [v for t in r["top_k"][1:] for v in (t["class"], f"{t['probability']:.4f}")]
+        rest += [""] * (2 * (k - len(r["top_k"])))
+        if flagged:
+            rest += [f"{r['typicality']:.7g}", str(int(r["atypical"]))]
         writer.writerow([r["path"], r["class"], f"{r['probability']:.4f}"] + rest)
     return buf.getvalue()
 
 
 def run_predict_command(args) -> int:
-    """`genssl predict RUN_DIR PATH... [--out FILE] [--format csv|json] [--top-k K]`."""
+    """`genssl predict RUN_DIR PATH... [--out FILE] [--format csv|json] [--top-k K] [--flag-atypical[=KIND]
+    [--atypical-quantile Q]]`."""
     fmt = args.format or ("json" if args.out and args.out.lower().endswith(".json") else "csv")
     if fmt not in FORMATS:
         raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     paths = collect_paths(args.paths)
     predictor = load_predictor(args.run_dir, args.device)
-    rows, bad = predict_files(predictor, paths, args.top_k, args.batch_size, not args.no_progress, args.skip_bad)
+    flag = None
+    if args.flag_atypical is not None:
+        refuse_flag(predictor, args.flag_atypical)  # before reading the dataset
+        flag = atypical_flag(predictor, args.run_dir, args.flag_atypical, args.atypical_quantile, args.batch_size)
+        print(f"genssl predict: {flag.describe()}", file=sys.stderr)
+    rows, bad = predict_files(predictor, paths, args.top_k, args.batch_size, not args.no_progress, args.skip_bad,
+                              flag)
     for p, why in bad:
         print(f"genssl predict: skipped {p}: {why}", file=sys.stderr)
     text = format_rows(rows, fmt, args.top_k)
