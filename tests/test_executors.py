@@ -197,6 +197,10 @@ def test_slurm_jobs_ask_for_each_runs_resources_and_a_resubmitted_grid_waits_for
     sgan = next(r for r in runs if r.label == "sgan")
     assert sgan.resources == Resources(cpus=4, gpus=1, mem_gb=8, time_min=90,
                                        slurm={"partition": "gpu", "account": "lab"})
+    # The command line overrides the grid's resources: --resources.KEY=VALUE.
+    _, again = load_grid(grid, ["--resources.time_min=30", "--resources.methods.sgan.slurm.qos=low"])
+    assert next(r for r in again if r.label == "sgan").resources == Resources(
+        cpus=4, gpus=1, mem_gb=8, time_min=30, slurm={"partition": "gpu", "account": "lab", "qos": "low"})
     with SubmititJobs("slurm", out_dir / "jobs", slots=10) as pool:
         pool.check(runs)
         assert pool.threads(sgan) == 4

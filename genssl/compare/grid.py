@@ -28,7 +28,8 @@ Grid YAML::
 
 Any registered method is accepted: an entry is only a run config, so a method added later needs no change
 here. Precedence, lowest first: the entry's config, the grid's `overrides`, the entry's `overrides`, the
-command line (``--train.threads=1``), then the grid's label count and seed. Runs land in
+command line (``--train.threads=1``), then the grid's label count and seed. On the command line,
+``--resources.KEY=VALUE`` (``--resources.slurm.partition=gpu``) overrides the grid's `resources`. Runs land in
 ``<runs>/<name>-n<labels>-s<seed>``; a run whose config names another run's folder (M1+M2 naming its M1)
 is ordered after it. Each run carries its `Resources` (the grid's `resources`, then its entry's).
 """
@@ -106,13 +107,19 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
     if not isinstance(shared, dict):
         raise ConfigError(f"{path}: `overrides` must be a mapping, got {shared!r}")
     cli = parse_overrides(overrides or [])
+    cli_resources = cli.pop("resources", {})  # --resources.cpus=2: the grid's resources, not a run config key
     out_dir = Path(out or grid.get("out") or "checkpoints/compare")
     # --out moves everything, runs included; otherwise the grid may keep its runs in a shared folder.
     runs_dir = out_dir / "runs" if out or not grid.get("runs") else Path(grid["runs"])
     # Without `n_labels` / `seeds`, each entry keeps its own config's data.n_labels / train.seed.
     label_counts = _int_list(grid["n_labels"], "n_labels", path) if "n_labels" in grid else None
     seeds = _int_list(grid["seeds"], "seeds", path) if "seeds" in grid else None
-    resources = _resources(grid.get("resources"), list(grid["methods"]), path)
+    resources = grid.get("resources") or {}
+    if cli_resources:
+        if not isinstance(resources, dict) or not isinstance(cli_resources, dict):
+            raise ConfigError(f"{path}: --resources.KEY=VALUE overrides need `resources` to be a mapping")
+        resources = merge(resources, cli_resources)
+    resources = _resources(resources, list(grid["methods"]), path)
     runs: list[GridRun] = []
     by_entry: dict[str, dict[tuple[int, int], GridRun]] = {}
     for label, entry in grid["methods"].items():
