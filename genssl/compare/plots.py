@@ -1,8 +1,11 @@
 """The two pictures of a comparison: test accuracy against the number of labels, and against wall-clock time.
 
-Both read the summary rows of `genssl.compare.runner.summarize` (one per method and label count). We draw on a bare
+Both read the summary rows of `genssl.compare.report.summarize` (one per method and label count). We draw on a bare
 `matplotlib.figure.Figure` with the Agg canvas instead of pyplot: no global backend state, no GUI, so it works
 on headless machines and inside tests.
+
+Every method can be told apart: the colour says its family (baselines, VAE family, GAN), the marker the method
+(`styles`), and the legend lists the families' colours above the methods.
 """
 
 from __future__ import annotations
@@ -10,7 +13,52 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import genssl.methods  # noqa: F401  (registers the built-in methods, whose declared scores give the families)
 from genssl.fileio import atomic_write_bytes
+from genssl.registry import METHODS
+
+# A method's family from what it declares: the score of its generative model (Method.typicality_score) is a
+# variational bound for the VAE family and log D(x) for a GAN; a method without one is a baseline. A generated-
+# samples classifier belongs to the family of the model that generated its samples.
+FAMILY_OF_SCORE = {None: "baselines", "elbo": "VAE family", "log_d": "GAN"}
+FAMILY_COLOURS = {"baselines": "tab:blue", "VAE family": "tab:green", "GAN": "tab:red", "other": "tab:gray"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "d", "8")
+
+
+def family(row: dict) -> str:
+    """'baselines', 'VAE family', 'GAN', or 'other' (a method this process has not registered, or a new kind
+    of score) for a summary row (its method_name, and source_method for a samples classifier)."""
+    name = row.get("source_method") or row.get("method_name", "")
+    if name not in METHODS:
+        return "other"
+    return FAMILY_OF_SCORE.get(METHODS.get(name).typicality_score, "other")
+
+
+def styles(table: list[dict]) -> dict[str, tuple[str, str]]:
+    """{method: (colour, marker)}: the family's colour, and a marker no earlier method of the table has (while
+    the markers last; then one that no earlier method of the same colour has), so no two methods share both."""
+    out: dict[str, tuple[str, str]] = {}
+    for row in table:
+        if row["method"] in out:
+            continue
+        colour = FAMILY_COLOURS[family(row)]
+        taken = {m for _, m in out.values()}
+        same_colour = {m for c, m in out.values() if c == colour}
+        free = [m for m in MARKERS if m not in same_colour] or list(MARKERS)
+        out[row["method"]] = (colour, next((m for m in free if m not in taken), free[0]))
+    return out
+
+
+def _legend(ax, table: list[dict], style: dict[str, tuple[str, str]]) -> None:
+    """The families' colours (bars), then each method's colour and marker (without error bars, which would hide
+    the marker), outside the axes on the right."""
+    from matplotlib.lines import Line2D
+
+    families = [f for f in FAMILY_COLOURS if any(family(r) == f for r in table)]
+    handles = [Line2D([], [], color=FAMILY_COLOURS[f], linewidth=4, label=f) for f in families]
+    handles += [Line2D([], [], color=colour, marker=marker, markersize=7, linewidth=1, label=method)
+                for method, (colour, marker) in style.items()]
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _by_method(table: list[dict]) -> dict[str, list[dict]]:
@@ -25,7 +73,7 @@ def _new_figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = Figure(figsize=(8.4, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
@@ -41,14 +89,16 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
     fig, ax = _new_figure()
     counts = sorted({r["n_labels"] for r in table})
     groups = _by_method(table)
+    style = styles(table)
     spread = [i - (len(groups) - 1) / 2 for i in range(len(groups))]  # side by side, so error bars stay apart
     for (method, rows), k in zip(groups.items(), spread):
         if len(counts) > 1:  # log axis: multiplicative offsets
             xs = [r["n_labels"] * (1.0 + 0.04 * k) for r in rows]
         else:                # one label count: a categorical axis at 0
             xs = [0.05 * k for _ in rows]
-        ax.errorbar(xs, [r["test_acc_mean"] for r in rows], yerr=[r["test_acc_std"] for r in rows], marker="o",
-                    capsize=3, label=method)
+        colour, marker = style[method]
+        ax.errorbar(xs, [r["test_acc_mean"] for r in rows], yerr=[r["test_acc_std"] for r in rows], marker=marker,
+                    color=colour, markersize=7, capsize=3, label=method)
     if len(counts) > 1:
         ax.set_xscale("log")
         ax.set_xticks(counts, [str(c) for c in counts])
@@ -60,7 +110,7 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Accuracy against the number of labels")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax, table, style)
     _save(fig, Path(path))
     return Path(path)
 
@@ -68,13 +118,15 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
 def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Path:
     """Mean test accuracy (%) against mean wall time per run, one marker per (method, label count)."""
     fig, ax = _new_figure()
+    style = styles(table)
     for method, rows in _by_method(table).items():
-        line = ax.errorbar([r["wall_time_s_mean"] for r in rows], [r["test_acc_mean"] for r in rows],
-                           yerr=[r["test_acc_std"] for r in rows], marker="o", capsize=3, linewidth=0.8,
-                           label=method)
+        colour, marker = style[method]
+        ax.errorbar([r["wall_time_s_mean"] for r in rows], [r["test_acc_mean"] for r in rows],
+                    yerr=[r["test_acc_std"] for r in rows], marker=marker, color=colour, markersize=7, capsize=3,
+                    linewidth=0.8, label=method)
         for r in rows:
             ax.annotate(f"{r['n_labels']}", (r["wall_time_s_mean"], r["test_acc_mean"]), fontsize="x-small",
-                        xytext=(4, 4), textcoords="offset points", color=line[0].get_color())
+                        xytext=(4, 4), textcoords="offset points", color=colour)
     times = [r["wall_time_s_mean"] for r in table]
     if times and min(times) > 0 and max(times) / min(times) > 10:
         ax.set_xscale("log")
@@ -82,6 +134,6 @@ def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Pa
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Accuracy against training time (points labeled with the label count)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax, table, style)
     _save(fig, Path(path))
     return Path(path)

@@ -33,6 +33,7 @@ def summarize(runs: list, results: list[dict | None]) -> list[dict]:
         accs = [100 * r["test_acc"] for r in ok]
         table.append({
             "method": label, "method_name": ok[0]["method"] if ok else "", "n_labels": n, "seeds": len(ok),
+            "source_method": ok[0].get("source_method", "") if ok else "",  # a samples classifier's generator
             "failed": len(rs) - len(ok),
             "test_acc_mean": statistics.fmean(accs) if accs else float("nan"),
             "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -86,12 +87,18 @@ def budget_table(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _accuracy_cell(r: dict) -> str:
+    """mean ± std over seeds, the one seed's figure, or — when every seed failed."""
+    if r["seeds"] > 1:
+        return f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}"
+    return f"{r['test_acc_mean']:.2f}" if r["seeds"] else "—"
+
+
 def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
     lines = ["| method | labels | test accuracy (%) | seeds | wall time / run |",
              "|---|---:|---:|---:|---:|"]
     for r in table:
-        acc = (f"{r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f}" if r["seeds"] > 1
-               else f"{r['test_acc_mean']:.2f}" if r["seeds"] else "—")
+        acc = _accuracy_cell(r)
         seeds = f"{r['seeds']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
         wall = fmt_duration(r["wall_time_s_mean"]) if r["seeds"] else "—"
         lines.append(f"| {r['method']} | {r['n_labels']} | {acc} | {seeds} | {wall} |")
@@ -108,6 +115,16 @@ def markdown_table(table: list[dict], devices: list[str] = ()) -> str:
         lines.append(f"Ran on: {'; '.join(devices)}.")
     budgets = budget_table(table)
     return "\n".join(lines) + "\n" + ("\n" + budgets if budgets else "")
+
+
+def beside_reference(table: list[dict], reference: dict[str, str], what: str) -> str:
+    """Markdown: each row's test accuracy next to a reference figure for its method (`reference`: method ->
+    text), e.g. the full table's beside a short-schedule preview; `what` heads the reference column."""
+    lines = [f"| method | labels | test accuracy (%) here | {what} |", "|---|---:|---:|---|"]
+    for r in table:
+        acc = _accuracy_cell(r)
+        lines.append(f"| {r['method']} | {r['n_labels']} | {acc} | {reference.get(r['method'], '—')} |")
+    return "\n".join(lines) + "\n"
 
 
 def csv_table(rows: list[dict], keys: list[str]) -> str:
