@@ -21,7 +21,7 @@ import argparse
 import torch
 
 import genssl
-from genssl.runs.checkpoint import safe_torch_load
+from genssl.fileio import safe_torch_load
 from genssl.nn.probes import KINDS, accuracy
 
 

@@ -10,7 +10,14 @@
 # in curves.json (the TensorBoard folders, with their sample grids, are too large to bring back from a lease).
 #
 #   SGAN_STEPS=40000 M2_STEPS=20000 SDGM_STEPS=12000 GPU_RUNS_LIMIT_S=270 bash experiments/gpu_runs.sh
+#   bash experiments/gpu_runs.sh --dry-run     # print the training commands, one a line, and run nothing
 set -u -o pipefail
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: bash experiments/gpu_runs.sh [--dry-run]" >&2; exit 2 ;;
+esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
@@ -18,20 +25,24 @@ export PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1 GENSSL_DATA=${GENSSL_DATA:-$ROOT/.g
 OUTDIR=${GPU_RUNS_OUT:-${OUT:-/tmp}/gpu_runs}
 LIMIT=${GPU_RUNS_LIMIT_S:-270}
 R="$OUTDIR/runs"
-rm -rf "$R"; mkdir -p "$R"
+[ "$DRY" = 1 ] || { rm -rf "$R"; mkdir -p "$R"; }
 COMMON=(--train.device="${GPU_RUNS_DEVICE:-cuda}" --train.precision="${GPU_RUNS_PRECISION:-auto}" --train.progress=false --train.threads=1)
 
-timeout "$LIMIT" "$PY" -m genssl train experiments/fmnist_sgan.yaml --seeds 0-2 --stack on --run-dir "$R/sgan" \
-  --train.steps="${SGAN_STEPS:-40000}" --train.ckpt_every=5000 "${COMMON[@]}" > "$R/sgan.log" 2>&1 &
-timeout "$LIMIT" "$PY" -m genssl train experiments/fmnist_vae_m2.yaml --seeds 0-2 --stack on --run-dir "$R/m2_levers" \
+launch() {  # launch LOG ARGS...: `genssl ARGS` in the background, cut at LIMIT, into LOG; --dry-run prints ARGS
+  local log=$1; shift
+  if [ "$DRY" = 1 ]; then echo "$*"; else timeout "$LIMIT" "$PY" -m genssl "$@" > "$log" 2>&1 & fi
+}
+
+launch "$R/sgan.log" train experiments/fmnist_sgan.yaml --seeds 0-2 --stack on --run-dir "$R/sgan" \
+  --train.steps="${SGAN_STEPS:-40000}" --train.ckpt_every=5000 "${COMMON[@]}"
+launch "$R/m2_levers.log" train experiments/fmnist_vae_m2.yaml --seeds 0-2 --stack on --run-dir "$R/m2_levers" \
   --method.cls_input_noise=0.3 --method.cls_weight_decay=0.001 --method.prior=mixture \
-  --train.steps="${M2_STEPS:-20000}" --train.eval_every=500 --train.ckpt_every=5000 "${COMMON[@]}" \
-  > "$R/m2_levers.log" 2>&1 &
+  --train.steps="${M2_STEPS:-20000}" --train.eval_every=500 --train.ckpt_every=5000 "${COMMON[@]}"
 for s in 0 1 2; do
-  timeout "$LIMIT" "$PY" -m genssl train experiments/fmnist_sdgm.yaml --seed "$s" --run-dir "$R/sdgm" \
-    --train.steps="${SDGM_STEPS:-12000}" --train.eval_every=500 --train.ckpt_every=5000 "${COMMON[@]}" \
-    > "$R/sdgm_s$s.log" 2>&1 &
+  launch "$R/sdgm_s$s.log" train experiments/fmnist_sdgm.yaml --seed "$s" --run-dir "$R/sdgm" \
+    --train.steps="${SDGM_STEPS:-12000}" --train.eval_every=500 --train.ckpt_every=5000 "${COMMON[@]}"
 done
+[ "$DRY" = 1 ] && exit 0
 wait
 
 "$PY" - "$R" <<'PY' | tee "$OUTDIR/summary.md"

@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--steps-sgan", type=int, default=None, help="default: own_data_sgan.yaml's")
     p.add_argument("--steps-supervised", type=int, default=None, help="default: own_data_supervised.yaml's")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--methods", nargs="+", choices=sorted(CONFIGS), default=["supervised", "sgan"],
+                   help="which configs to train and score (default: both)")
     args = p.parse_args()
     work = Path(args.work)
     if not (work / "test").is_dir():
@@ -87,7 +89,9 @@ def main() -> None:
         counts = write_folders(work, args.per_class, args.unlabeled)
         print(f"wrote {counts} PNG files under {work} in {time.perf_counter() - start:.1f} s", flush=True)
     report = []
-    for method, steps in (("supervised", args.steps_supervised), ("sgan", args.steps_sgan)):
+    steps_of = {"supervised": args.steps_supervised, "sgan": args.steps_sgan}
+    for method in args.methods:
+        steps = steps_of[method]
         run = work / "runs" / f"own_{method}"
         overrides = [f"--data.root={work}", f"--out_dir={work / 'runs'}", f"--name=own_{method}",
                      f"--train.threads={args.threads}", "--train.progress=false"]

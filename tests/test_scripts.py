@@ -1,0 +1,191 @@
+"""Every script in experiments/ and benchmarks/ runs here: `--help`, and then either a run at a tiny size
+(TINY below: tiny synthetic data, a few steps) or the script's own `--dry-run`. A script the checkout tracks with
+neither fails `test_every_script_runs_here`: give it a tiny run in TINY, or a --dry-run flag.
+
+Python scripts run in this process (runpy, as `__main__`, with their argv), so each costs its own work and not a
+fresh interpreter; what they start themselves (genssl commands, benchmark children) are subprocesses.
+benchmarks/gpu_check.sh has its dry run in tests/test_gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_run_config
+from datafiles import write_idx_dataset
+from genssl import Trainer
+from genssl.cli import build_parser
+from genssl.config import load_run_config
+from method_recipes import recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ("experiments", "benchmarks")
+DRY_RUN_ELSEWHERE = {"benchmarks/gpu_check.sh": "tests/test_gpu_check.py"}
+
+
+def scripts() -> list[str]:
+    """The .py and .sh files under experiments/ and benchmarks/ that the checkout tracks (all of them in a clone
+    without git), as paths relative to the repository."""
+    found = sorted(str(p.relative_to(ROOT)) for folder in FOLDERS for ext in ("py", "sh")
+                   for p in (ROOT / folder).rglob(f"*.{ext}"))
+    if shutil.which("git") and (ROOT / ".git").exists():
+        tracked = subprocess.run(["git", "ls-files", *FOLDERS], cwd=ROOT, capture_output=True, text=True).stdout
+        found = [f for f in found if f in set(tracked.split())]
+    return found
+
+
+def run_script(script: str, *args: str, monkeypatch) -> None:
+    """Run a Python script as `python script args...` would, in this process; a non-zero exit fails."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # scripts put their own folder first
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None), f"{script} {' '.join(args)} exited with {e.code}"
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- shared tiny inputs
+
+@pytest.fixture(scope="module")
+def fmnist_root(tmp_path_factory) -> Path:
+    """A data root with a tiny Fashion-MNIST stand-in (IDX files of 300 training and 60 test images)."""
+    root = tmp_path_factory.mktemp("data")
+    write_idx_dataset(root / "fashion-mnist", n_train=300, n_test=60)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sgan_run(fmnist_root, tmp_path_factory) -> Path:
+    """A finished 6-step SGAN run (small nets) on the stand-in, with its tb/ curve and best.pt."""
+    cfg = tiny_run_config("sgan", tmp_path_factory.mktemp("runs"), recipe("sgan"),
+                          data={"dataset": "fashion_mnist", "root": str(fmnist_root), "n_labels": 20, "n_val": 40,
+                                "download": False})
+    trainer = Trainer(cfg)
+    trainer.fit()
+    return Path(trainer.run_dir)
+
+
+# ---------------------------------------------------------------------------------------------- the tiny runs
+
+def tiny_profile_step(tmp_path, monkeypatch, capsys, **_):
+    run_script("benchmarks/profile_step.py", "--method", "supervised", "--precision", "fp32", "--threads", "1",
+               "--steps", "2", "--warmup", "1", "--batch-size", "8", "--rows", "5", monkeypatch=monkeypatch)
+    assert "supervised" in capsys.readouterr().out
+
+
+def tiny_throughput(tmp_path, monkeypatch, capsys, **_):
+    out = tmp_path / "rows.json"
+    run_script("benchmarks/throughput.py", "--methods", "supervised", "--devices", "cpu", "--precisions", "fp32",
+               "--steps", "2", "--warmup", "1", "--batch-sizes", "8", "--labeled-batch-size", "8", "--threads", "1",
+               "--json", str(out), monkeypatch=monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["method"] == "supervised", rows
+
+
+def tiny_soak(tmp_path, monkeypatch, capsys, **_):
+    run_script("benchmarks/soak.py", "--steps", "20", "--every", "10", "--data", "synthetic", "--device", "cpu",
+               "--threads", "1", "--run-dir", str(tmp_path / "soak"), monkeypatch=monkeypatch)
+    assert "final: test_acc" in capsys.readouterr().out
+
+
+def tiny_time_to_accuracy(tmp_path, monkeypatch, capsys, request, **_):
+    run = request.getfixturevalue("sgan_run")
+    run_script("benchmarks/time_to_accuracy.py", "--runs", str(run), "--thresholds", "0.0", "1.1",
+               "--plot", str(tmp_path / "curves.png"), monkeypatch=monkeypatch)
+    assert (tmp_path / "curves.png").is_file() and run.name in capsys.readouterr().out
+
+
+def tiny_embed_own_images(tmp_path, monkeypatch, capsys, **_):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 10
+    images = (torch.rand(200, 1, 28, 28, generator=g) * 80).to(torch.uint8) + (labels * 17).to(torch.uint8)[:, None,
+                                                                                                           None, None]
+    torch.save({"images": images, "labels": labels}, tmp_path / "mine.pt")
+    run_script("experiments/embed_own_images.py", "--images", str(tmp_path / "mine.pt"), "--n-labels", "20",
+               monkeypatch=monkeypatch)  # the released fmnist-m1 encoder, shipped with the package
+    assert "200 images -> (200, " in capsys.readouterr().out
+
+
+def tiny_sample_classifier(tmp_path, monkeypatch, capsys, request, **_):
+    run = request.getfixturevalue("sgan_run")
+    run_script("experiments/sample_classifier.py", str(run), "--steps", "4", "--control", "--threads", "1",
+               "--out", str(tmp_path / "rows.json"), monkeypatch=monkeypatch)
+    assert json.loads((tmp_path / "rows.json").read_text())
+
+
+def tiny_own_data(tmp_path, monkeypatch, capsys, request, **_):
+    monkeypatch.setenv("GENSSL_DATA", str(request.getfixturevalue("fmnist_root")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the decoded-folder cache
+    run_script("experiments/own_data.py", "--work", str(tmp_path / "work"), "--per-class", "3", "--unlabeled", "30",
+               "--steps-supervised", "2", "--methods", "supervised", monkeypatch=monkeypatch)
+    assert "supervised: predict accuracy on test/" in capsys.readouterr().out
+
+
+def tiny_realistic_report(tmp_path, monkeypatch, capsys, **_):
+    (tmp_path / "runs").mkdir()
+    run_script("experiments/realistic/report.py", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+               monkeypatch=monkeypatch)  # no run folders yet: empty tables
+    assert (tmp_path / "out" / "results.md").is_file()
+
+
+def tiny_gpu_runs(tmp_path, monkeypatch, capsys, **_):
+    out = subprocess.run(["bash", str(ROOT / "experiments/gpu_runs.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=60, env={"PATH": "/usr/bin:/bin", "GPU_RUNS_OUT": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    commands = out.stdout.splitlines()
+    assert len(commands) == 5 and not (tmp_path / "runs").exists()  # printed, nothing run or written
+    for line in commands:  # each is a `genssl train` whose config and overrides load
+        args, overrides = build_parser().parse_known_args(line.split())
+        assert args.command == "train" and (ROOT / args.config).is_file(), line
+        monkeypatch.chdir(ROOT)
+        load_run_config(args.config, overrides)
+
+
+TINY = {
+    "benchmarks/profile_step.py": tiny_profile_step,
+    "benchmarks/throughput.py": tiny_throughput,
+    "benchmarks/soak.py": tiny_soak,
+    "benchmarks/time_to_accuracy.py": tiny_time_to_accuracy,
+    "experiments/embed_own_images.py": tiny_embed_own_images,
+    "experiments/sample_classifier.py": tiny_sample_classifier,
+    "experiments/own_data.py": tiny_own_data,
+    "experiments/realistic/report.py": tiny_realistic_report,
+    "experiments/gpu_runs.sh": tiny_gpu_runs,
+}
+
+
+def _has_dry_run(script: str) -> bool:
+    return "--dry-run" in (ROOT / script).read_text()
+
+
+def test_every_script_runs_here(tmp_path):
+    """Each tracked script has a tiny run below, or is dry-run here (or in DRY_RUN_ELSEWHERE)."""
+    missing = [s for s in scripts() if s not in TINY and s not in DRY_RUN_ELSEWHERE and not _has_dry_run(s)]
+    assert not missing, (f"scripts that no test runs: {missing}; add a tiny run of each to TINY in "
+                         f"tests/test_scripts.py, or give it a --dry-run flag")
+    for script in [s for s in scripts() if s not in TINY and s not in DRY_RUN_ELSEWHERE]:
+        cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
+        out = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"{script} --dry-run:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("script", [s for s in scripts() if s.endswith(".py")])
+def test_python_script_help(script, monkeypatch, capsys):
+    run_script(script, "--help", monkeypatch=monkeypatch)
+    assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", [s for s in scripts() if s in TINY])
+def test_script_at_a_tiny_size(script, tmp_path, monkeypatch, capsys, request):
+    TINY[script](tmp_path=tmp_path, monkeypatch=monkeypatch, capsys=capsys, request=request)
