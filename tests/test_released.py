@@ -127,8 +127,9 @@ def test_a_released_root_still_names_folders(tmp_path):
 def _data_root() -> Path | None:
     """The first root of the data search (README, "Data": $GENSSL_DATA, the cache, /usr/share/datasets) that holds
     Fashion-MNIST in one of its folder layouts."""
+    fmnist = BUILTIN["fashion_mnist"]
     for root in candidate_roots(None):
-        if any((root / sub).is_dir() for sub in BUILTIN["fashion_mnist"].folders):
+        if any((root / sub).is_dir() and fmnist.reader(root / sub, False) is not None for sub in fmnist.folders):
             return root
     return None
 
