@@ -17,9 +17,9 @@ resubmitted while its earlier jobs are still queued or running waits for those i
 a second job on the same run folder.
 
 An executor has `slots` (runs at once), `threads(run)` (torch threads for the run's process), `check(runs)`
-(fail before any run starts on what it cannot run), `attach(run)` (a Future for a job of an earlier submission still queued or running, else None),
-`submit(run, fn, *args) -> Future` (fn(*args) runs in the run's process) and `where(run)` (a line
-naming the job and its log, or "").
+(fail before any run starts on what it cannot run), `attach(run)` (a Future for a job of an earlier
+submission still queued or running, else None), `submit(run, fn, *args) -> Future` (fn(*args) runs in the
+run's process) and `where(run)` (a line naming the job and its log, or "").
 """
 
 from __future__ import annotations
