@@ -139,6 +139,14 @@ def tiny_realistic_report(tmp_path, monkeypatch, capsys, **_):
     assert (tmp_path / "out" / "results.md").is_file()
 
 
+def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
+    run = request.getfixturevalue("sgan_run")
+    run_script("experiments/typicality.py", str(run), "--batch-size", "64", "--out", str(tmp_path / "auroc.json"),
+               monkeypatch=monkeypatch)
+    (result,) = json.loads((tmp_path / "auroc.json").read_text())
+    assert {"log_d", "max_softmax"} <= set(result["scores"]) and "| sgan" in capsys.readouterr().out
+
+
 def tiny_gpu_runs(tmp_path, monkeypatch, capsys, **_):
     out = subprocess.run(["bash", str(ROOT / "experiments/gpu_runs.sh"), "--dry-run"], capture_output=True, text=True,
                          timeout=60, env={"PATH": "/usr/bin:/bin", "GPU_RUNS_OUT": str(tmp_path)})
@@ -161,6 +169,7 @@ TINY = {
     "experiments/sample_classifier.py": tiny_sample_classifier,
     "experiments/own_data.py": tiny_own_data,
     "experiments/realistic/report.py": tiny_realistic_report,
+    "experiments/typicality.py": tiny_typicality,
     "experiments/gpu_runs.sh": tiny_gpu_runs,
 }
 

@@ -89,13 +89,13 @@ def typicality_scores(method: Method, images: torch.Tensor, batch_size: int = 25
     refusal = typicality_refusal(method)
     if refusal is not None:
         raise ValueError(refusal)
-    return _score_batches(method, images, batch_size, seed, lambda x: method.typicality(x, **kwargs))
+    return score_batches(method, images, batch_size, seed, lambda x: method.typicality(x, **kwargs))
 
 
 def confidence_scores(method: Method, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The classifier-confidence baseline for any method: the maximum softmax probability of predict(x)
     (max_softmax_probability) of every image, (N, C, H, W) -> (N,) float64 on the CPU."""
-    return _score_batches(method, images, batch_size, EVAL_SEED, lambda x: max_softmax_probability(method.predict(x)))
+    return score_batches(method, images, batch_size, EVAL_SEED, lambda x: max_softmax_probability(method.predict(x)))
 
 
 def score_images(method: Method, images: torch.Tensor, kind: str = "model", batch_size: int = 256) -> torch.Tensor:
@@ -106,8 +106,10 @@ def score_images(method: Method, images: torch.Tensor, kind: str = "model", batc
     return typicality_scores(method, images, batch_size)
 
 
-def _score_batches(method: Method, images: torch.Tensor, batch_size: int, seed: int, fn) -> torch.Tensor:
-    """fn over batches of images in eval mode, no grad, autocast off, each batch's noise from seed + its index."""
+def score_batches(method: Method, images: torch.Tensor, batch_size: int, seed: int, fn) -> torch.Tensor:
+    """fn (B, C, H, W) floats in [0, 1] -> (B,) over batches of images (uint8 or floats), in eval mode, without
+    gradients, autocast off, each batch's noise from seed + its index; (N,) float64 on the CPU. The one loop behind
+    typicality_scores and confidence_scores, for a score of one's own."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if images.dim() != 1 + len(method.spec.image_shape):
