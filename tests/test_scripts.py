@@ -132,11 +132,37 @@ def tiny_own_data(tmp_path, monkeypatch, capsys, request, **_):
     assert "supervised: predict accuracy on test/" in capsys.readouterr().out
 
 
-def tiny_realistic_report(tmp_path, monkeypatch, capsys, **_):
-    (tmp_path / "runs").mkdir()
-    run_script("experiments/realistic/report.py", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-               monkeypatch=monkeypatch)  # no run folders yet: empty tables
-    assert (tmp_path / "out" / "results.md").is_file()
+def _realistic_run(runs: Path, name: str, fmnist_root: Path, **data) -> None:
+    """A tiny supervised run with the study's options (oracle, budgets) on the stand-in, in runs/<name>."""
+    cfg = tiny_run_config("supervised", runs, {"hidden": [16]},
+                          data={"dataset": "fashion_mnist", "root": str(fmnist_root), "download": False,
+                                "n_labels": 20, "n_val": 40, **data},
+                          train={"steps": 6, "eval_every": 2, "oracle": True, "budgets_s": [60, 120]})
+    Trainer(cfg, run_dir=runs / name).fit()
+
+
+def tiny_realistic_report(tmp_path, monkeypatch, capsys, request, **_):
+    root = request.getfixturevalue("fmnist_root")
+    monkeypatch.setenv("GENSSL_DATA", str(root))
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _realistic_run(runs, f"supervised+strong-n20-s{seed}", root, split_seed=seed)
+    _realistic_run(runs, "u1000-fixmatch-n20-s0", root, n_unlabeled=100)
+    run_script("experiments/realistic/report.py", "--runs", str(runs), "--out", str(tmp_path / "out"),
+               "--subsets", "3", "--per-class", "2", monkeypatch=monkeypatch)
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| supervised+strong |" in text and "| within_se |" in text and "n_unlabeled 1000" in text
+    assert (tmp_path / "out" / "accuracy_vs_budget.png").is_file()
+
+
+def tiny_filter_auroc(tmp_path, monkeypatch, capsys, request, **_):
+    root = request.getfixturevalue("fmnist_root")
+    monkeypatch.setenv("GENSSL_DATA", str(root))
+    _realistic_run(tmp_path / "runs", "mm50-supervised-n20-s0", root, classes=[0, 1, 2, 3, 4, 6], n_val=12,
+                   n_labels=12, n_unlabeled=100, mismatch=0.5)
+    run_script("experiments/realistic/filter_auroc.py", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path),
+               monkeypatch=monkeypatch)
+    assert "| supervised | confidence |" in (tmp_path / "filter_auroc.md").read_text()
 
 
 def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
@@ -169,6 +195,7 @@ TINY = {
     "experiments/sample_classifier.py": tiny_sample_classifier,
     "experiments/own_data.py": tiny_own_data,
     "experiments/realistic/report.py": tiny_realistic_report,
+    "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
     "experiments/gpu_runs.sh": tiny_gpu_runs,
 }
