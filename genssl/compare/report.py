@@ -62,12 +62,12 @@ def _budget_summary(results: list[dict]) -> dict[float, dict]:
 
 
 def budget_table(table: list[dict]) -> str:
-    """Markdown: test accuracy of each method at each equal-cost budget, next to its own schedule."""
+    """Markdown: test accuracy of each method at each equal-cost budget, next to the end of its run."""
     budgets = sorted({b for r in table for b in r.get("budgets", {})})
     if not budgets:
         return ""
     head = " | ".join(f"≤ {fmt_duration(b)}" for b in budgets)
-    lines = [f"| method | labels | {head} | own schedule |", "|---|---:|" + "---:|" * (len(budgets) + 1)]
+    lines = [f"| method | labels | {head} | end of run |", "|---|---:|" + "---:|" * (len(budgets) + 1)]
     for r in table:
         cells = []
         for b in budgets:
@@ -83,7 +83,8 @@ def budget_table(table: list[dict]) -> str:
     lines.append("Equal cost: each cell scores once on the test set the weights that the run's selection policy "
                  "picked among the evaluations reached within the budget (seconds of the budget clock: CPU time "
                  "of the run's process on a CPU, wall time on a GPU; validation included, oracle excluded); the "
-                 "steps are those reached within it.")
+                 "steps are those reached within it. End of run: the run's own pick at its last step (its "
+                 "schedule's end, or where train.stop_at_budget stopped it).")
     return "\n".join(lines) + "\n"
 
 
