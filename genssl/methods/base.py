@@ -52,6 +52,12 @@ class Method(nn.Module):
     classifier-confidence baseline that works for every method)."""
     supports_stacking: ClassVar[bool] = False
     """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
+    capturable: ClassVar[bool] = False
+    """The step can be captured in a CUDA graph (genssl.training.captured): it is a fixed sequence of kernels on the
+    device, with no host synchronisation (no .item(), no data-dependent shapes), and it reads every number that
+    changes from step to step (learning rates, loss weights) through `step_values`, never from `step` itself, so a
+    replay that runs none of its Python still follows the schedule. tests/test_captured.py runs every claim in the
+    static-buffer mode on the CPU."""
     auto_bf16: ClassVar[bool] = False
     """bf16 was checked to keep this method's accuracy (Fashion-MNIST, 100 labels, seeds 0-2 at its config: the
     bf16 mean within one std of fp32's, experiments/README.md) and its bf16 step measured faster on a CPU with
@@ -66,6 +72,14 @@ class Method(nn.Module):
             return f"{cls.name} does not support stacked seeds (supports_stacking is False)"
         return None
 
+    @classmethod
+    def capture_refusal(cls, cfg) -> str | None:
+        """Why the step of method config `cfg` cannot be captured in a CUDA graph (genssl.training.captured), or None
+        when it can. A subclass that sets capturable refuses the options whose step syncs with the host."""
+        if not cls.capturable:
+            return f"{cls.name} does not declare a capturable step (capturable is False)"
+        return None
+
     def __init__(self, cfg, spec: DataSpec):
         super().__init__()
         self.cfg, self.spec = cfg, spec
@@ -74,6 +88,7 @@ class Method(nn.Module):
         self.total_steps = 1
         self.grad_clip: float | None = None
         self.grad_sync = None  # set by genssl.training.distributed under torchrun: averages gradients across ranks
+        self.static_values: dict[str, torch.Tensor] | None = None  # set by genssl.training.captured (step_values)
 
     # ------------------------------------------------------------------ set-up, called by the Trainer
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -95,6 +110,22 @@ class Method(nn.Module):
         `genssl downstream --seed` also gives for the same split, so both report the same figure."""
 
     # ------------------------------------------------------------------ the step
+    def schedule(self, step: int) -> dict[str, float]:
+        """The numbers of step `step` that change during a run (learning rates, loss weights), as Python floats; the
+        step reads them through `step_values`. A pure function of `step` and the config. Default: none."""
+        return {}
+
+    def step_values(self, step: int) -> dict[str, float | torch.Tensor]:
+        """`schedule(step)`, or, while genssl.training.captured runs the step, the 0-d device tensors it fills with
+        the schedule's values before each step (a CUDA graph replays kernels, not Python: a float read here at
+        capture time would stay fixed). Use them only in tensor arithmetic, `set_lr` and `log_value`."""
+        return self.schedule(step) if self.static_values is None else self.static_values
+
+    @staticmethod
+    def log_value(value: float | torch.Tensor) -> torch.Tensor:
+        """A schedule value as a log scalar: the static tensor itself, or a float as a tensor."""
+        return value if isinstance(value, torch.Tensor) else torch.tensor(value)
+
     def train_step(self, batch, step: int) -> dict[str, torch.Tensor]:
         """One optimization step. Returns detached scalar tensors named like ``train/sup_loss``; the Trainer
         reads them only every log_every steps, so a GPU step needs no host synchronisation.
@@ -140,7 +171,9 @@ class Method(nn.Module):
         scaler.step(opt)
         scaler.update()
 
-    def set_lr(self, name: str, lr: float) -> None:
+    def set_lr(self, name: str, lr: float | torch.Tensor) -> None:
+        """Set optimizer `name`'s learning rate: a float, or a 0-d tensor (a static value of
+        genssl.training.captured, which the optimizer then reads on the device at every step)."""
         for group in self.optimizers[name].param_groups:
             group["lr"] = lr
 

@@ -51,7 +51,7 @@ def check_labeled_weight(value: float | None) -> None:
 
 
 def step_loss(neg_L_l: torch.Tensor, kl_l: torch.Tensor, ce_l: torch.Tensor, cls_weight: float,
-              neg_L_u: torch.Tensor, kl_u: torch.Tensor, logits_u: torch.Tensor, beta: float = 1.0,
+              neg_L_u: torch.Tensor, kl_u: torch.Tensor, logits_u: torch.Tensor, beta: float | torch.Tensor = 1.0,
               labeled_weight: float | None = None) -> dict[str, torch.Tensor]:
     """The step's loss (module docstring) and the bounds it is made of.
 
@@ -60,8 +60,9 @@ def step_loss(neg_L_l: torch.Tensor, kl_l: torch.Tensor, ce_l: torch.Tensor, cls
     beta < 1 down-weights the KL terms (warm-up): the loss optimizes rec - beta * KL, the bounds reported are
     always the true ones. Returns {"loss", "neg_U" (if B_u > 0)}.
     """
+    warm = isinstance(beta, torch.Tensor) or beta != 1.0  # a tensor beta (a captured step's) always takes this form
     labeled = -neg_L_l  # (B_l,)
-    if beta != 1.0:  # warm-up: optimize rec + log p(y) - beta * KL
+    if warm:  # warm-up: optimize rec + log p(y) - beta * KL (at beta = 1 the same numbers: x - 0 * kl = x)
         labeled = labeled - (1.0 - beta) * kl_l
     out: dict[str, torch.Tensor] = {}
     loss_u = None
@@ -69,7 +70,7 @@ def step_loss(neg_L_l: torch.Tensor, kl_l: torch.Tensor, ce_l: torch.Tensor, cls
         neg_U = losses.unlabeled_bound(neg_L_u, logits_u)  # (B_u,)
         out["neg_U"] = neg_U.mean()
         loss_u = -neg_U
-        if beta != 1.0:  # -U with the KL scaled by beta = -U - (1 - beta) * sum_y q(y|x) KL(x, y)
+        if warm:  # -U with the KL scaled by beta = -U - (1 - beta) * sum_y q(y|x) KL(x, y)
             q = F.softmax(logits_u.float(), -1)  # (B_u, K)
             loss_u = loss_u - (1.0 - beta) * (q * kl_u).sum(-1)
     if labeled_weight is None:
@@ -177,6 +178,7 @@ class EnumeratedModel(Method):
     can_sample = True
     can_sample_conditional = True  # on pixels only, as for the encoder
     supports_stacking = True  # except where a subclass's stacking_refusal says otherwise
+    capturable = True  # except where a subclass's capture_refusal says otherwise
 
     def __init__(self, cfg: EnumeratedConfig, spec: DataSpec, arch: str = "mlp", cls_arch: str | None = None):
         super().__init__(cfg, spec)
@@ -231,13 +233,17 @@ class EnumeratedModel(Method):
         and the batch, so Method.train_step runs it alone and genssl.training.stacked under vmap. `views` go to
         the objective as they are (M2's hybrid: its strong views)."""
         x_l, x_u = self.prepare(batch.x_l), self.prepare(batch.x_u)
-        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
+        beta = self.step_values(step).get("kl_weight", 1.0)
         terms = self.objective(x_l, batch.y_l, x_u, beta=beta, **views)
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-        logs["train/cls_weight"] = torch.tensor(self.cls_weight)
+        logs["train/cls_weight"] = torch.full((), self.cls_weight, device=batch.x_l.device)  # on the device: no copy
         if self.cfg.kl_warmup > 0:
-            logs["train/kl_weight"] = torch.tensor(beta)
+            logs["train/kl_weight"] = self.log_value(beta)
         return terms["loss"], logs, carry
+
+    def schedule(self, step: int) -> dict[str, float]:
+        """The KL weight of the warm-up, when there is one (without, the loss takes its beta = 1 form)."""
+        return {"kl_weight": kl_weight(step, self.total_steps, self.cfg.kl_warmup)} if self.cfg.kl_warmup > 0 else {}
 
     def objective(self, x_l, y_l, x_u, sample: bool = True, beta: float = 1.0, **views) -> dict[str, torch.Tensor]:
         """{"loss", and the terms to log} of one step on prepared inputs (`step_loss` on the model's bounds)."""

@@ -55,6 +55,7 @@ LR_SCHEDULES = ("cosine", "constant")
 @register_method("fixmatch")
 class FixMatch(ClassifierMethod):
     supports_stacking = True
+    capturable = True
 
     @dataclass
     class Config(ClassifierConfig):
@@ -102,11 +103,14 @@ class FixMatch(ClassifierMethod):
             return self.cfg.lr
         return self.cfg.lr * math.cos(7 * math.pi * step / (16 * max(self.total_steps, 1)))
 
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"lr": self.lr_at(step)}
+
     # ------------------------------------------------------------------ the step
     def stage_loss(self, name, batch, step, carry):
         """Eq. 3 + lambda_u eq. 4 for one batch (one stage, so genssl.training.stacked can train seeds stacked)."""
         c = self.cfg
-        lr = self.lr_at(step)
+        lr = self.step_values(step)["lr"]
         self.set_lr("main", lr)
         n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
         x = torch.cat([self.augment(batch.x_l), self.augment(batch.x_u, "weak"), self.augment(batch.x_u, "strong")])
@@ -117,7 +121,7 @@ class FixMatch(ClassifierMethod):
             mask = (conf >= c.threshold).float()
         unsup = (F.cross_entropy(logits_s, pseudo, reduction="none") * mask).mean()  # eq. 4
         logs = {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/mask_rate": mask.mean(),
-                "train/lr": torch.tensor(lr)}
+                "train/lr": self.log_value(lr)}
         if batch.y_u is not None:  # hidden labels: a log of how good the kept pseudo-labels are, never a loss
             right = (pseudo == batch.y_u).float()
             logs["train/pseudo_acc"] = (right * mask).sum() / mask.sum().clamp(min=1.0)

@@ -77,6 +77,7 @@ FM_REAL = ("fresh", "d_step")
 class SGAN(Method):
     can_sample = True
     supports_stacking = True
+    capturable = True
     typicality_score = "log_d"
     auto_bf16 = True  # 20k steps, seeds 0-2: bf16 77.73 +- 2.72 vs fp32 77.47 +- 2.50 (AMX Xeon, experiments/README.md)
 
@@ -199,6 +200,9 @@ class SGAN(Method):
             return self.cfg.lr
         return self.cfg.lr * max(0.0, (self.total_steps - step) / max(self.total_steps - start, 1.0))
 
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"lr": self.lr_at(step)}
+
     # ------------------------------------------------------------------ the step
     def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, :-1] if self.explicit else logits  # (B, K)
@@ -215,7 +219,7 @@ class SGAN(Method):
         optional term is computed here, none in train_step."""
         cfg = self.cfg
         if name == "d":
-            lr = self.lr_at(step)
+            lr = self.step_values(step)["lr"]
             self.set_lr("d", lr)
             self.set_lr("g", lr)
             n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
@@ -258,7 +262,7 @@ class SGAN(Method):
                 d_real = sgan_d_prob(l_unl, self.explicit).mean()
                 d_fake = sgan_d_prob(l_fake, self.explicit).mean()
             logs = {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/d_real": d_real,
-                    "train/d_fake": d_fake, "train/lab_acc": acc, "train/lr": torch.tensor(lr)} | logs
+                    "train/d_fake": d_fake, "train/lab_acc": acc, "train/lr": self.log_value(lr)} | logs
             return loss, logs, {"x_u": x_u, "x_fake": x_fake, "f_unl": feats[n_l:n_l + n_u].detach()}
 
         # Generator: feature matching through the updated discriminator (the caller freezes its weights).

@@ -11,6 +11,7 @@ from genssl.registry import register_method
 @register_method("supervised")
 class Supervised(ClassifierMethod):
     supports_stacking = True
+    capturable = True
     uses_unlabeled = False  # the labeled few only
 
     @dataclass

@@ -41,6 +41,7 @@ READOUTS = ("linear", "mlp", "knn")
 class VAEM1(Method):
     has_encoder = True
     supports_stacking = True
+    capturable = True
     typicality_score = "elbo"
     @dataclass
     class Config:
@@ -98,11 +99,14 @@ class VAEM1(Method):
         """The negative ELBO of the unlabeled batch, its KL weighted by the warm-up (one stage)."""
         x = self.prepare(batch.x_u)
         rec, kl = self.elbo_terms(x)
-        beta = kl_weight(step, self.total_steps, self.cfg.kl_warmup)
+        beta = self.step_values(step)["kl_weight"]
         loss = (beta * kl - rec).mean()
         logs = {"train/elbo": (rec - kl).mean().detach(), "train/rec": rec.mean().detach(),
-                "train/kl": kl.mean().detach(), "train/kl_weight": torch.tensor(beta)}
+                "train/kl": kl.mean().detach(), "train/kl_weight": self.log_value(beta)}
         return loss, logs, carry
+
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"kl_weight": kl_weight(step, self.total_steps, self.cfg.kl_warmup)}
 
     # ------------------------------------------------------------------ inference
     def encode(self, x: torch.Tensor) -> torch.Tensor:

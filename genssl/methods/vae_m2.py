@@ -98,6 +98,12 @@ class VAEM2(EnumeratedModel):
             return f"{cls.name}: m1_active_threshold models a different set of M1 dims per seed"
         return super().stacking_refusal(cfg)
 
+    @classmethod
+    def capture_refusal(cls, cfg) -> str | None:
+        if cfg.m1_active_threshold is not None:  # x[..., mask] reads the number of kept dims on the host
+            return f"{cls.name}: m1_active_threshold selects M1 dims with a boolean mask, a host synchronisation"
+        return super().capture_refusal(cfg)
+
     def __init__(self, cfg: Config, spec: DataSpec):
         if cfg.prior not in PRIORS:
             raise ValueError(f"unknown prior {cfg.prior!r}; choose one of {', '.join(PRIORS)}")

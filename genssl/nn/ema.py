@@ -8,6 +8,10 @@ statistics, frozen weight-norm scales) are copied, not averaged.
 
 The average is a registered sub-module holding a full copy of the network, so it lives in the owner's
 state_dict: checkpoints and resumes restore it exactly. Generic: any method can hold one.
+
+The update count t lives on the device and d_t is computed there, so an update is device work only: no host
+synchronisation, and a CUDA graph that replays it (genssl.training.captured) keeps counting. The arithmetic is
+the float64 of the Python formula, then one rounding to float32 as before, so the weights are the same bits.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ class EMA(nn.Module):
         self.decay = decay
         self.shadow = copy.deepcopy(model).requires_grad_(False)
         self.shadow.eval()
-        self.num_updates = 0  # a Python int (no device sync per step); saved through get_extra_state
+        # t, a float64 0-d tensor on the weights' device (moved there at the first update); not a buffer, so the
+        # state_dict keys and the stacked-seeds stacking of buffers are unchanged. Saved through get_extra_state.
+        self._count = torch.zeros((), dtype=torch.float64)
+
+    @property
+    def num_updates(self) -> int:
+        return int(self._count)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -37,17 +47,20 @@ class EMA(nn.Module):
     def reset(self, model: nn.Module) -> None:
         """Copy the current weights (e.g. after data-dependent initialization)."""
         self.shadow.load_state_dict(model.state_dict())
-        self.num_updates = 0
+        self._count.zero_()  # in place: a captured graph keeps counting in this tensor
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         ema_p = list(self.shadow.parameters())
         p = [q.detach() for q in model.parameters()]
         if len(ema_p) != len(p):
             raise ValueError(f"EMA: model has {len(p)} parameters but its average has {len(ema_p)}")
-        torch._foreach_lerp_(ema_p, p, 1.0 - d)
+        if self._count.device != ema_p[0].device:
+            self._count = self._count.to(ema_p[0].device)
+        t = self._count.add_(1)
+        d = ((1 + t) / (10 + t)).clamp_(max=self.decay)  # float64, as the Python formula
+        weight = (1 - d).to(ema_p[0].dtype)  # (), rounded once, as a float weight is
+        torch._foreach_lerp_(ema_p, p, [weight] * len(ema_p))
         for b_ema, b in zip(self.shadow.buffers(), model.buffers()):
             b_ema.copy_(b)
 
@@ -58,4 +71,4 @@ class EMA(nn.Module):
         return {"num_updates": self.num_updates}
 
     def set_extra_state(self, state: dict) -> None:
-        self.num_updates = int(state["num_updates"])
+        self._count.fill_(float(state["num_updates"]))
