@@ -75,3 +75,22 @@ def test_a_classifier_run_filters_by_confidence_only(tiny_data, tmp_path):
                           data={**DATA, "filter_run": str(tmp_path / "sup"), "filter_score": "confidence"})
     res = Trainer(cfg, run_dir=tmp_path / "b", data=tiny_data).fit()
     assert res["filter"]["score"] == "max_softmax" and res["filter"]["kept"] + res["filter"]["dropped"] == 200
+
+
+def test_two_sided_keeps_the_band_around_the_validation_median(tiny_data, tmp_path, filter_run):
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]},
+                          data={**DATA, "filter_run": str(filter_run), "filter_score": "two_sided",
+                                "filter_quantile": 0.2})
+    trainer = Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data)
+    report = trainer.fit()["filter"]
+    assert report["score"] == "elbo, two-sided" and report["kept"] + report["dropped"] == 200
+    split, source = RunDir(tmp_path / "r").read_split(), RunDir(filter_run).read_split()
+    method, _, _ = method_from_run(filter_run)
+    images = trainer.lanes[0].batcher.images
+    val = score_images(method, images[split.val]).float()
+    lab = set(source.labeled.tolist())
+    candidates = torch.tensor([i for i in source.unlabeled.tolist() if i not in lab])
+    distance = (score_images(method, images[candidates]).float() - val.median()).abs()
+    kept = set(split.unlabeled.tolist()) - set(split.labeled.tolist())
+    band = float(torch.quantile(-(val - val.median()).abs(), 0.2))
+    assert kept == set(candidates[-distance >= band].tolist())  # high and low outliers both dropped

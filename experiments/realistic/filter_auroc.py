@@ -6,8 +6,9 @@ ones: the AUROC a pool filter (data.filter_run) would work with, per score, from
 For each run of experiments/realistic/mismatch.yaml at 50% and 100% mismatch, the images of its unlabeled pool
 (split.pt), with its validation images as further in-task ones (at 100% mismatch the only ones), are scored
 by the run's own model: `model` (the generative score: vae_m2's ELBO -U(x), the SSL-GAN's
-log D(x)) and `confidence` (the maximum softmax probability of its classifier, the non-generative baseline that
-every method has). The pool's hidden labels are read for this measurement only. 1.0: every in-task image
+log D(x)), `two_sided` (minus its distance from the validation images' median, as data.filter_score:
+two_sided) and `confidence` (the maximum softmax probability of its classifier, the non-generative baseline
+that every method has). The pool's hidden labels are read for this measurement only. 1.0: every in-task image
 scores above every out-of-task one; 0.5: chance; below 0.5: the score prefers the strays (Nalisnick et al. 2019).
 """
 
@@ -41,11 +42,15 @@ def pool_auroc(run_dir: Path, data_cache: dict) -> dict[str, float]:
     inside = train.labels[pool] < len(cfg.data.classes)
     method, _, _ = method_from_run(run_dir)
     out = {}
+    val = torch.isin(pool, split.val)
     for kind in ("model", "confidence"):
         if kind == "model" and not can_score_typicality(method):
             continue
         s = score_images(method, train.images[pool], kind).float()
         out[kind] = auroc(s[inside], s[~inside]) if (~inside).any() else float("nan")
+        if kind == "model":  # the pool filter's two_sided score: minus the distance from the validation median
+            two = -(s - s[val].median()).abs()
+            out["two_sided"] = auroc(two[inside], two[~inside]) if (~inside).any() else float("nan")
     return out
 
 

@@ -2,8 +2,10 @@
 
 A finished run of a generative method, trained on this same unlabeled pool (same data config and seed), scores
 how typical each image is (`data.filter_score: model`, its Method.typicality: the ELBO for the VAE family, log D(x)
-for the SSL-GAN; genssl.methods.typicality), or, as the non-generative baseline, any run's classifier confidence
-(`confidence`: the maximum softmax probability). The threshold is the `filter_quantile` of the scores of the
+for the SSL-GAN; genssl.methods.typicality), or that score made two-sided (`two_sided`: minus its distance
+from the validation images' median, so images scoring far *above* the in-task ones are atypical too: a
+likelihood can rank simpler out-of-class images higher, Nalisnick et al. 2019), or, as the non-generative
+baseline, any run's classifier confidence (`confidence`: the maximum softmax probability). The threshold is the `filter_quantile` of the scores of the
 validation images (the labeled ones when there are none), which are of the task's classes by construction and
 unseen by the filter's training, so about (1 - quantile) of in-task images pass; unlabeled images scoring
 below it are dropped. The labeled images always stay. What was kept, and, from the hidden labels
@@ -26,7 +28,7 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
                      filter_run: str | Path, quantile: float, kind: str = "model", device="cpu") -> tuple[Split, dict]:
     """(split with the atypical unlabeled images removed, report)."""
     method, cfg, _ = method_from_run(filter_run, "best.pt", device=device)
-    if kind == "model" and typicality_refusal(method) is not None:
+    if kind in ("model", "two_sided") and typicality_refusal(method) is not None:
         raise ValueError(f"data.filter_run={str(filter_run)!r}: {typicality_refusal(method)}; filter with a run of "
                          f"vae_m1, vae_m2, adgm, sdgm or sgan, or set data.filter_score: confidence")
     if tuple(method.spec.image_shape) != tuple(images_u8.shape[1:]):
@@ -37,8 +39,14 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
                                                  split.unlabeled.sort().values)
     reference = split.val if split.val.numel() else split.labeled
 
+    def raw(idx: torch.Tensor) -> torch.Tensor:
+        return score_images(method, images_u8[idx.to(images_u8.device)],
+                            "confidence" if kind == "confidence" else "model").float()
+
+    center = float(raw(reference).median()) if kind == "two_sided" else 0.0
+
     def scores(idx: torch.Tensor) -> torch.Tensor:
-        return score_images(method, images_u8[idx.to(images_u8.device)], kind).float()
+        return -(raw(idx) - center).abs() if kind == "two_sided" else raw(idx)
 
     threshold = float(torch.quantile(scores(reference), quantile))
     labeled = set(split.labeled.tolist())
@@ -47,7 +55,8 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
     kept = candidates[keep]
     on_top = split.unlabeled[torch.isin(split.unlabeled, split.labeled)]
     out_of_task = labels.cpu()[candidates] >= num_task_classes
-    report = {"run": str(filter_run), "method": cfg.method_name, "score": score_name(method, kind),
+    report = {"run": str(filter_run), "method": cfg.method_name, "score": score_name(method, "confidence" if kind == "confidence" else "model")
+              + (", two-sided" if kind == "two_sided" else ""),
               "same_pool": bool(same_pool), "quantile": quantile, "threshold": threshold, "pool": int(split.unlabeled.numel()),
               "scored": int(candidates.numel()), "kept": int(kept.numel()), "dropped": int((~keep).sum()),
               "labeled_kept": int(on_top.numel()),
