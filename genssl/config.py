@@ -64,7 +64,8 @@ class DataConfig:
     filter_quantile: float = 0.05
     """The quantile of the validation images' scores below which an unlabeled image is dropped."""
     filter_score: str = "model"
-    """model (the filter run's generative score: ELBO, log D) | confidence (its classifier's maximum softmax
+    """model (the filter run's generative score: ELBO, log D; low = atypical) | two_sided (its distance from the
+    validation images' median: far on either side = atypical) | confidence (its classifier's maximum softmax
     probability: the non-generative baseline, for any method's run)."""
     labeled_in_unlabeled: bool = True
     """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
@@ -387,8 +388,8 @@ def validate(cfg: RunConfig) -> None:
     if d.classes is not None:
         if len(d.classes) < 2 or len(set(d.classes)) != len(d.classes) or min(d.classes) < 0:
             raise ConfigError(f"data.classes: need at least two distinct class indices >= 0, got {d.classes}")
-    if d.filter_score not in ("model", "confidence"):
-        raise ConfigError(f"data.filter_score: {d.filter_score!r} is not one of model, confidence")
+    if d.filter_score not in ("model", "two_sided", "confidence"):
+        raise ConfigError(f"data.filter_score: {d.filter_score!r} is not one of model, two_sided, confidence")
     if not 0.0 <= d.filter_quantile < 1.0:
         raise ConfigError(f"data.filter_quantile must be in [0, 1), got {d.filter_quantile}")
     if d.mismatch > 0 and (d.classes is None or d.n_unlabeled is None):
