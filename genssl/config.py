@@ -107,6 +107,11 @@ class TrainConfig:
     (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""
+    cuda_graph: str = "auto"
+    """auto | on | off: capture the training step in a CUDA graph and replay it (genssl.training.captured; a GPU step
+    of these small models is launch-bound). auto: captured on CUDA where the method declares a capturable step and
+    the run allows it (fp32, no compile, one process, one seed), eager otherwise; on: the same, but an error on a
+    device that is not CUDA; off: eager. results.json records the choice and why (cuda_graph, cuda_graph_reason)."""
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
     eval_every: int = 500
@@ -164,18 +169,21 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+CUDA_GRAPH_CHOICES = ("auto", "on", "off")
+"""train.cuda_graph values (genssl.training.captured)."""
+
 # Config keys that do not change what a finished run computed: a grid reuses a run that differs only in them,
 # and RunConfig.digest leaves them out.
 REPORTING_KEYS = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
                             "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
-                            "data.download"})
+                            "data.download", "train.cuda_graph"})
 
 
 # Keys that may change on --resume without changing what the run computes up to the saved step.
 RESUMABLE_OVERRIDES = frozenset(
     {"train.steps", "train.eval_every", "train.log_every", "train.ckpt_every", "train.progress",
      "train.eval_batch_size", "train.threads", "train.device", "data.root", "data.download", "out_dir",
-     "train.oracle", "train.stop_at_budget"}
+     "train.oracle", "train.stop_at_budget", "train.cuda_graph"}
 )
 
 
@@ -369,6 +377,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16, auto")
+    if t.cuda_graph not in CUDA_GRAPH_CHOICES:
+        raise ConfigError(f"train.cuda_graph: {t.cuda_graph!r} is not one of {', '.join(CUDA_GRAPH_CHOICES)} (auto: "
+                          f"captured on CUDA where the method allows it, eager elsewhere)")
     for where, seed in (("train.seed", t.seed), ("data.split_seed", d.split_seed)):
         if seed is not None and not 0 <= seed < 2**62:  # torch generators take unsigned 64-bit seeds
             raise ConfigError(f"{where} must be in [0, 2**62), got {seed}")

@@ -2,10 +2,11 @@
 and the NaN/health guards; knows nothing about what a method computes.
 
 A Trainer trains one run, or several seeds of one config at once (`seeds=[...]`): every seed is a *lane*
-with its own run folder (genssl.runs.RunDir), split, data order, monitor, best checkpoint, guards and
+with its own run folder (genssl.runs.run_dir.RunDir), split, data order, monitor, best checkpoint, guards and
 results.json, exactly as a single run writes them. How the lanes' steps are computed is the step strategy:
 `SingleStep` calls `method.train_step`; `genssl.training.stacked.StackedStep` trains all lanes' parameters
-stacked, in one vmapped step. Everything else (guards, evaluation, checkpoints, resume) is shared code.
+stacked, in one vmapped step; `genssl.training.captured.CapturedStep` replays one lane's step as a CUDA graph.
+Everything else (guards, evaluation, checkpoints, resume) is shared code.
 (Over 350 lines on purpose: it is the one loop, and splitting its guards from it would hide the order they run in.)
 """
 
@@ -33,11 +34,13 @@ from genssl.methods.base import Method
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
 from genssl.training.budget import BudgetClock, clock_kind
+from genssl.training.captured import CapturedStep, capture_decision
 from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy, correct
 from genssl.training.monitor import Monitor, progress
 from genssl.training.pool_filter import filter_unlabeled
+from genssl.training.preempt import CheckpointSignals
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
 from genssl.training.selection import Selector
 from genssl.training.stacked import StackedStep
@@ -205,6 +208,12 @@ class Trainer:
         return self.fit_all()[0]
 
     def fit_all(self) -> list[dict]:
+        """Train every lane; returns their results. SIGUSR2 / SIGTERM (a Slurm preemption) save last.pt at the next
+        step boundary, then take their course (genssl.training.preempt)."""
+        with CheckpointSignals(enabled=self.world_size == 1) as self._signals:
+            return self._fit_all()
+
+    def _fit_all(self) -> list[dict]:
         cfg, t = self.cfg, self.cfg.train
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
@@ -229,12 +238,16 @@ class Trainer:
         self.clock = clock
         x_test, y_test = test.images.to(device), test.labels.to(device)
         budgets = sorted(t.budgets_s)
+        self.cuda_graph, self.cuda_graph_reason = capture_decision(
+            t.cuda_graph, device, method_class, cfg.method, self.precision, t.compile, self.world_size, len(methods))
         if len(methods) > 1:
             strategy = StackedStep(methods, t.steps, self.precision)
             if self.lanes[0].resume:  # the lanes share one noise stream, saved in every lane's checkpoint
                 set_rng_state(self.lanes[0].run.load_resume_checkpoint(map_location=device)[0]["rng"])
         else:
-            strategy = SingleStep(methods)
+            strategy = CapturedStep(methods) if self.cuda_graph else SingleStep(methods)
+        captured = isinstance(strategy, CapturedStep)
+        self.step_mode = ("captured" if strategy.capture else "static") if captured else "eager"
         self.ddp = None
         if self.world_size > 1:  # after initialize/resume, so every rank starts from rank 0's state
             self.ddp = wrap_method_for_ddp(methods[0])
@@ -315,14 +328,18 @@ class Trainer:
             strategy.train()
             return accs
 
-        def flush(at_step: int, count: int) -> dict[str, float]:
+        def flush(at_step: int, count: int) -> list[dict[str, float]]:
+            """Each lane's mean logs since the last flush, written to its TensorBoard; one dict per lane."""
+            lane_means = []
             for i, lane in enumerate(self.lanes):
                 means = self._flush_logs(lane, strategy.lane_method(i), count, at_step)
                 lane.monitor.scalars(means, at_step)
-            return means
+                lane_means.append(means)
+            return lane_means
 
         desc = (f"{cfg.method_name} {self.precision}" + (f" ({self.precision_reason})" if t.precision == "auto" else "")
-                + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else ""))
+                + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else "")
+                + (f", cuda graph {self.cuda_graph_reason}" if device.type == "cuda" and t.cuda_graph != "off" else ""))
         bar = progress(t.steps, step, desc, t.progress and self.is_main)
         count = 0
         strategy.train()
@@ -343,10 +360,11 @@ class Trainer:
             boundary = step == t.steps
             if step % t.log_every == 0 or boundary or (count and (step % t.eval_every == 0 or step % t.ckpt_every == 0)):
                 # never evaluate or save weights from steps whose losses were not yet checked
-                means = flush(step, count)
+                lane_means = flush(step, count)
                 count = 0
-                if step % t.log_every == 0 or boundary:
-                    bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()}, refresh=False)
+                if step % t.log_every == 0 or boundary:  # every seed's value, as val_acc below
+                    bar.set_postfix({k.split("/")[-1]: ",".join(f"{m[k]:.3g}" for m in lane_means)
+                                     for k in lane_means[0]}, refresh=False)
             if step % t.eval_every == 0 or boundary:
                 accs = evaluate(step)
                 bar.set_postfix_str("val_acc=" + ",".join(f"{a:.4f}" for a in accs)
@@ -354,6 +372,13 @@ class Trainer:
                                     refresh=False)
             if step % t.ckpt_every == 0 or boundary:
                 save_last(step)
+            elif self._signals.pending is not None:  # preempted: save here (checked losses only), then let it act
+                if count:
+                    flush(step, count)
+                    count = 0
+                save_last(step)
+            if self._signals.pending is not None:
+                self._signals.hand_over()
             bar.update(1)
             if budgets:
                 spent = clock.elapsed() / n_lanes
@@ -410,6 +435,7 @@ class Trainer:
             "curve": lane.curve, "filter": lane.filter_report,
             "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
             "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
+            "cuda_graph": self.step_mode, "cuda_graph_reason": self.cuda_graph_reason,
             "genssl": __version__,
             "config_digest": lane.cfg.digest(),
             "resume_overrides": {k: list(v) for k, v in lane.resume_overrides.items()},
