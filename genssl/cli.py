@@ -10,7 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from genssl.compare.executors import EXECUTORS, available_cpus
-from genssl.compare.runner import collect_grid, run_grid
+from genssl.compare.runner import PACK_CHOICES, collect_grid, run_grid
 from genssl.compare.report import beside_reference
 from genssl.config import ConfigError, load_run_config, load_yaml
 from genssl.downstream.encoder_scores import run_downstream_command
@@ -59,7 +59,8 @@ def _cmd_compare(args, overrides: list[str]) -> int:
     if args.collect:
         collect_grid(args.grid, overrides=overrides, out=args.out)
     else:
-        run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor)
+        run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
+                 pack_seeds=args.pack_seeds)
     return 0
 
 
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the runs: local processes (default), slurm (one submitit job per run, with the "
                         "grid's `resources`; run it on a login node), or submitit-local (the same jobs on this "
                         "machine)")
+    p.add_argument("--pack-seeds", choices=PACK_CHOICES, default="auto",
+                   help="train the seeds of an entry and label count in one process with stacked parameters, each "
+                        "still in its own run folder (on), one process per run (off), or auto: packed where the runs "
+                        "train on CUDA (a GPU step is launch-bound), not on a CPU; entries that cannot stack run "
+                        "unpacked, with the reason printed")
     p.add_argument("--collect", action="store_true", help="run nothing: rewrite the report from the run folders")
     p.set_defaults(func=_cmd_compare)
 

@@ -8,11 +8,18 @@ has finished, and records in upstream.json which results it was built on, so it 
 runs change. An executor (genssl/compare/executors.py: local processes, or Slurm through submitit) runs
 them; the report (genssl/report.py) is rewritten from all runs once every run has ended, and
 `collect_grid` (--collect) rewrites it from the run folders without running anything.
+
+With --pack-seeds (`pack_seeds`: auto packs on CUDA), the seeds of an entry and label count share one process,
+their parameters stacked (genssl.training.stacked: where a step is launch-bound, ten seeds cost ~2.5 of one on an
+H200). A pack is one unit for the executor; its runs still land in their own folders with their own results.json,
+so reuse and resume stay per run. Entries that cannot stack, and seeds whose checkpoints stopped at different
+steps, run unpacked, and the grid says why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 import time
@@ -26,10 +33,15 @@ from genssl.compare.executors import exit_with_parent, make_executor
 from genssl.compare.grid import GridRun, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
 from genssl.config import REPORTING_KEYS, ConfigError, build_run_config, flatten, load_yaml, merge
+from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
+from genssl.training.device import resolve_device
 from genssl.training.trainer import Trainer
 
-__all__ = ["GridRun", "collect_grid", "exit_with_parent", "finished_results", "load_grid", "run_grid", "run_one"]
+__all__ = ["PACK_CHOICES", "GridRun", "collect_grid", "exit_with_parent", "finished_results", "load_grid",
+           "pack_runs", "run_grid", "run_one", "run_pack"]
+
+PACK_CHOICES = ("auto", "on", "off")
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -77,6 +89,23 @@ def _check_upstream(run: GridRun) -> None:
                           f"Delete that folder to rebuild it on the current runs")
 
 
+def _run_config(run: GridRun, progress: bool, threads: int):
+    raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
+    if threads and not raw.get("train", {}).get("threads"):
+        raw = merge(raw, {"train": {"threads": threads}})
+    return build_run_config(raw)
+
+
+def _resumable(run: GridRun) -> bool:
+    rd = RunDir(run.run_dir)
+    return rd.has(RunDir.LAST) or rd.has(RunDir.PREV)  # prev.pt alone: stopped between a save's renames
+
+
+def _clear_unresumable(run: GridRun) -> None:
+    if run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+        shutil.rmtree(run.run_dir)  # stopped before its first checkpoint: nothing to resume, start it over
+
+
 def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) -> tuple[dict, bool]:
     """(results, reused): reuse a finished run, resume an interrupted one, or train a new one."""
     results = finished_results(run)
@@ -87,14 +116,10 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
         results = compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
                                                          data, threads)
     else:
-        raw = run.raw if progress else merge(run.raw, {"train": {"progress": False}})
-        if threads and not raw.get("train", {}).get("threads"):
-            raw = merge(raw, {"train": {"threads": threads}})
-        cfg = build_run_config(raw)
-        rd = RunDir(run.run_dir)
-        resume = rd.has(RunDir.LAST) or rd.has(RunDir.PREV)  # prev.pt alone: stopped between a save's renames
-        if not resume and run.run_dir.is_dir() and any(run.run_dir.iterdir()):
-            shutil.rmtree(run.run_dir)  # stopped before its first checkpoint: nothing to resume, start it over
+        cfg = _run_config(run, progress, threads)
+        resume = _resumable(run)
+        if not resume:
+            _clear_unresumable(run)
         trainer = Trainer(cfg, run_dir=run.run_dir, resume=resume, data=data)
         results = trainer.fit()
     if run.deps:
@@ -102,8 +127,82 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
     return results, False
 
 
+def run_pack(runs: list[GridRun], data=None, progress: bool = True, threads: int = 0) -> dict[str, tuple[dict, bool]]:
+    """{run name: (results, reused)} of seeds of one entry and label count (`pack_runs`) trained in one process with
+    stacked parameters, each in its own folder; all fresh, or all resumed from checkpoints at the same step."""
+    cfg = _run_config(runs[0], progress, threads)
+    resume = all(_resumable(r) for r in runs)
+    if not resume:
+        for r in runs:
+            _clear_unresumable(r)
+    trainer = Trainer(cfg, resume=resume, data=data, seeds=[r.seed for r in runs], run_dirs=[r.run_dir for r in runs])
+    return {r.name: (res, False) for r, res in zip(runs, trainer.fit_all())}
+
+
 def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:
     return run_one(run, data, progress=False, threads=threads)
+
+
+def _run_pack_in_worker(runs: list[GridRun], data, threads: int) -> dict[str, tuple[dict, bool]]:
+    return run_pack(runs, data, progress=False, threads=threads)
+
+
+# ---------------------------------------------------------------------------------------------- packing seeds
+def _resume_step(run: GridRun) -> int | None:
+    """The step a run would resume from (None: it starts fresh)."""
+    if not _resumable(run):
+        return None
+    return int(RunDir(run.run_dir).load_resume_checkpoint(map_location="cpu")[0]["step"])
+
+
+def pack_runs(runs: list[GridRun], pack: str = "auto") -> tuple[list[list[GridRun]], list[str]]:
+    """(units, notes): the runs to train, in grid order, as units of one process each: a single run, or a pack of
+    the seeds of one entry and label count whose configs differ in train.seed only, stacked in one process
+    (genssl.training.stacked). `pack`: on, off, or auto (on where the runs train on CUDA). A pack needs a method
+    that can stack (Method.stacking_refusal), runs that need no other run, and seeds that all start fresh or all
+    resume from the same step; `notes` say which entries were packed and why others were not."""
+    if pack not in PACK_CHOICES:
+        raise ConfigError(f"--pack-seeds must be one of {', '.join(PACK_CHOICES)}, got {pack!r}")
+    groups: dict[str, list[GridRun]] = {}
+    for run in runs:
+        if pack != "off" and run.samples is None and not run.deps:
+            key = json.dumps({k: v for k, v in flatten(run.raw).items() if k != "train.seed"}, sort_keys=True,
+                             default=str)
+            groups.setdefault((run.label, run.n_labels, key), []).append(run)
+    packs, notes = {}, []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        lead = members[0]
+        where = f"{lead.label} n_labels={lead.n_labels}, seeds {', '.join(str(r.seed) for r in members)}"
+        cfg = build_run_config(lead.raw)
+        refusal = get_method_class(cfg.method_name).stacking_refusal(cfg.method)
+        if refusal is None and pack == "auto":
+            try:
+                on_cuda = resolve_device(cfg.train.device).type == "cuda"
+            except ValueError:
+                on_cuda = False
+            if not on_cuda:
+                continue  # auto on a CPU: stacked seeds measured no cheaper there (genssl.training.seeds)
+        if refusal is None:
+            steps = {r.name: _resume_step(r) for r in members}
+            if len(set(steps.values())) > 1:
+                refusal = "their checkpoints stopped at different steps (" + ", ".join(
+                    f"{n}: {'fresh' if s is None else s}" for n, s in steps.items()) + ")"
+        if refusal:
+            notes.append(f"{where}: unpacked, one process each ({refusal})")
+            continue
+        notes.append(f"{where}: packed in one process, parameters stacked")
+        for r in members:
+            packs[r.name] = members
+    units, placed = [], set()
+    for run in runs:
+        if run.name in placed:
+            continue
+        unit = packs.get(run.name, [run])
+        placed.update(r.name for r in unit)
+        units.append(unit)
+    return units, notes
 
 
 class _TimeLeft:
@@ -138,16 +237,20 @@ class _Failed(RuntimeError):
 
 
 def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
-             jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local") -> list[dict]:
+             jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local",
+             pack_seeds: str = "auto") -> list[dict]:
     """Run (or reuse) every run of the grid and write the report; returns the summary rows.
 
     executor: local (this machine's processes), slurm or submitit-local (genssl/compare/executors.py).
+    pack_seeds: auto | on | off: train the seeds of an entry in one process, stacked (`pack_runs`; auto: on CUDA).
     jobs: runs at once (default 1 here, all of them on Slurm); locally, jobs > 1 trains in separate processes,
     each with cores // jobs threads unless the config sets train.threads; a scheduler's job gets the run's
     resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets (tests).
     `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if pack_seeds not in PACK_CHOICES:
+        raise ConfigError(f"--pack-seeds must be one of {', '.join(PACK_CHOICES)}, got {pack_seeds!r}")
     out_dir, runs = load_grid(path, overrides, out)
     runs_dir = runs[0].run_dir.parent
     show = progress if progress is not None else sys.stderr.isatty()
@@ -198,22 +301,31 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
             todo.append(run)
     if len(todo) < len(runs):
         tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs_dir}")
+    units, notes = pack_runs(todo, pack_seeds)
+    for note in notes:
+        tqdm.write(f"seeds: {note}")
 
-    if executor == "local" and (slots == 1 or len(todo) <= 1):
-        for k, run in enumerate(todo):
-            if blocked(run):
-                finish(run, None, False, _Failed(blocked(run)))
+    if executor == "local" and (slots == 1 or len(units) <= 1):
+        for k, unit in enumerate(units):
+            if blocked(unit[0]):
+                finish(unit[0], None, False, _Failed(blocked(unit[0])))
                 continue
-            announce(run, todo[k:])
+            pending = [r for u in units[k:] for r in u]
+            for run in unit:
+                announce(run, pending)
             try:
-                finish(run, *run_one(run, data, progress=show))
+                outcomes = run_pack(unit, data, progress=show) if len(unit) > 1 else \
+                    {unit[0].name: run_one(unit[0], data, progress=show)}
             except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:  # DivergenceError, ...
-                finish(run, None, False, e)
-    elif todo:
-        with make_executor(executor, jobs, out_dir / "jobs", len(todo)) as pool:
+                for run in unit:
+                    finish(run, None, False, e)
+                continue
+            _finish_unit(unit, outcomes, finish)
+    elif units:
+        with make_executor(executor, jobs, out_dir / "jobs", len(units)) as pool:
             slots = pool.slots
             pool.check(todo)
-            _run_scheduled(todo, pool, data, results, blocked, announce, finish)
+            _run_scheduled(units, pool, data, results, blocked, announce, finish)
     bar.close()
     return _report(out_dir, runs, results, failures)
 
@@ -275,35 +387,64 @@ def _with_total_wall_time(runs: list[GridRun], results: dict[str, dict]) -> list
     return out
 
 
-def _run_scheduled(todo, pool, data, results, blocked, announce, finish) -> None:
-    """Start each run on `pool` once the runs it needs have finished, at most pool.slots at once, until every
-    run has ended (a run whose dependency failed is reported, not started)."""
-    queue = list(todo)
+def _finish_unit(unit: list[GridRun], outcomes, finish) -> None:
+    """Report each run of a unit from its process's outcome: {run name: (results, reused)} of a pack, or the
+    (results, reused) of one run. A run missing from it (a job of an earlier, differently packed submission) is
+    taken from its folder if it finished there, else reported as failed."""
+    if not isinstance(outcomes, dict):
+        outcomes = {unit[0].name: outcomes}
+    for run in unit:
+        if run.name in outcomes:
+            finish(run, *outcomes[run.name])
+            continue
+        res = finished_results(run)
+        if res is not None:
+            finish(run, res, False)
+        else:
+            finish(run, None, False, _Failed(f"its job ({unit[0].name}) ended without its results; run the grid "
+                                             f"again to train it"))
+
+
+def _run_scheduled(units, pool, data, results, blocked, announce, finish) -> None:
+    """Start each unit (a run, or a pack of seeds: `pack_runs`) on `pool` once the runs it needs have finished, at
+    most pool.slots at once, until every run has ended (a run whose dependency failed is reported, not started).
+    A unit is known to the pool by its first run (its job folder, resources and threads)."""
+    queue = [list(u) for u in units]
     running = {}
-    for run in list(queue):  # jobs of an earlier submission still queued or running: wait for those
-        fut = pool.attach(run)
+    for unit in list(queue):  # jobs of an earlier submission still queued or running: wait for those
+        fut = pool.attach(unit[0])
         if fut is not None:
-            queue.remove(run)
-            running[fut] = run
-            tqdm.write(f"  {run.name}: still running from an earlier submission ({pool.where(run)})")
+            queue.remove(unit)
+            running[fut] = unit
+            tqdm.write(f"  {unit[0].name}: still running from an earlier submission ({pool.where(unit[0])})")
     while queue or running:
-        for run in [r for r in queue if blocked(r)]:
-            queue.remove(run)
-            finish(run, None, False, _Failed(blocked(run)))
-        ready = [r for r in queue if all(d in results for d in r.deps)]
+        for unit in [u for u in queue if blocked(u[0])]:  # packs need no other run: only single runs get here
+            queue.remove(unit)
+            finish(unit[0], None, False, _Failed(blocked(unit[0])))
+        ready = [u for u in queue if all(d in results for r in u for d in r.deps)]
         while ready and len(running) < pool.slots:
-            run = ready.pop(0)
-            queue.remove(run)
-            announce(run, [run, *queue, *running.values()])
-            running[pool.submit(run, _run_in_worker, run, data, pool.threads(run))] = run
-            if pool.where(run):
-                tqdm.write(f"  submitted as {pool.where(run)}")
+            unit = ready.pop(0)
+            queue.remove(unit)
+            lead = unit[0]
+            pending = [r for u in [unit, *queue, *running.values()] for r in u]
+            for run in unit:
+                announce(run, pending)
+            if len(unit) > 1:
+                fut = pool.submit(lead, _run_pack_in_worker, unit, data, pool.threads(lead))
+            else:
+                fut = pool.submit(lead, _run_in_worker, lead, data, pool.threads(lead))
+            running[fut] = unit
+            if pool.where(lead):
+                tqdm.write(f"  submitted as {pool.where(lead)}")
         if not running:
             break  # only runs whose dependencies failed are left; they were reported above
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
-            run = running.pop(fut)
+            unit = running.pop(fut)
             try:
-                finish(run, *fut.result())
+                outcomes = fut.result()
             except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
-                finish(run, None, False, e)
+                for run in unit:
+                    finish(run, None, False, e)
+                continue
+            _finish_unit(unit, outcomes, finish)
