@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check of genssl in one script (about 6-8 minutes on one GPU): the CUDA subset of the tests, training-step
-# throughput of every method (fp32 vs bf16, eager), 10 stacked sgan seeds vs 1, a short Fashion-MNIST sgan run with
-# its validation curve, a 2-GPU torchrun smoke when there are 2 GPUs, sgan and vae_m2 compiled (fp32 vs bf16), and
-# a table of it all at the end.
+# The GPU check of genssl in one script (about 8 minutes on one GPU), for issue 33's figures: eager vs captured
+# (CUDA graph) ms/step for every method, the CUDA tests, one full-length sgan run and one fixmatch_conv run with
+# their test accuracy, the time of experiments/table_fmnist.yaml extrapolated from every entry at one label count
+# with its seeds, 10 stacked seeds vs 1, a 2-GPU torchrun smoke when there are 2 GPUs, and one table of it all for
+# benchmarks/README.md at the end.
 #
 #   bash benchmarks/gpu_check.sh              # on the GPU machine, from anywhere
 #   bash benchmarks/gpu_check.sh --dry-run    # anywhere: print the plan, run only the CPU-safe parts (CI runs this)
 #
 # Environment: PYTHON (default: .venv/bin/python if it exists, else python3); GENSSL_DATA (a folder holding
 # fashion-mnist/; else .gpu_data/, shared/data/ and ../shared/data/ in the checkout are tried; without data the
-# Fashion-MNIST run and the torchrun smoke are skipped); GPU_CHECK_OUT (where JSON, logs and the curve's PNG go;
-# default $OUT/gpu_check when $OUT is set, else /tmp/gpu_check); GPU_CHECK_BUDGET_S (default 420: a section that
-# would start later is skipped, so the whole stays within ~8 minutes).
+# Fashion-MNIST runs, the table and the torchrun smoke are skipped); GPU_CHECK_OUT (where JSON, logs and the
+# curve's PNG go; default $OUT/gpu_check when $OUT is set, else /tmp/gpu_check); GPU_CHECK_BUDGET_S (default 420:
+# a section that would start later is skipped, so the whole stays within ~8 minutes); TABLE_STEPS (default 150:
+# steps of each run of the table subset); PACK_SEEDS (default auto: the table subset's --pack-seeds).
 # Every section runs even when an earlier one fails; the exit status is 1 if any section failed.
 set -u -o pipefail
 
@@ -19,7 +21,7 @@ DRY=0
 case "${1:-}" in
   --dry-run) DRY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
 esac
 
@@ -68,11 +70,16 @@ skip() {  # skip NAME REASON
 echo "# genssl GPU check ($([ "$DRY" = 1 ] && echo 'dry run: plan + CPU-safe parts' || echo full)), output in $OUTDIR"
 
 run env 1 60 "$PYTHON" - <<'PY'
-import os, platform, torch
+import os, platform, subprocess, torch
 from genssl.training.device import resolve_precision
-print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, "
-      f"GPUs: {torch.cuda.device_count()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-      f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+try:
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                            text=True, timeout=20).stdout.split("\n")[0].strip() or "unknown"
+except (OSError, subprocess.SubprocessError):
+    driver = "no nvidia-smi"
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), driver {driver}, "
+      f"CUDA available: {torch.cuda.is_available()}, GPUs: {torch.cuda.device_count()}, CPU capability "
+      f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
     print(f"cuda:{i} {p.name}, sm {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB; auto precision:",
@@ -86,27 +93,23 @@ if [ "$DRY" = 0 ]; then
   if [ "$N_GPU" = 0 ]; then echo "no CUDA device: run with --dry-run on a machine without a GPU" >&2; exit 1; fi
 fi
 
-# 1. the CUDA subset of the tests (test names containing "cuda"; the dry run only collects them)
-CUDA_TESTS=(tests/test_amp_compile.py tests/test_precision.py)
+# 1. eager vs captured step of every method (the issue's targets: sgan <= 1.5 ms, vae_m2 <= 1.0 ms in fp32)
+run captured_step 0 180 "$PYTHON" benchmarks/captured_step.py --device cuda --steps 200 --warmup 10 \
+  --json "$OUTDIR/captured_step.json"
+if [ "$DRY" = 1 ]; then  # the plumbing on the CPU: 2 eager steps of supervised, the captured column marked CUDA-only
+  run captured_cpu_smoke 1 120 "$PYTHON" benchmarks/captured_step.py --dry-run --json "$OUTDIR/captured_step.json"
+fi
+
+# 2. the CUDA tests (test names containing "cuda": tests/test_captured.py's graph against the eager step over 100
+#    steps and a captured run resumed, tests/test_amp_compile.py's, those fixed since the H200 run; the dry run
+#    only collects them)
+CUDA_TESTS=(tests/test_captured.py tests/test_amp_compile.py tests/test_precision.py)
 if [ "$DRY" = 1 ]; then
-  run tests_cuda_collect 1 60 "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only -k cuda "${CUDA_TESTS[@]}"
-  run tests_cuda 0 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -k cuda tests
-else
-  run tests_cuda 0 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -k cuda tests
+  run tests_cuda_collect 1 90 "$PYTHON" -m pytest -q -p no:cacheprovider --collect-only -k cuda "${CUDA_TESTS[@]}"
 fi
+run tests_cuda 0 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -k cuda tests
 
-# 2. throughput of every method, fp32 vs bf16, eager (one child process per setting; compiled: section 6)
-TP=(benchmarks/throughput.py --devices cuda --steps 30 --warmup 5 --timeout 150)
-run throughput_eager 0 240 "$PYTHON" "${TP[@]}" --precisions fp32 bf16 --compile off --json "$OUTDIR/throughput_eager.json"
-# 3. 10 stacked seeds vs 1 (sgan, vae_m2)
-run stacked_seeds 0 150 "$PYTHON" "${TP[@]}" --methods sgan vae_m2 --precisions fp32 bf16 --seeds 1 10 \
-  --json "$OUTDIR/throughput_stacked.json"
-if [ "$DRY" = 1 ]; then  # the plumbing of throughput.py and the table, on the CPU: one step of the smallest method
-  run throughput_cpu_smoke 1 90 "$PYTHON" benchmarks/throughput.py --devices cpu --methods supervised \
-    --precisions fp32 --threads 1 --steps 1 --warmup 1 --json "$OUTDIR/throughput_eager.json"
-fi
-
-# 4. a short Fashion-MNIST sgan run (auto precision: bf16 on this GPU if it has it) and its validation curve
+# 3. full-length runs with their test accuracy: sgan (20,000 steps, captured) and fixmatch_conv (its 1,200 steps)
 DATA=""
 for d in "${GENSSL_DATA:-}" "$ROOT/.gpu_data" "$ROOT/shared/data" "$ROOT/../shared/data"; do
   if [ -n "$d" ] && [ -e "$d/fashion-mnist/train-images-idx3-ubyte.gz" ]; then DATA=$d; break; fi
@@ -114,16 +117,36 @@ done
 RUN="$OUTDIR/sgan_fmnist"
 if [ -z "$DATA" ] && [ "$DRY" = 0 ]; then
   skip sgan_fmnist "no Fashion-MNIST: set GENSSL_DATA or carry it in .gpu_data/fashion-mnist"
+  skip fixmatch_conv_fmnist "no Fashion-MNIST"
+  skip table_fmnist_subset "no Fashion-MNIST"
 else
-  [ "$DRY" = 1 ] || rm -rf "$RUN"
-  run sgan_fmnist 0 180 env GENSSL_DATA="$DATA" "$PYTHON" -m genssl train experiments/fmnist_sgan.yaml --run-dir "$RUN" \
-    --train.device=cuda --train.precision=auto --train.steps=2000 --train.eval_every=200 --train.ckpt_every=1000 \
-    --train.progress=false
-  run sgan_curve 0 60 "$PYTHON" benchmarks/time_to_accuracy.py --runs "$RUN" --labels sgan-2000-steps --curve \
+  [ "$DRY" = 1 ] || rm -rf "$RUN" "$OUTDIR/fixmatch_conv_fmnist"
+  run sgan_fmnist 0 240 env GENSSL_DATA="$DATA" "$PYTHON" -m genssl train experiments/fmnist_sgan.yaml --run-dir "$RUN" \
+    --train.device=cuda --train.precision=fp32 --train.cuda_graph=auto --train.progress=false
+  run sgan_curve 0 60 "$PYTHON" benchmarks/time_to_accuracy.py --runs "$RUN" --labels sgan-20000-steps --curve \
     --thresholds 0.7 0.75 0.8 --plot "$OUTDIR/sgan_curve.png"
+  run fixmatch_conv_fmnist 0 150 env GENSSL_DATA="$DATA" "$PYTHON" -m genssl train experiments/fmnist_fixmatch_conv.yaml \
+    --run-dir "$OUTDIR/fixmatch_conv_fmnist" --train.device=cuda --train.precision=fp32 --train.progress=false
+  # 4. the whole table's time: every entry at 100 labels with its 3 seeds, TABLE_STEPS steps each, extrapolated
+  [ "$DRY" = 1 ] || rm -rf "$OUTDIR/table_subset"
+  run table_fmnist_subset 0 240 env GENSSL_DATA="$DATA" "$PYTHON" benchmarks/table_time.py \
+    --steps "${TABLE_STEPS:-150}" --pack-seeds "${PACK_SEEDS:-auto}" --out "$OUTDIR/table_subset" \
+    --json "$OUTDIR/table_time.json"
+fi
+if [ "$DRY" = 1 ]; then  # the subset grid and the schedules it extrapolates to, on any machine
+  run table_plan 1 120 "$PYTHON" benchmarks/table_time.py --dry-run --out "$OUTDIR/table_plan"
 fi
 
-# 5. two GPUs: a torchrun smoke (DDP over NCCL, 50 steps)
+# 5. 10 stacked seeds vs 1 (sgan, vae_m2; eager: the vmapped step is not captured)
+TP=(benchmarks/throughput.py --devices cuda --steps 30 --warmup 5 --timeout 150)
+run stacked_seeds 0 150 "$PYTHON" "${TP[@]}" --methods sgan vae_m2 --precisions fp32 --seeds 1 10 \
+  --json "$OUTDIR/throughput_stacked.json"
+if [ "$DRY" = 1 ]; then  # the plumbing of throughput.py and its ratio, on the CPU: one step of the smallest method
+  run throughput_cpu_smoke 1 120 "$PYTHON" benchmarks/throughput.py --devices cpu --methods supervised \
+    --precisions fp32 --threads 1 --steps 1 --warmup 1 --seeds 1 2 --json "$OUTDIR/throughput_stacked.json"
+fi
+
+# 6. two GPUs: a torchrun smoke (DDP over NCCL, 50 steps)
 if [ "$DRY" = 1 ] || [ "$N_GPU" -ge 2 ]; then
   if [ -z "$DATA" ] && [ "$DRY" = 0 ]; then
     skip torchrun_2gpu "no Fashion-MNIST for the smoke run"
@@ -137,14 +160,10 @@ else
   skip torchrun_2gpu "$N_GPU GPU(s)"
 fi
 
-# 6. compiled steps (last: compiling costs the most time, and the budget may skip it)
-run throughput_compiled 0 300 "$PYTHON" "${TP[@]}" --methods sgan vae_m2 --precisions fp32 bf16 --compile on \
-  --json "$OUTDIR/throughput_compiled.json"
-
-# 7. the table
+# 7. the table for benchmarks/README.md
 echo
 "$PYTHON" - "$OUTDIR" <<'PY'
-import json, os, sys
+import json, os, re, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 print("## Summary\n")
@@ -152,30 +171,56 @@ print("| section | status | seconds |\n|---|---|---:|")
 for line in (out / "status.tsv").read_text().splitlines():
     name, status, secs = line.split("\t")
     print(f"| {name} | {status} | {secs} |")
-rows = []
-for name in ("throughput_eager", "throughput_compiled", "throughput_stacked"):
-    f = out / f"{name}.json"
-    if f.is_file():
-        rows += json.loads(f.read_text())["rows"]
-if rows:
-    print("\n| method | device | precision | compile | seeds | ms/step | samples/s | peak MiB | x 1 seed | note |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|")
-    one = {(r["method"], r["device"], r["precision"], r["compile"]): r["ms_per_step"] for r in rows
+
+def load(name):
+    f = out / name
+    return json.loads(f.read_text()) if f.is_file() else None
+
+env = (out / "env.log").read_text().strip().splitlines() if (out / "env.log").is_file() else []
+print("\n## For benchmarks/README.md\n")
+print("; ".join(env[:3]) + "\n")
+rows = []  # (measurement, value, detail)
+cap = load("captured_step.json")
+for r in (cap or {}).get("rows", []):
+    if "error" in r:
+        rows.append((f"{r['method']} step", "error", r["error"]))
+        continue
+    if "captured_ms" in r:
+        value = f"{r['eager_ms']:.2f} -> {r['captured_ms']:.2f} ms ({r['speedup']:.1f}x)"
+        detail = f"eager -> captured, fp32, {r['device']}; max rel diff of the losses {r['max_rel_diff']:.1e} over {r['compared_steps']} steps"
+    else:
+        value, detail = f"{r['eager_ms']:.2f} ms eager", f"{r['device']}; {r.get('note', '')}"
+    rows.append((f"{r['method']} step", value, detail))
+st = load("throughput_stacked.json")
+if st:
+    one = {(r["method"], r["device"], r["precision"]): r["ms_per_step"] for r in st["rows"]
            if "ms_per_step" in r and r["seeds"] == 1}
+    for r in st["rows"]:
+        if r.get("seeds", 1) > 1 and "ms_per_step" in r:
+            base = one.get((r["method"], r["device"], r["precision"]))
+            ratio = f" ({r['ms_per_step'] / base:.2f}x one seed)" if base else ""
+            rows.append((f"{r['method']} x{r['seeds']} stacked seeds", f"{r['ms_per_step']:.2f} ms{ratio}",
+                         f"eager, {r['precision']}, {r['device']}"))
+for name, label in (("sgan_fmnist", "sgan Fashion-MNIST run"), ("fixmatch_conv_fmnist", "fixmatch_conv Fashion-MNIST run")):
+    res = load(f"{name}/results.json")
+    if res:
+        rows.append((f"{label}, {res['steps']} steps, 100 labels", f"test {100 * res['test_acc']:.2f}%",
+                     f"best val {100 * res['best_val_acc']:.2f}% (step {res['best_step']}), {res['wall_time_s']:.0f} s, "
+                     f"{res['precision']}, step {res.get('cuda_graph')} ({res.get('cuda_graph_reason')}), {res['device']}"))
+tt = load("table_time.json")
+if tt:
+    rows.append(("experiments/table_fmnist.yaml, whole table", f"{tt['table_s'] / 60:.1f} min (extrapolated)",
+                 f"from every entry at one label count, its seeds, {tt['steps']} steps each, measured in "
+                 f"{tt['measured_s']:.0f} s, --pack-seeds {tt['pack_seeds']}; per-entry arithmetic in table_fmnist_subset.log"))
+log = out / "tests_cuda.log"
+if log.is_file():
+    tail = [l for l in log.read_text().splitlines() if re.search(r"\d+ (passed|failed|skipped)", l)]
+    if tail:
+        rows.append(("CUDA tests (pytest -k cuda tests)", tail[-1].strip("= "), "tests_cuda.log"))
+if rows:
+    print("| measurement | value | detail |\n|---|---|---|")
     for r in rows:
-        if "ms_per_step" not in r:
-            print(f"| {r['method']} | {r['device']} | {r['precision']} | {'on' if r['compile'] else 'off'} | "
-                  f"{r['seeds']} | - | - | - | - | {r.get('error', '')} |")
-            continue
-        base = one.get((r["method"], r["device"], r["precision"], r["compile"]))
-        ratio = f"{r['ms_per_step'] / base:.2f}" if base and r["seeds"] > 1 else "-"
-        print(f"| {r['method']} | {r['device']} | {r['precision']} | {'on' if r['compile'] else 'off'} | {r['seeds']} | "
-              f"{r['ms_per_step']:.2f} | {r['samples_per_s']:,.0f} | {r['peak_mib']:,.0f} | {ratio} | |")
-res = out / "sgan_fmnist" / "results.json"
-if res.is_file():
-    r = json.loads(res.read_text())
-    print(f"\nsgan Fashion-MNIST, {r['steps']} steps, {r['precision']}: best val {100 * r['best_val_acc']:.2f}% "
-          f"(step {r['best_step']}), test {100 * r['test_acc']:.2f}%, {r['wall_time_s']:.0f} s on {r['device']}")
+        print("| " + " | ".join(r) + " |")
 print(f"\nload average: {os.getloadavg()[0]:.2f}; files in {out}")
 PY
 exit "$FAILED"

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh --dry-run: the GPU check's plan prints every section and its CPU-safe parts (the
-environment report, collecting the CUDA tests, one throughput step and the summary table) run, on any machine."""
+environment report, collecting the CUDA tests, the eager column of the captured-step benchmark, one stacked-seeds
+throughput step, the table-time plan, and the table for benchmarks/README.md) run, on any machine."""
 
 from __future__ import annotations
 
@@ -16,22 +17,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_dry_run(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path), GENSSL_TEST_THREADS="1")
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_OUT=str(tmp_path), GENSSL_TEST_THREADS="1",
+               OMP_NUM_THREADS="1")
     env.pop("OUT", None)
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for planned in ("pytest -q -rs -p no:cacheprovider -k cuda tests", "--devices cuda", "--compile on",
-                    "--seeds 1 10", "-m genssl train experiments/fmnist_sgan.yaml", "time_to_accuracy.py",
-                    "--nproc_per_node=2"):
+    for planned in ("pytest -q -rs -p no:cacheprovider -k cuda tests", "benchmarks/captured_step.py --device cuda",
+                    "--devices cuda", "--seeds 1 10", "-m genssl train experiments/fmnist_sgan.yaml",
+                    "--train.cuda_graph=auto", "-m genssl train experiments/fmnist_fixmatch_conv.yaml",
+                    "benchmarks/table_time.py --steps", "time_to_accuracy.py", "--nproc_per_node=2"):
         assert planned in text, f"the plan lacks {planned!r}"
     status = dict(line.split("\t")[:2] for line in (tmp_path / "status.tsv").read_text().splitlines())
-    assert status["env"] == status["tests_cuda_collect"] == status["throughput_cpu_smoke"] == "ok", status
-    assert status["tests_cuda"] == status["throughput_compiled"] == status["torchrun_2gpu"] == "planned", status
-    assert "test_cuda_mixed_precision_trains_finite_and_resumes" in (tmp_path / "tests_cuda_collect.log").read_text() \
-        or "tests/test_amp_compile.py" in (tmp_path / "tests_cuda_collect.log").read_text()
-    assert "## Summary" in text and "| supervised | cpu | fp32 | off | 1 |" in text  # the table, from the smoke's JSON
+    cpu_safe = ("env", "captured_cpu_smoke", "tests_cuda_collect", "table_plan", "throughput_cpu_smoke")
+    assert all(status[k] == "ok" for k in cpu_safe), status
+    gpu_only = ("captured_step", "tests_cuda", "sgan_fmnist", "fixmatch_conv_fmnist", "table_fmnist_subset",
+                "stacked_seeds", "torchrun_2gpu")
+    assert all(status[k] == "planned" for k in gpu_only), status
+    collected = (tmp_path / "tests_cuda_collect.log").read_text()
+    assert "test_cuda_captured_step_follows_the_eager_step" in collected or "tests/test_captured.py" in collected
+    assert "a captured step needs CUDA" in (tmp_path / "captured_cpu_smoke.log").read_text()
+    assert "fixmatch_conv: 100 labels: 3 runs x 1200 steps" in (tmp_path / "table_plan.log").read_text()
+    # the table for benchmarks/README.md, from the smokes' JSON
+    assert "## Summary" in text and "## For benchmarks/README.md" in text
+    assert "| supervised step | " in text and "captured needs CUDA" in text
+    assert "| supervised x2 stacked seeds | " in text
     assert not (tmp_path / "sgan_fmnist").exists()  # nothing trained in a dry run
 
 
