@@ -126,7 +126,8 @@ else
   run sgan_curve 0 60 "$PYTHON" benchmarks/time_to_accuracy.py --runs "$RUN" --labels sgan-20000-steps --curve \
     --thresholds 0.7 0.75 0.8 --plot "$OUTDIR/sgan_curve.png"
   run fixmatch_conv_fmnist 0 150 env GENSSL_DATA="$DATA" "$PYTHON" -m genssl train experiments/fmnist_fixmatch_conv.yaml \
-    --run-dir "$OUTDIR/fixmatch_conv_fmnist" --train.device=cuda --train.precision=fp32 --train.progress=false
+    --run-dir "$OUTDIR/fixmatch_conv_fmnist" --train.device=cuda --train.precision=fp32 --train.cuda_graph=auto \
+    --train.progress=false
   # 4. the whole table's time: every entry at 100 labels with its 3 seeds, TABLE_STEPS steps each, extrapolated
   [ "$DRY" = 1 ] || rm -rf "$OUTDIR/table_subset"
   run table_fmnist_subset 0 240 env GENSSL_DATA="$DATA" "$PYTHON" benchmarks/table_time.py \

@@ -62,9 +62,9 @@ def derived_grid(grid_path: Path, n_labels: int | None, steps: int, out: Path) -
     return path
 
 
-def overrides(steps: int) -> list[str]:
+def overrides(steps: int, cuda_graph: str = "auto") -> list[str]:
     return [f"--train.steps={steps}", f"--train.eval_every={max(1, steps // 3)}", f"--train.ckpt_every={steps}",
-            f"--train.log_every={min(50, steps)}", "--train.progress=false"]
+            f"--train.log_every={min(50, steps)}", "--train.progress=false", f"--train.cuda_graph={cuda_graph}"]
 
 
 def full_schedule(grid_path: Path) -> dict[str, dict[int, list[int]]]:
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-labels", type=int, default=None, help="the label count measured (default: the grid's first)")
     p.add_argument("--steps", type=int, default=150, help="steps of each measured run (default 150)")
     p.add_argument("--pack-seeds", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--cuda-graph", default="auto", choices=("auto", "on", "off"),
+                   help="train.cuda_graph of every run (default auto: captured single runs on CUDA)")
     p.add_argument("--out", default=None, help="where the subset grid and its runs go (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--dry-run", action="store_true", help="write the subset grid, print the plan and the schedules; "
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     n_runs = sum(len(v) for e in sched.values() for v in e.values())
     label_counts = sorted({n for e in sched.values() for n in e})
     print(f"# {grid_path.name}: {len(sched)} entries x label counts {label_counts}: {n_runs} runs")
-    print(f"# subset: {sub} ({', '.join(overrides(args.steps))}, --pack-seeds {args.pack_seeds})")
+    print(f"# subset: {sub} ({', '.join(overrides(args.steps, args.cuda_graph))}, --pack-seeds {args.pack_seeds})")
     if args.dry_run:
         for entry, per in sched.items():
             print(f"  {entry}: " + "; ".join(f"{n} labels: {len(s)} runs x {s[0]} steps" for n, s in per.items()))
@@ -135,9 +137,9 @@ def main(argv=None) -> int:
     from genssl.compare.runner import load_grid, run_grid
 
     t0 = time.perf_counter()
-    run_grid(sub, overrides=overrides(args.steps), progress=False, pack_seeds=args.pack_seeds)
+    run_grid(sub, overrides=overrides(args.steps, args.cuda_graph), progress=False, pack_seeds=args.pack_seeds)
     measured_s = time.perf_counter() - t0
-    _, runs = load_grid(sub, overrides=overrides(args.steps))
+    _, runs = load_grid(sub, overrides=overrides(args.steps, args.cuda_graph))
     by_entry: dict[str, list[dict]] = {}
     for r in runs:
         by_entry.setdefault(r.label, []).append(json.loads((r.run_dir / "results.json").read_text()))

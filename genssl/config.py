@@ -107,11 +107,12 @@ class TrainConfig:
     (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""
-    cuda_graph: str = "auto"
+    cuda_graph: str = "off"
     """auto | on | off: capture the training step in a CUDA graph and replay it (genssl.training.captured; a GPU step
     of these small models is launch-bound). auto: captured on CUDA where the method declares a capturable step and
     the run allows it (fp32, no compile, one process, one seed), eager otherwise; on: the same, but an error on a
-    device that is not CUDA; off: eager. results.json records the choice and why (cuda_graph, cuda_graph_reason)."""
+    device that is not CUDA; off: eager. results.json records the choice and why (cuda_graph, cuda_graph_reason).
+    off by default until a GPU lease has measured the capture (benchmarks/README.md, issue 33); then auto."""
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default."""
     eval_every: int = 500

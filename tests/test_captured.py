@@ -130,13 +130,14 @@ def test_cuda_graph_decision():
 
 
 def test_config_checks_cuda_graph(run_config_factory):
-    assert run_config_factory("supervised").train.cuda_graph == "auto"
+    assert run_config_factory("supervised").train.cuda_graph == "off"  # until measured on a GPU
     with pytest.raises(ConfigError, match="train.cuda_graph: 'yes' is not one of auto, on, off"):
         build_run_config({"method": {"name": "supervised"}, "train": {"cuda_graph": "yes"}})
 
 
 def test_trainer_records_the_choice(run_config_factory, tiny_data, tmp_path):
-    cfg = run_config_factory("supervised", recipe("supervised"), train={"steps": 2, "eval_every": 2})
+    cfg = run_config_factory("supervised", recipe("supervised"), train={"steps": 2, "eval_every": 2,
+                                                                         "cuda_graph": "auto"})
     res = Trainer(cfg, run_dir=tmp_path / "a", data=tiny_data).fit()
     assert res["cuda_graph"] == "eager" and "CUDA" in res["cuda_graph_reason"]
     on = replace(cfg, train=replace(cfg.train, cuda_graph="on", device="cpu"))
