@@ -270,12 +270,35 @@ def test_cuda_captured_step_follows_the_eager_step(method, tiny_data):
 
 
 @cuda
-def test_cuda_captured_run_resumes_and_guards(run_config_factory, tiny_data, tmp_path):
-    """A captured sgan run on the GPU: it captures, records why, and its checkpoint resumes (captured again)."""
+def test_cuda_captured_run_resumes_and_guards(run_config_factory, tiny_data, tmp_path, monkeypatch):
+    """A captured sgan run on the GPU records why it captured; stopped before step 9 and resumed from its step-6
+    checkpoint (warm-up and capture again, the CUDA generator restored) it ends where the uninterrupted captured run
+    ends, within float tolerance; the NaN guard still stops an exploding run."""
     cfg = run_config_factory("sgan", recipe("sgan"), train={"steps": 12, "ckpt_every": 6, "eval_every": 6,
-                                                             "device": "cuda", "cuda_graph": "on"})
-    res = Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data).fit()
-    assert res["cuda_graph"] == "captured" and res["cuda_graph_reason"] == "on: captured"
-    more = replace(cfg, train=replace(cfg.train, steps=18))
-    again = Trainer(more, run_dir=tmp_path / "r", data=tiny_data, resume=True).fit()
-    assert again["steps"] == 18 and again["cuda_graph"] == "captured"
+                                                             "device": "cuda", "cuda_graph": "on", "seed": 1})
+    full = Trainer(cfg, run_dir=tmp_path / "full", data=tiny_data).fit()
+    assert full["cuda_graph"] == "captured" and full["cuda_graph_reason"] == "on: captured"
+    real = CapturedStep.__call__
+
+    def stop(self, batches, s):
+        if s == 9:
+            raise KeyboardInterrupt
+        return real(self, batches, s)
+
+    with monkeypatch.context() as m:
+        m.setattr(CapturedStep, "__call__", stop)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg, run_dir=tmp_path / "part", data=tiny_data).fit()
+    assert RunDir(tmp_path / "part").load_resume_checkpoint()[0]["step"] == 6
+    part = Trainer(cfg, run_dir=tmp_path / "part", data=tiny_data, resume=True).fit()
+    assert part["cuda_graph"] == "captured" and part["steps"] == 12
+    wa = RunDir(tmp_path / "full").load_checkpoint("last.pt")["method_state"]["model"]
+    wb = RunDir(tmp_path / "part").load_checkpoint("last.pt")["method_state"]["model"]
+    for k in wa:
+        if isinstance(wa[k], torch.Tensor) and wa[k].is_floating_point():
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=lambda d, k=k: f"{k}: {d}")
+    boom = run_config_factory("supervised", {"lr": 1e30, "weight_decay": 0.0},
+                              train={"steps": 30, "ckpt_every": 1, "log_every": 1, "eval_every": 30, "device": "cuda",
+                                     "cuda_graph": "on"})
+    with pytest.raises(DivergenceError, match="diverged by step"):
+        Trainer(boom, run_dir=tmp_path / "boom", data=tiny_data).fit()
