@@ -90,13 +90,13 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
                          f"needs at least one label per class")
     labels = labels.cpu()
     counts = torch.bincount(labels, minlength=num_classes)
-    empty = [k for k in task if counts[k] == 0]
-    if empty:
-        raise ValueError(f"class(es) {empty} have no examples in the training set")
     n_task = int(counts[task].sum())
     if n_val + n_labels > n_task:
         raise ValueError(f"asked for {n_labels} labels and {n_val} validation images, but the training set has "
                          f"only {n_task} images" + (f" of classes {task}" if held_out else ""))
+    empty = [k for k in task if counts[k] == 0]
+    if empty:
+        raise ValueError(f"class(es) {empty} have no examples in the training set")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
     # Validation: stratified in proportion to class frequency, so small val sets are not skewed.
