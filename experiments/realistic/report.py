@@ -192,6 +192,22 @@ def axis_table(runs: list[dict], prefix: str, values: dict[str, float], title: s
                                      "supervised": sup if supervised else None}
 
 
+def axis_policy_losses(runs: list[dict]) -> str:
+    """What each policy loses against the oracle on the axis runs, which select on their own small validation set."""
+    axis = [r for r in runs if r["label"].startswith(("mm", "u", "f")) and r["n_val"] <= 200]
+    if not axis:
+        return ""
+    loss = defaultdict(list)
+    for r in axis:
+        for b in sorted({p["budget_s"] for p in r["budgets"]}):
+            for p in POLICIES:
+                loss[p].append(oracle(r["curve"], b) - pick(r["curve"], p, r["n_val"], b))
+    lines = [f"### What each policy loses against the oracle on the {len(axis)} axis runs (their own 10 validation "
+             "images per class)", "", "| policy | mean loss (points) | worst loss |", "|---|---:|---:|"]
+    lines += [f"| {p} | {statistics.fmean(loss[p]):.2f} | {max(loss[p]):.2f} |" for p in POLICIES]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------ plots
 def plot_lines(data: dict, xlabel: str, title: str, path: Path, logx: bool = False, reference=None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -251,7 +267,7 @@ def main(argv=None) -> None:
     u_text, u = axis_table(runs, "u", pool, "Unlabeled pool size (10 validation images per class; the 59,900 "
                            "column is the default point's runs re-selected on 10-per-class subsets)", "n_unlabeled",
                            sup_all or None, extra=everything)
-    report = "\n".join(t for t in (text, mm_text, u_text) if t)
+    report = "\n".join(t for t in (text, axis_policy_losses(runs), mm_text, u_text) if t)
     (out / "results.md").write_text(report)
     print(report)
     if default:
