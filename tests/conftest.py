@@ -48,7 +48,8 @@ def tiny_run_config(method: str, out_dir, method_overrides: dict | None = None, 
         "data": {"dataset": "synthetic", "n_labels": 20, "n_val": 100},
         "train": {"steps": 6, "batch_size": 32, "labeled_batch_size": 16, "eval_every": 3, "log_every": 2,
                   "ckpt_every": 3, "eval_batch_size": 128, "progress": False, "threads": 0,
-                  "precision": "fp32"},  # auto (the default) would differ between machines
+                  "precision": "fp32",  # auto (the default) would differ between machines
+                  "select": "best"},  # the tests of selection and resume check the max; test_realistic the rest
     }
     return build_run_config(merge(raw, sections))
 
