@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from genssl.training.selection import replay
 
 POLICIES = ("best", "last", "within_se", "smoothed")
+AXIS = re.compile(r"^(mm\d*|u\d+|f\d+)-")  # the axis grids' entries: mismatch, unlabeled pool, filtered
 FAMILY_COLOURS = {"supervised": "#444444", "self_training": "#1f77b4", "fixmatch": "#2ca02c", "sgan": "#d62728",
                   "vae_m2": "#9467bd"}
 MARKERS = {"supervised": "s", "self_training": "v", "fixmatch": "o", "sgan": "^", "vae_m2": "D"}
@@ -53,7 +55,7 @@ def load_runs(runs_dir: Path) -> list[dict]:
 
 
 def method_of(label: str) -> str:
-    base = label.split("-", 1)[1] if label.startswith(("mm", "u")) and "-" in label else label
+    base = label.split("-", 1)[1] if AXIS.match(label) else label
     return base.split("+")[0]
 
 
@@ -105,7 +107,7 @@ def val_labels_of(res: dict) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ tables
 def default_tables(runs: list[dict], subsets: int, per_class: int) -> tuple[str, dict]:
-    runs = [r for r in runs if not r["label"].startswith(("mm", "u"))]
+    runs = [r for r in runs if not AXIS.match(r["label"])]
     if not runs:
         return "", {}
     budgets = sorted({b["budget_s"] for r in runs for b in r["budgets"]})
@@ -194,7 +196,7 @@ def axis_table(runs: list[dict], prefix: str, values: dict[str, float], title: s
 
 def axis_policy_losses(runs: list[dict]) -> str:
     """What each policy loses against the oracle on the axis runs, which select on their own small validation set."""
-    axis = [r for r in runs if r["label"].startswith(("mm", "u", "f")) and r["n_val"] <= 200]
+    axis = [r for r in runs if AXIS.match(r["label"])]
     if not axis:
         return ""
     loss = defaultdict(list)
@@ -205,6 +207,41 @@ def axis_policy_losses(runs: list[dict]) -> str:
     lines = [f"### What each policy loses against the oracle on the {len(axis)} axis runs (their own 10 validation "
              "images per class)", "", "| policy | mean loss (points) | worst loss |", "|---|---:|---:|"]
     lines += [f"| {p} | {statistics.fmean(loss[p]):.2f} | {max(loss[p]):.2f} |" for p in POLICIES]
+    return "\n".join(lines) + "\n"
+
+
+def filter_table(runs: list[dict], policy: str = "within_se") -> str:
+    """Mismatch with and without the pool filter, and what the filter kept."""
+    by = defaultdict(list)
+    for r in runs:
+        head = r["label"].split("-", 1)[0]
+        if head in ("mm50", "mm100", "f50", "f100"):
+            by[(method_of(r["label"]), head)].append(r)
+    if not any(k[1].startswith("f") for k in by):
+        return ""
+    lines = ["### Filtering the unlabeled pool (data.filter_run: M2's two-sided ELBO, central 80% kept)", "",
+             "| method | 50%: unfiltered | 50%: filtered | 100%: unfiltered | 100%: filtered |", "|---|---:|---:|---:|---:|"]
+    for m in sorted({k[0] for k in by}):
+        cells = [mean_sd([pick(r["curve"], policy, r["n_val"], max(b["budget_s"] for b in r["budgets"]))
+                          for r in by.get((m, h), [])]) for h in ("mm50", "f50", "mm100", "f100")]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    kept = defaultdict(list)
+    for (m, h), rs in by.items():
+        for r in rs:
+            f = r.get("filter")
+            if f and h.startswith("f"):
+                ood = f["out_of_task_scored"]
+                kept[h].append((f["out_of_task_kept"] / ood if ood else float("nan"),
+                                (f["kept"] - f["out_of_task_kept"]) / max(f["scored"] - ood, 1) if f["scored"] > ood
+                                else float("nan"), f["kept"], f["scored"]))
+    lines += ["", f"Test accuracy (%), {policy} on 10 validation images per class, ≤ 120 s. What the filter kept:"]
+    for h in ("f50", "f100"):
+        if kept[h]:
+            o = statistics.fmean(k[0] for k in kept[h])
+            i = [k[1] for k in kept[h] if k[1] == k[1]]
+            lines.append(f"{h[1:]}% mismatch: {100 * o:.0f}% of the out-of-class images"
+                         + (f", {100 * statistics.fmean(i):.0f}% of the in-class ones" if i else "")
+                         + f" ({statistics.fmean(k[2] for k in kept[h]):.0f} of {kept[h][0][3]} kept on average).")
     return "\n".join(lines) + "\n"
 
 
@@ -267,7 +304,7 @@ def main(argv=None) -> None:
     u_text, u = axis_table(runs, "u", pool, "Unlabeled pool size (10 validation images per class; the 59,900 "
                            "column is the default point's runs re-selected on 10-per-class subsets)", "n_unlabeled",
                            sup_all or None, extra=everything)
-    report = "\n".join(t for t in (text, axis_policy_losses(runs), mm_text, u_text) if t)
+    report = "\n".join(t for t in (text, axis_policy_losses(runs), mm_text, filter_table(runs), u_text) if t)
     (out / "results.md").write_text(report)
     print(report)
     if default:
