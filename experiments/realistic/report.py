@@ -32,7 +32,7 @@ import torch
 from genssl.training.selection import replay
 
 POLICIES = ("best", "last", "within_se", "smoothed")
-AXIS = re.compile(r"^(mm\d*|u\d+|f\d+)-")  # the axis grids' entries: mismatch, unlabeled pool, filtered
+AXIS = re.compile(r"^(mm\d*|u\d+|f\d+|g\d+)-")  # the axis grids' entries: mismatch, unlabeled pool, filtered
 FAMILY_COLOURS = {"supervised": "#444444", "self_training": "#1f77b4", "fixmatch": "#2ca02c", "sgan": "#d62728",
                   "vae_m2": "#9467bd"}
 MARKERS = {"supervised": "s", "self_training": "v", "fixmatch": "o", "sgan": "^", "vae_m2": "D"}
@@ -210,38 +210,45 @@ def axis_policy_losses(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FILTERS = {"f": "M2's ELBO, two-sided, central 80% kept", "g": "M1's ELBO, the lowest 5% of validation dropped"}
+
+
 def filter_table(runs: list[dict], policy: str = "within_se") -> str:
-    """Mismatch with and without the pool filter, and what the filter kept."""
+    """Mismatch with and without the pool filters, and what each filter kept."""
     by = defaultdict(list)
     for r in runs:
         head = r["label"].split("-", 1)[0]
-        if head in ("mm50", "mm100", "f50", "f100"):
+        if re.fullmatch(r"(mm|f|g)(50|100)", head):
             by[(method_of(r["label"]), head)].append(r)
-    if not any(k[1].startswith("f") for k in by):
+    if not any(k[1][0] in FILTERS for k in by):
         return ""
-    lines = ["### Filtering the unlabeled pool (data.filter_run: M2's two-sided ELBO, central 80% kept)", "",
-             "| method | 50%: unfiltered | 50%: filtered | 100%: unfiltered | 100%: filtered |", "|---|---:|---:|---:|---:|"]
+    heads = [f"{p}{mm}" for mm in (50, 100) for p in ("mm", "f", "g")]
+    names = {"mm": "unfiltered", "f": "M2 filter", "g": "M1 filter"}
+    lines = ["### Filtering the unlabeled pool by typicality (data.filter_run)", "",
+             "| method | " + " | ".join(f"{h.lstrip('mfg')}%: {names[h.rstrip('0123456789')]}" for h in heads) + " |",
+             "|---|" + "---:|" * len(heads)]
     for m in sorted({k[0] for k in by}):
         cells = [mean_sd([pick(r["curve"], policy, r["n_val"], max(b["budget_s"] for b in r["budgets"]))
-                          for r in by.get((m, h), [])]) for h in ("mm50", "f50", "mm100", "f100")]
+                          for r in by.get((m, h), [])]) for h in heads]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    kept = defaultdict(list)
-    for (m, h), rs in by.items():
-        for r in rs:
-            f = r.get("filter")
-            if f and h.startswith("f"):
-                ood = f["out_of_task_scored"]
-                kept[h].append((f["out_of_task_kept"] / ood if ood else float("nan"),
-                                (f["kept"] - f["out_of_task_kept"]) / max(f["scored"] - ood, 1) if f["scored"] > ood
-                                else float("nan"), f["kept"], f["scored"]))
-    lines += ["", f"Test accuracy (%), {policy} on 10 validation images per class, ≤ 120 s. What the filter kept:"]
-    for h in ("f50", "f100"):
-        if kept[h]:
-            o = statistics.fmean(k[0] for k in kept[h])
-            i = [k[1] for k in kept[h] if k[1] == k[1]]
-            lines.append(f"{h[1:]}% mismatch: {100 * o:.0f}% of the out-of-class images"
-                         + (f", {100 * statistics.fmean(i):.0f}% of the in-class ones" if i else "")
-                         + f" ({statistics.fmean(k[2] for k in kept[h]):.0f} of {kept[h][0][3]} kept on average).")
+    lines += ["", f"Test accuracy (%), {policy} on 10 validation images per class, ≤ 120 s. The filters: "
+              + "; ".join(f"{names[k]}: {v}" for k, v in FILTERS.items()) + ". What each kept:"]
+    for h in [h for h in heads if not h.startswith("mm")]:
+        kept = []
+        for (m, hh), rs in by.items():
+            for r in rs:
+                f = r.get("filter")
+                if hh == h and f:
+                    ood, ind = f["out_of_task_scored"], f["scored"] - f["out_of_task_scored"]
+                    kept.append((f["out_of_task_kept"] / ood if ood else float("nan"),
+                                 (f["kept"] - f["out_of_task_kept"]) / ind if ind else float("nan"), f["kept"],
+                                 f["scored"]))
+        if kept:
+            ins = [k[1] for k in kept if k[1] == k[1]]
+            lines.append(f"- {names[h.rstrip('0123456789')]}, {h.lstrip('mfg')}% mismatch: "
+                         f"{100 * statistics.fmean(k[0] for k in kept):.0f}% of the out-of-class images"
+                         + (f", {100 * statistics.fmean(ins):.0f}% of the in-class ones" if ins else "")
+                         + f" ({statistics.fmean(k[2] for k in kept):.0f} of {kept[0][3]} on average).")
     return "\n".join(lines) + "\n"
 
 
