@@ -48,8 +48,7 @@ from genssl.nn.classifiers import ClassifierFeatures
 from genssl.nn.ema import EMA
 from genssl.registry import register_method
 
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "constant")
+OPTIMIZERS, LR_SCHEDULES = ("sgd", "adam"), ("cosine", "constant")  # the choices of optimizer, lr_schedule
 
 
 @register_method("fixmatch")
