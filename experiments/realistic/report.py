@@ -20,6 +20,7 @@ evaluations within the budget: what a perfect selection would get, and what each
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -104,14 +105,20 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def val_labels_of(res: dict) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _train_labels(dataset: str, classes: tuple | None) -> np.ndarray:
+    """The run's training labels as its task sees them (loaded once per dataset and class set)."""
     from genssl.config import DataConfig
     from genssl.data.source import load_train_test, task_data
 
-    d = DataConfig(dataset=res["dataset"], classes=res.get("classes"))
-    train, test = task_data(*load_train_test(d, progress=False), d)
+    d = DataConfig(dataset=dataset, classes=list(classes) if classes else None)
+    return task_data(*load_train_test(d, progress=False), d)[0].labels.numpy()
+
+
+def val_labels_of(res: dict) -> np.ndarray:
     val = torch.load(res["folder"] / "val_outcomes.pt", weights_only=True)["val"]
-    return train.labels[val].numpy()
+    classes = res.get("classes")
+    return _train_labels(res["dataset"], tuple(classes) if classes else None)[val.numpy()]
 
 
 # ------------------------------------------------------------------------------------------------ tables

@@ -49,11 +49,11 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
         return -(raw(idx) - center).abs() if kind == "two_sided" else raw(idx)
 
     threshold = float(torch.quantile(scores(reference), quantile))
-    labeled = set(split.labeled.tolist())
-    candidates = torch.tensor([i for i in split.unlabeled.tolist() if i not in labeled], dtype=torch.long)
+    is_labeled = torch.isin(split.unlabeled, split.labeled)
+    candidates = split.unlabeled[~is_labeled]  # the pool's own images, in its order
     keep = scores(candidates) >= threshold
     kept = candidates[keep]
-    on_top = split.unlabeled[torch.isin(split.unlabeled, split.labeled)]
+    on_top = split.unlabeled[is_labeled]
     out_of_task = labels.cpu()[candidates] >= num_task_classes
     report = {"run": str(filter_run), "method": cfg.method_name, "score": score_name(method, "confidence" if kind == "confidence" else "model")
               + (", two-sided" if kind == "two_sided" else ""),
