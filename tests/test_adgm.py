@@ -150,6 +150,36 @@ def test_exported_encoder_is_the_classifier_features(method, tmp_path):
     torch.testing.assert_close(enc(x), m.encode(x))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_conv_classifier_is_the_convnet_seeing_each_image_once(method, tmp_path):
+    """cls_arch: conv (issue 30's matched networks): x enters q(y|a,x) through the classifiers' ConvNet, whose batch
+    norm sees the B_l + B_u images once each, never the B_u * K enumerated rows; the bound's enumeration, the
+    predictions and the exported encoder are unchanged by it."""
+    from genssl.nn.classifiers import ConvNet
+    m = _model(method, cls_arch="conv")
+    assert isinstance(m.aux.qy_x, ConvNet)
+    seen = []
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    b = _batch()
+    m.setup(5)
+    log = m.train_step(b, 0)
+    assert math.isfinite(float(log["train/loss"])) and set(seen) == {6 + 5}
+    m.eval()
+    neg_L_l, neg_L_u, _ = m.bounds(b.x_l, b.y_l, b.x_u, sample=False)
+    for k in (0, 7):
+        torch.testing.assert_close(neg_L_u[:, k], m.neg_labeled_bound(b.x_u, torch.full((5,), k), sample=False),
+                                   rtol=1e-5, atol=1e-3)
+    assert m.predict(b.x_u).shape == (5, 10)
+    export_encoder(m.encoder_module(), tmp_path / "enc", input_shape=SPEC.image_shape)
+    torch.testing.assert_close(load_encoder(tmp_path / "enc")(b.x_u), m.encode(b.x_u))
+    with pytest.raises(ValueError, match="unknown classifier arch 'resnet' for q\\(y\\|a,x\\)"):
+        _model(method, cls_arch="resnet")
+    with pytest.raises(ValueError, match=r"cls_arch='conv' takes \(C, H, W\) images"):
+        create_method(method, {**SMALL, "cls_arch": "conv"}, DataSpec((12,), 10, 20, 200))
+
+
 def test_bad_config_fails_loudly():
     with pytest.raises(ValueError, match="eval_samples must be >= 0"):
         _model("adgm", eval_samples=-1)
@@ -177,6 +207,8 @@ def test_on_m1_latents(tmp_path):
         m.encoder_module()
     with pytest.raises(ValueError, match="generates M1 latents"):
         m.sample(2)
+    with pytest.raises(ValueError, match="a stacked model reads latent vectors: arch and cls_arch must be 'mlp'"):
+        _model("adgm", encoder=str(tmp_path / "m1"), cls_arch="conv")
 
 
 # ------------------------------------------------------------------ through the registry and the Trainer

@@ -202,7 +202,7 @@ def test_parallel_jobs_give_the_same_runs_as_serial_ones(tmp_path, tiny_data, mo
 @pytest.mark.parametrize("methods, message", [
     ({"x": synthetic("no_such_method")}, r"entry 'x'.*unknown method 'no_such_method'; registered methods: "),
     ({"x": {"config": "missing.yaml"}}, r"config file not found"),
-    ({"x": {"config": "a.yaml", "steps": 3}}, r"only `overrides` may be given"),
+    ({"x": {"config": "a.yaml", "steps": 3}}, r"only `overrides`, `seeds` and `n_labels` may be given"),
     ({"bad/name": synthetic("supervised")}, r"'bad/name' must be letters"),
     ({"x": synthetic("supervised", no_such_key=1)}, r"unknown key method\.no_such_key"),
 ])
@@ -225,6 +225,16 @@ def test_without_label_counts_or_seeds_each_entry_keeps_its_own(tmp_path):
         "b": synthetic("supervised")}}, sort_keys=False))
     _, runs = load_grid(path)
     assert [(r.name, r.n_labels, r.seed) for r in runs] == [("a-n30-s4", 30, 4), ("b-n100-s0", 100, 0)]
+
+
+def test_an_entry_narrows_the_grids_seeds_and_label_counts(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(synthetic("supervised")))
+    path = write_grid(tmp_path, {"a": "s.yaml", "b": {"config": "s.yaml", "seeds": [1], "n_labels": 30},
+                                 "c": {"config": "s.yaml", "seeds": [0, 2]}})
+    _, runs = load_grid(path)
+    assert [r.name for r in runs] == ["a-n20-s0", "a-n20-s1", "b-n30-s1", "c-n20-s0", "c-n20-s2"]
+    with pytest.raises(ConfigError, match=r"`methods\.b\.seeds` must be an integer or a list of integers"):
+        load_grid(write_grid(tmp_path, {"b": {"config": "s.yaml", "seeds": "one"}}))
 
 
 def test_the_demo_grid_is_packaged_and_runs_every_registered_method():

@@ -15,6 +15,8 @@ Grid YAML::
       m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
               overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
       sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
+      adgm: {config: fmnist_adgm.yaml,          #   an entry given with `config` may narrow the grid's
+             seeds: [0], n_labels: [100]}       #   seeds / n_labels for itself (a costly method, one seed)
     n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its
     seeds: [0, 1, 2]                            # own config's data.n_labels (train.seed)
     resources:                                  # optional: what one run asks a scheduler for (--executor
@@ -137,8 +139,10 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
         else:
             raw = merge(merge(_entry_config(entry, where, path), shared), _entry_overrides(entry, where))
             raw = merge(raw, cli)
-            pairs = [(n, seed) for n in label_counts or [_get(raw, "data", "n_labels", DataConfig().n_labels)]
-                     for seed in seeds or [_get(raw, "train", "seed", TrainConfig().seed)]]
+            entry_counts = _entry_axis(entry, "n_labels", label_counts, label, path)
+            entry_seeds = _entry_axis(entry, "seeds", seeds, label, path)
+            pairs = [(n, seed) for n in entry_counts or [_get(raw, "data", "n_labels", DataConfig().n_labels)]
+                     for seed in entry_seeds or [_get(raw, "train", "seed", TrainConfig().seed)]]
         for n, seed in pairs:
             run_dir = runs_dir / f"{label}-n{n}-s{seed}"
             if compare_samples.is_samples_entry(entry):
@@ -165,14 +169,25 @@ def _entry_config(entry, where: str, path: Path) -> dict:
     if isinstance(entry, str):
         return load_yaml(path.parent / entry)
     if isinstance(entry, dict) and "config" in entry:
-        extra = sorted(set(entry) - {"config", "overrides"})
+        extra = sorted(set(entry) - {"config", "overrides", *ENTRY_AXES})
         if extra or not isinstance(entry["config"], str):
-            raise ConfigError(f"{where}: with `config`, only `overrides` may be given and `config` must be a "
-                              f"file name; got keys {', '.join(sorted(entry))}")
+            raise ConfigError(f"{where}: with `config`, only `overrides`, `seeds` and `n_labels` may be given and "
+                              f"`config` must be a file name; got keys {', '.join(sorted(entry))}")
         return load_yaml(path.parent / entry["config"])
     if isinstance(entry, dict):
         return dict(entry)
     raise ConfigError(f"{where} must be a config file name or a mapping, got {entry!r}")
+
+
+ENTRY_AXES = ("n_labels", "seeds")
+"""Keys an entry given with `config` may set for itself, over the grid's lists of the same name."""
+
+
+def _entry_axis(entry, key: str, grid_values: list[int] | None, label: str, path: Path) -> list[int] | None:
+    """An entry's own `seeds` / `n_labels` (a list of ints), else the grid's."""
+    if isinstance(entry, dict) and "config" in entry and key in entry:
+        return _int_list(entry[key], f"methods.{label}.{key}", path)
+    return grid_values
 
 
 def _entry_overrides(entry, where: str) -> dict:

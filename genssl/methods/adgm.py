@@ -77,6 +77,9 @@ class AuxiliaryDGM(EnumeratedModel):
         """Hidden widths of q(a|x), q(z|a,y,x), p(a|.) and p(x|.) (and of q(y|a,x) unless cls_hidden is set)."""
         cls_hidden: tuple[int, ...] | None = None
         """Hidden widths of the classifier q(y|a,x); None follows hidden."""
+        cls_arch: str = "mlp"
+        """mlp (the paper) | conv: x enters q(y|a,x) through the classifiers' ConvNet (genssl.nn.adgm.AuxClassifier),
+        the network FixMatch and M2's conv classifier use; pixels only (not on M1 latents)."""
         lr: float = 3e-4
         grad_clip: float | None = 5.0
         """Clip the gradients' global norm (the original code's 5); None: no clipping."""
@@ -95,12 +98,13 @@ class AuxiliaryDGM(EnumeratedModel):
             raise ValueError(f"eval_samples must be >= 0 (0: the mean of q(a|x)), got {cfg.eval_samples}")
         if cfg.grad_clip is not None and not cfg.grad_clip > 0:
             raise ValueError(f"grad_clip must be a positive norm or None, got {cfg.grad_clip}")
-        super().__init__(cfg, spec)
+        super().__init__(cfg, spec, "mlp", cfg.cls_arch)
         K = spec.num_classes
         F_in, A, D, h = math.prod(self.input_shape), cfg.a_dim, cfg.z_dim, tuple(cfg.hidden)
         self.n_params = n_params(self.likelihood)
         dims = {"x": F_in, "a": A, "y": K, "z": D}
-        self.aux = AuxClassifier(self.input_shape, K, A, h, tuple(cfg.cls_hidden or h))  # q(a|x), q(y|a,x)
+        self.aux = AuxClassifier(self.input_shape, K, A, h, tuple(cfg.cls_hidden or h),  # q(a|x), q(y|a,x)
+                                 cfg.cls_arch)
         self.qz = SumMLP({k: dims[k] for k in ("x", "a", "y")}, h, 2 * D)  # q(z | a, y, x)
         self.pa = SumMLP({k: dims[k] for k in self.PA_INPUTS}, h, 2 * A)  # p(a | .)
         self.px = SumMLP({k: dims[k] for k in self.PX_INPUTS}, h, self.n_params * F_in)  # p(x | .)

@@ -17,7 +17,10 @@ import math
 import torch
 from torch import nn
 
+from genssl.nn.classifiers import ConvNet, check_conv_input
 from genssl.registry import register_encoder_arch
+
+QY_ARCHS = ("mlp", "conv")
 
 
 class SumMLP(nn.Module):
@@ -73,19 +76,33 @@ class AuxClassifier(nn.Module):
 
     As an exported encoder, `forward(x)` is q(y | a, x)'s last hidden layer at a = the mean of q(a | x) (the
     "classifier's features", deterministic). `input_shape` is the shape of one input (an image or a vector);
-    inputs are flattened.
+    inputs are passed flattened.
+
+    `qy_arch` is how x enters q(y | a, x)'s first layer: `mlp`, a linear map of the pixels (the paper); `conv`, the
+    classifiers' ConvNet (genssl.nn.classifiers: 32/64/128 channels, batch norm over the images, which are never
+    repeated per class) with its head mapping the pooled features to that layer, so ADGM/SDGM's classifier is the
+    same network as FixMatch's (Oliver et al. 2018's one shared model). q(a | x) and the generative side stay MLPs.
     """
 
     def __init__(self, input_shape, num_classes: int, a_dim: int = 100, qa_hidden=(500, 500),
-                 qy_hidden=(500, 500)):
+                 qy_hidden=(500, 500), qy_arch: str = "mlp"):
         super().__init__()
+        if qy_arch not in QY_ARCHS:
+            raise ValueError(f"unknown classifier arch {qy_arch!r} for q(y|a,x); choose one of {', '.join(QY_ARCHS)}")
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes, self.a_dim = int(num_classes), int(a_dim)
         self.args = {"input_shape": list(self.input_shape), "num_classes": self.num_classes, "a_dim": self.a_dim,
-                     "qa_hidden": [int(h) for h in qa_hidden], "qy_hidden": [int(h) for h in qy_hidden]}
+                     "qa_hidden": [int(h) for h in qa_hidden], "qy_hidden": [int(h) for h in qy_hidden],
+                     "qy_arch": qy_arch}
         in_dim = math.prod(self.input_shape)
         self.qa = SumMLP({"x": in_dim}, tuple(qa_hidden), 2 * self.a_dim)
-        self.qy = SumMLP({"x": in_dim, "a": self.a_dim}, tuple(qy_hidden), self.num_classes)
+        if qy_arch == "conv":
+            check_conv_input(self.input_shape, "cls_arch='conv'")
+            self.qy_x = ConvNet(self.input_shape[0], int(qy_hidden[0]))  # W_x x of the first layer, from conv features
+            self.qy = SumMLP({"a": self.a_dim}, tuple(qy_hidden), self.num_classes)
+        else:
+            self.qy_x = None
+            self.qy = SumMLP({"x": in_dim, "a": self.a_dim}, tuple(qy_hidden), self.num_classes)
         self.out_dim = int(qy_hidden[-1])
 
     def spec_args(self) -> dict:
@@ -95,12 +112,18 @@ class AuxClassifier(nn.Module):
         """q(a | x): (B, F) flattened inputs -> mu, logvar (B, A)."""
         return gaussian_params(self.qa(x=x_flat))
 
+    def _x_part(self, x_flat: torch.Tensor) -> torch.Tensor:
+        """x's contribution to q(y | a, x)'s first layer, (B, F) -> (B, H), computed once per image."""
+        if self.qy_x is None:
+            return self.qy.part("x", x_flat)
+        return self.qy_x(x_flat.unflatten(-1, self.input_shape))
+
     def logits(self, x_flat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """q(y | a, x) logits; a (..., B, A) may carry leading sample dims: -> (..., B, K)."""
-        return self.qy.finish(self.qy.part("x", x_flat) + self.qy.part("a", a))
+        return self.qy.finish(self._x_part(x_flat) + self.qy.part("a", a))
 
     def features_at(self, x_flat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self.qy.hidden(self.qy.part("x", x_flat) + self.qy.part("a", a))
+        return self.qy.hidden(self._x_part(x_flat) + self.qy.part("a", a))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, out_dim)
         x_flat = x.flatten(1)
