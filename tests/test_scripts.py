@@ -148,10 +148,15 @@ def tiny_realistic_report(tmp_path, monkeypatch, capsys, request, **_):
     for seed in (0, 1):
         _realistic_run(runs, f"supervised+strong-n20-s{seed}", root, split_seed=seed)
     _realistic_run(runs, "u1000-fixmatch-n20-s0", root, n_unlabeled=100)
+    _realistic_run(runs, "conv-supervised+strong-n20-s0", root)  # matched.yaml's entries
+    _realistic_run(runs, "supervised+strong-n30-s0", root, n_labels=30)
     run_script("experiments/realistic/report.py", "--runs", str(runs), "--out", str(tmp_path / "out"),
                "--subsets", "3", "--per-class", "2", monkeypatch=monkeypatch)
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| supervised+strong |" in text and "| within_se |" in text and "n_unlabeled 1000" in text
+    assert "| supervised | ConvNet | 20 | 1 |" in text and "| supervised | MLP | 30 | 1 |" in text
+    default_rows = [line for line in text.split("### Matched")[0].splitlines() if line.startswith("| supervised+")]
+    assert default_rows and all("± " in line for line in default_rows[:1])  # 2 seeds at n20; the n30 run not in
     assert (tmp_path / "out" / "accuracy_vs_budget.png").is_file()
 
 
@@ -171,6 +176,15 @@ def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
                monkeypatch=monkeypatch)
     (result,) = json.loads((tmp_path / "auroc.json").read_text())
     assert {"log_d", "max_softmax"} <= set(result["scores"]) and "| sgan" in capsys.readouterr().out
+
+
+def tiny_sgan_conv_ablation(tmp_path, monkeypatch, capsys, request, **_):
+    run = request.getfixturevalue("sgan_run")
+    run_script("experiments/sgan_conv_ablation.py", "--runs", str(run.parent), "--out", str(tmp_path / "t.md"),
+               monkeypatch=monkeypatch)
+    row = next(line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith(f"| {run.name[:4]}"))
+    unsup = float(row.split("|")[-6])  # the discriminator's loss, read from the run's tb/ curve
+    assert 0 < unsup < 10, row
 
 
 def tiny_gpu_runs(tmp_path, monkeypatch, capsys, **_):
@@ -197,6 +211,7 @@ TINY = {
     "experiments/realistic/report.py": tiny_realistic_report,
     "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
+    "experiments/sgan_conv_ablation.py": tiny_sgan_conv_ablation,
     "experiments/gpu_runs.sh": tiny_gpu_runs,
 }
 
