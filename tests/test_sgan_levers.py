@@ -235,11 +235,16 @@ def test_augmentation_follows_the_datasets_flip_rule(monkeypatch):
     m = small_sgan()  # the paper: no augmentation at all
     m.train_step(batch(), 0)
     assert seen == []
+    m = small_sgan(labeled_augment="strong")  # the labeled images alone get the strong view
+    m.train_step(batch(), 0)
+    assert seen == [("strong", True, None)]
 
 
 def test_bad_lever_values_fail_loudly():
     with pytest.raises(ValueError, match="none, kl, fixmatch"):
         create_method("sgan", {"consistency": "mixmatch"}, SPEC)
+    with pytest.raises(ValueError, match="labeled_augment='weak' is not one of same, strong"):
+        create_method("sgan", {"labeled_augment": "weak"}, SPEC)
     with pytest.raises(ValueError, match="pt_weight"):
         create_method("sgan", {"pt_weight": -1.0}, SPEC)
     with pytest.raises(ValueError, match="manifold_eps"):

@@ -27,6 +27,9 @@ Levers, all off by default (each term is a pure function of genssl.losses, logge
 - `augment_shift`: the real images the discriminator sees (labeled and unlabeled) are augmented by the shared
   weak augmentation (genssl.data.augment.weak: a horizontal flip where the data allow it, DataSpec.hflip, and
   a random reflection-padded translation of up to `augment_shift` pixels). Still a pure GAN.
+- `labeled_augment: strong`: the labeled images of the supervised term are seen through the strong view
+  (RandAugment + Cutout, genssl.data.augment.strong), as `supervised` with `augment: strong` sees them; the
+  real-vs-generated term is unchanged. Augmentation of the labels only: no consistency term, still a pure GAN.
 - `arch: conv28`: a weight-normalized 28x28 conv discriminator (genssl.nn.gan.Conv28Discriminator).
 - `arch: convnet`: the discriminator matched to FixMatch's conv net (genssl.nn.gan.MatchedConvDiscriminator).
 - `entropy_weight` (conditional entropy, Bad GAN) in L_D on the unlabeled images; `pt_weight`: Bad GAN's
@@ -71,6 +74,7 @@ from genssl.registry import register_method
 
 FAKE_LOGITS = ("implicit", "explicit")
 FM_REAL = ("fresh", "d_step")
+LABELED_AUGMENT = ("same", "strong")
 
 
 @register_method("sgan")
@@ -113,6 +117,9 @@ class SGAN(Method):
         """Weak augmentation of the real images the discriminator sees: a random reflection-padded translation
         by up to this many pixels plus a horizontal flip where the data allow it (genssl.data.augment.weak);
         0 = none (the paper)."""
+        labeled_augment: str = "same"
+        """same (the labeled images get the unlabeled images' view: augment_shift's weak one, or none) | strong
+        (RandAugment + Cutout on the labeled images of the supervised term only)."""
         pt_weight: float = 0.0
         """Weight of Bad GAN's pull-away term on the generated images' features in L_G (0.8 in Dai et al. for
         SVHN); 0 = the paper."""
@@ -153,7 +160,8 @@ class SGAN(Method):
         super().__init__(cfg, spec)
         for key, value, valid in (("fake_logit", cfg.fake_logit, FAKE_LOGITS), ("fm_real", cfg.fm_real, FM_REAL),
                                   ("fm_norm", cfg.fm_norm, ("l2", "l1")), ("arch", cfg.arch, GAN_ARCHS),
-                                  ("consistency", cfg.consistency, CONSISTENCY)):
+                                  ("consistency", cfg.consistency, CONSISTENCY),
+                                  ("labeled_augment", cfg.labeled_augment, LABELED_AUGMENT)):
             if value not in valid:
                 raise ValueError(f"sgan {key}={value!r} is not one of {', '.join(valid)}")
         if not 0.0 < cfg.lr_decay_start <= 1.0:
@@ -223,7 +231,8 @@ class SGAN(Method):
             self.set_lr("d", lr)
             self.set_lr("g", lr)
             n_l, n_u = batch.x_l.shape[0], batch.x_u.shape[0]
-            x_l = self.augment_real(batch.x_l)
+            x_l = (strong(batch.x_l, flip=self.spec.hflip) if cfg.labeled_augment == "strong"
+                   else self.augment_real(batch.x_l))
             x_u = self.augment_real(batch.x_u)  # the weak view when consistency is on
             z = self.noise(n_u, batch.x_u.device)
             x_fake = self.gen(z)  # (B_u, C, H, W), keeps G's graph for its step
