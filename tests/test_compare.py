@@ -227,7 +227,7 @@ def test_without_label_counts_or_seeds_each_entry_keeps_its_own(tmp_path):
     assert [(r.name, r.n_labels, r.seed) for r in runs] == [("a-n30-s4", 30, 4), ("b-n100-s0", 100, 0)]
 
 
-def test_an_entry_narrows_the_grids_seeds_and_label_counts(tmp_path):
+def test_an_entry_sets_its_own_seeds_and_label_counts(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(synthetic("supervised")))
     path = write_grid(tmp_path, {"a": "s.yaml", "b": {"config": "s.yaml", "seeds": [1], "n_labels": 30},
                                  "c": {"config": "s.yaml", "seeds": [0, 2]}})

@@ -15,8 +15,8 @@ Grid YAML::
       m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
               overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
       sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
-      adgm: {config: fmnist_adgm.yaml,          #   an entry given with `config` may narrow the grid's
-             seeds: [0], n_labels: [100]}       #   seeds / n_labels for itself (a costly method, one seed)
+      adgm: {config: fmnist_adgm.yaml,          #   an entry given with `config` may set its own
+             seeds: [0], n_labels: [100]}       #   seeds / n_labels (a costly method, one seed)
     n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its
     seeds: [0, 1, 2]                            # own config's data.n_labels (train.seed)
     resources:                                  # optional: what one run asks a scheduler for (--executor
