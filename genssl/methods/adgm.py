@@ -34,7 +34,8 @@ paper's Monte Carlo estimate of E_q(a|x)[q(y | a, x)]), with noise from a fixed 
 predictions are a function of its weights.
 
 Following the original code (github.com/larsmaaloee/auxiliary-deep-generative-models): no batch
-normalization (its BN variant went NaN on unlabeled data), gradients clipped to a global norm of 5, Adam at
+normalization (its BN variant went NaN on unlabeled data; `cls_arch: conv` is the one exception, see
+genssl.nn.adgm), gradients clipped to a global norm of 5, Adam at
 3e-4, a = z = 100 dims, MLPs of two 500-unit layers. Not taken over: its elementwise gradient clip at 1, the
 N(0, 1) weight prior (scaled by 1/N, negligible) and the learning-rate annealing over 1000s of epochs.
 With `encoder:` set to an M1 run or export the model runs on M1's latents (like M1+M2): z1 ~ q(z1 | x) is

@@ -7,7 +7,8 @@ original code, each input enters the first hidden layer through its own linear m
 W_x x + W_a a + W_y y + b, which equals one linear layer on the concatenation. Written this way a per-image
 input (x, a) is mapped once per image and only broadcast against the K enumerated classes, so enumerating every
 class for B images (B*K rows) costs the image-sized first layer B times, not B*K times.
-No batch normalization anywhere: the original went NaN with it on unlabeled data.
+No batch normalization (the original went NaN with it on unlabeled data), except inside the optional conv q(y|a,x)
+(`qy_arch: conv`), whose ConvNet normalizes over the batch's images, never over the enumerated class rows.
 """
 
 from __future__ import annotations
