@@ -1,10 +1,15 @@
 """Training-step throughput: unlabeled samples/s and peak memory of `Method.train_step`, per registered method
-at its default config (or a YAML config's), per device, precision and eager/compiled. Prints a table.
+at its default config (or a YAML config's), per device, precision, memory layout and eager/compiled. Prints a table.
 
     .venv/bin/python benchmarks/throughput.py                               # every method, CPU, fp32 + bf16
     .venv/bin/python benchmarks/throughput.py --methods sgan vae_m2 --precisions fp32 bf16 --compile off on
     .venv/bin/python benchmarks/throughput.py --config experiments/fmnist_sgan.yaml --batch-sizes 100 500
     .venv/bin/python benchmarks/throughput.py --devices cuda                # on a GPU machine
+    .venv/bin/python benchmarks/throughput.py --conv --layouts nchw channels_last --threads 1   # the conv rows
+
+`--conv` measures every conv method of the matched-network study (CONV_ENTRIES: supervised and FixMatch with the
+classifiers' ConvNet, the SSL-GAN's conv28 and matched discriminators, M2's conv q(y|x)) at its experiment
+config's batch sizes; `--layouts` compares NCHW with channels_last (train.channels_last, genssl.nn.layout).
 
 Each setting runs in a fresh child process, so peak memory is that setting's own (CPU: the process's peak
 resident set; CUDA: torch.cuda.max_memory_allocated) and one setting's compile caches, thread pools or
@@ -66,6 +71,23 @@ def matmul_gflops(dtype_name: str, n: int = 1000, min_time: float = 0.3) -> floa
     return best
 
 
+CONV_ENTRIES = {
+    # row name: (experiment config, method overrides); batch sizes are the config's train section's
+    "supervised-conv": ("experiments/fmnist_supervised.yaml", {"arch": "conv", "augment": "strong"}),
+    "pseudo_label-conv": ("experiments/fmnist_pseudo_label.yaml", {"arch": "conv"}),
+    "self_training-conv": ("experiments/fmnist_self_training.yaml", {"arch": "conv"}),
+    "fixmatch-conv": ("experiments/fmnist_fixmatch_conv.yaml", {}),
+    "sgan-conv28": ("experiments/fmnist_sgan_conv.yaml", {}),
+    "sgan-convnet": ("experiments/fmnist_sgan_convnet.yaml", {}),
+    "vae_m2-conv": ("experiments/fmnist_vae_m2.yaml", {"cls_arch": "conv"}),
+    "adgm-conv": ("experiments/fmnist_adgm.yaml", {"cls_arch": "conv"}),
+}
+"""The conv rows (`--conv`): the ConvNet entries of experiments/realistic/matched.yaml (supervised with 64 labeled
+images a step as there), pseudo-labeling and self-training with the ConvNet, and the conv28 SSL-GAN."""
+LAYOUTS = {"auto": "auto", "nchw": "off", "channels_last": "on"}
+"""--layouts names -> train.channels_last."""
+
+
 def build_step(setting: dict):
     """The training step of `setting` on random uint8 data: (step(s) -> logs, module to compile, device).
     `seeds` > 1 trains that many seeds stacked (genssl.training.stacked.StackedStep), as `genssl train --seeds`."""
@@ -78,13 +100,15 @@ def build_step(setting: dict):
     from genssl.training.device import autocast, resolve_precision
     from genssl.training.stacked import StackedStep
 
+    from genssl.registry import get_method_class
+
     if setting["threads"]:
         torch.set_num_threads(setting["threads"])
     device = torch.device(setting["device"])
-    precision = resolve_precision(setting["precision"], device)[0]
     raw = load_yaml(setting["config"]) if setting["config"] else {"method": {"name": setting["method"]}}
     raw = merge(raw, {"method": setting.get("method_overrides") or {}})
     cfg = build_run_config(raw)
+    precision = resolve_precision(setting["precision"], device, get_method_class(cfg.method_name), cfg.method)[0]
     n, shape, k = 4000, (1, 28, 28), 10
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8).to(device)
@@ -99,7 +123,7 @@ def build_step(setting: dict):
                                    setting["batch_size"], seed))
         torch.manual_seed(seed)
         method = create_method(cfg.method_name, cfg.method, spec).to(device)
-        method.setup(10 * total, precision)  # schedules stay in their first phase
+        method.setup(10 * total, precision, LAYOUTS[setting.get("layout", "auto")])  # schedules: first phase
         with autocast(device, precision):
             method.initialize(batchers[-1].next())
         methods.append(method)
@@ -163,7 +187,7 @@ def measure(setting: dict) -> dict:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         limits = {p: matmul_gflops(p) for p in ("fp32", "bf16")  # same process, threads and moment as the step
                   if setting.get("count_flops", True)}
-    return {"precision": precision, "samples_per_s": setting["seeds"] * setting["batch_size"] * setting["steps"] / dt,
+    return {"precision": precision, "channels_last": module.channels_last, "samples_per_s": setting["seeds"] * setting["batch_size"] * setting["steps"] / dt,
             "ms_per_step": 1e3 * dt / setting["steps"],
             # CPU time of all the process's threads per step: on a shared machine it counts the work done, not the
             # waits for a core, so it is the steadier figure for A/B comparisons (wall = cpu / threads when idle)
@@ -192,6 +216,10 @@ def main(argv=None) -> int:
     p.add_argument("--devices", nargs="*", default=None, help="cpu cuda (default: cpu, plus cuda when available)")
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--compile", nargs="*", default=["off"], choices=["off", "on"])
+    p.add_argument("--layouts", nargs="*", default=["auto"], choices=list(LAYOUTS),
+                   help="conv memory layout (train.channels_last): auto (channels_last for conv nets), nchw, channels_last")
+    p.add_argument("--conv", action="store_true",
+                   help="the conv rows: every entry of CONV_ENTRIES at its config's batch sizes (not --methods/--config)")
     p.add_argument("--batch-sizes", nargs="*", type=int, default=[100], help="unlabeled images per step")
     p.add_argument("--labeled-batch-size", type=int, default=100)
     p.add_argument("--n-labels", type=int, default=100)
@@ -213,28 +241,42 @@ def main(argv=None) -> int:
     import torch
     import yaml
 
+    from genssl.config import load_yaml
     from genssl.registry import list_methods
 
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    names = [None] if args.config else (args.methods or list_methods())
+    if args.conv:  # (row name, config, method overrides, [(batch, labeled batch)])
+        root = Path(__file__).resolve().parent.parent
+        entries = []
+        for label, (config, extra) in CONV_ENTRIES.items():
+            t = load_yaml(root / config).get("train", {})
+            lbs = 64 if label == "supervised-conv" else t.get("labeled_batch_size", args.labeled_batch_size)
+            entries.append((label, str(root / config), {**extra, **overrides},
+                            [(t.get("batch_size", args.batch_sizes[0]), lbs)]))
+    else:
+        names = [None] if args.config else (args.methods or list_methods())
+        entries = [(name, args.config, overrides, [(b, args.labeled_batch_size) for b in args.batch_sizes])
+                   for name in names]
     settings = []
-    for name in names:
+    for label, config, extra, sizes in entries:
         for device in devices:
             for prec in args.precisions:
-                for comp in args.compile:
-                    for bs, th, ns in ((b, t, n) for b in args.batch_sizes for t in args.threads for n in args.seeds):
-                        settings.append({"seeds": ns, "method": name, "config": args.config,
-                                         "method_overrides": overrides,
-                                         "device": device, "precision": prec, "compile": comp == "on",
-                                         "batch_size": bs, "labeled_batch_size": args.labeled_batch_size,
-                                         "n_labels": args.n_labels, "threads": th, "steps": args.steps,
-                                         "warmup": args.warmup})
+                for layout in args.layouts:
+                    for comp in args.compile:
+                        for (bs, lbs), th, ns in ((b, t, n) for b in sizes for t in args.threads for n in args.seeds):
+                            settings.append({"seeds": ns, "method": None if config else label, "config": config,
+                                             "label": label, "method_overrides": extra,
+                                             "device": device, "precision": prec, "layout": layout,
+                                             "compile": comp == "on", "batch_size": bs, "labeled_batch_size": lbs,
+                                             "n_labels": args.n_labels, "threads": th, "steps": args.steps,
+                                             "warmup": args.warmup})
     info = machine_info()
     print("# genssl training-step throughput")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"settings: steps={args.steps} warmup={args.warmup} repeats={args.repeats} labeled_batch="
-          f"{args.labeled_batch_size} threads={args.threads} config={args.config or 'method defaults'}"
+          f"{'per config' if args.conv else args.labeled_batch_size} threads={args.threads} "
+          f"config={'CONV_ENTRIES' if args.conv else args.config or 'method defaults'}"
           + (f" overrides={overrides}" if overrides else ""))
     results: list[list[dict]] = [[] for _ in settings]
     for _ in range(args.repeats):
@@ -242,10 +284,10 @@ def main(argv=None) -> int:
             results[i].append(run_child(s, args.timeout))
     rows = []
     print()
-    print("| method | device | precision | compile | threads | batch | seeds | x 1 seed (wall / CPU) | unlabeled "
-          "samples/s | ms/step | CPU ms/step | GFLOP/step | GFLOP per CPU-s | % bf16 matmul | % own matmul | "
-          "peak MiB | note |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| method | device | precision | layout | compile | threads | batch (unl. / lab.) | seeds | x 1 seed (wall / "
+          "CPU) | unlabeled samples/s | ms/step | CPU ms/step | GFLOP/step | GFLOP per CPU-s | % fp32 matmul | "
+          "% bf16 matmul | peak MiB | note |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     one_seed = {}  # (ms/step, CPU ms/step) of the 1-seed setting with the same everything else
     for s, rs in zip(settings, results):
         ok = [r for r in rs if "error" not in r]
@@ -255,9 +297,10 @@ def main(argv=None) -> int:
                              statistics.median(r["cpu_ms_per_step"] for r in ok))
     for s, rs in zip(settings, results):
         ok = [r for r in rs if "error" not in r]
-        name = s["method"] or Path(s["config"]).stem
-        lead = f"| {name} | {s['device']} | {s['precision']} | {'on' if s['compile'] else 'off'} | {s['threads'] or '-'} | " \
-               f"{s['batch_size']} | {s['seeds']} |"
+        name = s.get("label") or s["method"] or Path(s["config"]).stem
+        layout = ("channels_last" if ok[0]["channels_last"] else "nchw") if ok else s["layout"]
+        lead = f"| {name} | {s['device']} | {s['precision']} | {layout} | {'on' if s['compile'] else 'off'} | " \
+               f"{s['threads'] or '-'} | {s['batch_size']} / {s['labeled_batch_size']} | {s['seeds']} |"
         if not ok:
             note = rs[0]["error"]
             print(f"{lead} - | - | - | - | - | - | - | - | - | {note} |")
@@ -280,8 +323,8 @@ def main(argv=None) -> int:
                                                   f"{max(r['ms_per_step'] for r in ok):.1f}"
         if own != s["precision"]:
             note = (note + " " if note else "") + f"{s['precision']} -> {own}"
-        print(f"{lead} {ratio} | {sps:,.0f} | {ms:.1f} | {cpu_ms:.1f} | {gflop:.2f} | {rate:.0f} | {share(limits.get('bf16'))} | "
-              f"{share(limits.get(own if own in limits else 'fp32'))} | {peak:,.0f} | {note} |")
+        print(f"{lead} {ratio} | {sps:,.0f} | {ms:.1f} | {cpu_ms:.1f} | {gflop:.2f} | {rate:.0f} | "
+              f"{share(limits.get('fp32'))} | {share(limits.get('bf16'))} | {peak:,.0f} | {note} |")
         rows.append({**s, "samples_per_s": sps, "ms_per_step": ms, "cpu_ms_per_step": cpu_ms, "peak_mib": peak, "gflop_per_step": gflop,
                      "matmul_gflops": limits, "runs": ok})
     lims = [(s, r["matmul_gflops"]) for s, rs in zip(settings, results) for r in rs if r.get("matmul_gflops")]

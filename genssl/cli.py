@@ -57,10 +57,10 @@ def _cmd_eval(args, overrides: list[str]) -> int:
 
 def _cmd_compare(args, overrides: list[str]) -> int:
     if args.collect:
-        collect_grid(args.grid, overrides=overrides, out=args.out)
+        collect_grid(args.grid, overrides=overrides, out=args.out, reference=args.reference)
     else:
         run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
-                 pack_seeds=args.pack_seeds)
+                 pack_seeds=args.pack_seeds, reference=args.reference)
     return 0
 
 
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "train on CUDA (a GPU step is launch-bound), not on a CPU; entries that cannot stack run "
                         "unpacked, with the reason printed")
     p.add_argument("--collect", action="store_true", help="run nothing: rewrite the report from the run folders")
+    p.add_argument("--reference", default=None, metavar="NAME",
+                   help="the entry every other is compared with, paired by seed (default: the grid's `reference:`, "
+                        "else the first entry that uses no unlabeled data)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a short comparison on Fashion-MNIST with 100 labels")

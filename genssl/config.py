@@ -56,13 +56,19 @@ class DataConfig:
     0..len-1 in this order); the other classes can only reach the unlabeled pool, through `mismatch`. None: all.
     Fashion-MNIST's six garments, as in Oliver et al.'s class-mismatch study: [0, 1, 2, 3, 4, 6]."""
     mismatch: float = 0.0
-    """Share of the unlabeled pool (n_unlabeled images) drawn from the classes outside `classes` (0 to 1)."""
+    """Share of the unlabeled pool drawn from the classes outside `classes` (0 to 1); how, says mismatch_mode."""
+    mismatch_mode: str = "replace"
+    """replace | add: what a mismatch level holds fixed. replace (Oliver et al.'s fig. 2): the pool stays at
+    n_unlabeled images, round(mismatch * n_unlabeled) of them from the other classes in place of in-class ones, so
+    a higher share also means fewer in-class images. add: the n_unlabeled in-class images stay (the very images
+    mismatch 0 draws for that seed) and round(mismatch * n_unlabeled / (1 - mismatch)) out-of-class images are
+    added, so the share is `mismatch` of a larger pool and only the strays change; mismatch < 1 (genssl.data.split)."""
     filter_run: str | None = None
-    """A finished run of a generative method trained on this same pool (same data config and seed): unlabeled
-    images it scores as less typical than `filter_quantile` of the labeled and validation images are dropped
-    before training (genssl.training.pool_filter)."""
+    """A finished run of a generative method trained on this same split (same data config and seed; a run on
+    another split is refused): unlabeled images it scores as less typical than `filter_quantile` of the validation
+    images (the labeled ones when n_val is 0) are dropped before training (genssl.training.pool_filter)."""
     filter_quantile: float = 0.05
-    """The quantile of the validation images' scores below which an unlabeled image is dropped."""
+    """The quantile of the validation images' scores below which an unlabeled image is dropped, in (0, 1)."""
     filter_score: str = "model"
     """model (the filter run's generative score: ELBO, log D; low = atypical) | two_sided (its distance from the
     validation images' median: far on either side = atypical) | confidence (its classifier's maximum softmax
@@ -101,12 +107,18 @@ class TrainConfig:
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: str = "auto"
     """auto | fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling). auto: bf16 on a CPU with native bf16 (AMX-BF16 /
-    AVX512-BF16), where it was measured faster, for the methods whose bf16 accuracy was checked against fp32
-    (Method.auto_bf16); fp32 for the others, on other CPUs and on GPUs, where genssl's steps are launch-bound and
-    bf16 was measured no faster. results.json and the progress line record the choice and why
-    (genssl.training.device.resolve_precision)."""
+    AVX512-BF16), for the (method, architecture) pairs that Method.auto_bf16 names (sgan and vae_m2 with any
+    architecture, the classifier methods with arch conv: each a bf16 step measured >= 1.3x faster, and an
+    accuracy check against fp32, which for the conv classifiers is pending: experiments/README.md); fp32 for the
+    others, on other CPUs and on GPUs, where genssl's steps are launch-bound and bf16 was measured no faster.
+    results.json and the progress line record the choice and why (genssl.training.device.resolve_precision)."""
     compile: bool = False
     """torch.compile the method's networks."""
+    channels_last: str | bool = "auto"
+    """auto | on | off: the memory layout of the conv kernels (and so of the activations): auto is channels_last
+    (NHWC, what oneDNN and cuDNN prefer) for a method with any convolution and leaves MLPs as they are; off keeps
+    NCHW. Converted once in Method.setup (genssl.nn.layout); the numbers differ from NCHW's only by rounding.
+    YAML reads a bare on / off as true / false: those mean the same."""
     cuda_graph: str = "off"
     """auto | on | off: capture the training step in a CUDA graph and replay it (genssl.training.captured; a GPU step
     of these small models is launch-bound). auto: captured on CUDA where the method declares a capturable step and
@@ -127,11 +139,15 @@ class TrainConfig:
     """Equal-cost budgets, in seconds of training: for each, the weights `select` picks among the evaluations
     reached within it are scored once on the test set (results.json "budgets"). The clock is the process's CPU
     time on a CPU (one thread: seconds of one core, unaffected by other jobs) and wall time on a GPU; it counts
-    training and validation, not the oracle."""
-    budget_counts_validation: bool = True
-    """Whether scoring the validation set runs on the budget clock. A user's ~100 validation images cost nothing;
-    a study that keeps 5,000 to re-select on subsets of them (train.oracle) sets false, so a conv net's larger
-    evaluation cost is not charged to its training."""
+    the training steps only (genssl.training.budget; budget_counts_validation adds validation)."""
+    budget_counts_validation: bool = False
+    """Put validation (and the readout fit before it) on the budget clock. Off by default, so the clock measures
+    training steps only and a conv net's costlier evaluation is not charged to its training; a user who pays for
+    validation on the same machine sets true (genssl.training.budget says what is on the clock)."""
+    budget_counts_filter: bool = False
+    """Charge the pool filter's cost (loading the data.filter_run model and scoring the pool, results.json
+    filter_cost_s) to this run's budget clock, as if it were spent training. Training the filter's own model is
+    that run's cost."""
     stop_at_budget: bool = False
     """Stop training once the largest of budgets_s is spent (the schedule still follows train.steps)."""
     oracle: bool = False
@@ -173,19 +189,21 @@ class RunConfig:
 
 CUDA_GRAPH_CHOICES = ("auto", "on", "off")
 """train.cuda_graph values (genssl.training.captured)."""
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+"""train.channels_last values (genssl.nn.layout)."""
 
 # Config keys that do not change what a finished run computed: a grid reuses a run that differs only in them,
 # and RunConfig.digest leaves them out.
 REPORTING_KEYS = frozenset({"name", "out_dir", "train.progress", "train.threads", "train.device",
                             "train.eval_batch_size", "train.log_every", "train.ckpt_every", "data.root",
-                            "data.download", "train.cuda_graph"})
+                            "data.download", "train.cuda_graph", "train.channels_last"})
 
 
 # Keys that may change on --resume without changing what the run computes up to the saved step.
 RESUMABLE_OVERRIDES = frozenset(
     {"train.steps", "train.eval_every", "train.log_every", "train.ckpt_every", "train.progress",
      "train.eval_batch_size", "train.threads", "train.device", "data.root", "data.download", "out_dir",
-     "train.oracle", "train.stop_at_budget", "train.cuda_graph"}
+     "train.oracle", "train.stop_at_budget", "train.cuda_graph", "train.channels_last"}
 )
 
 
@@ -379,6 +397,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision: {t.precision!r} is not one of fp32, bf16, fp16, auto")
+    if not isinstance(t.channels_last, bool) and t.channels_last not in CHANNELS_LAST_CHOICES:
+        raise ConfigError(f"train.channels_last: {t.channels_last!r} is not one of {', '.join(CHANNELS_LAST_CHOICES)} "
+                          f"(auto: channels_last for a method with convolutions, NCHW otherwise)")
     if t.cuda_graph not in CUDA_GRAPH_CHOICES:
         raise ConfigError(f"train.cuda_graph: {t.cuda_graph!r} is not one of {', '.join(CUDA_GRAPH_CHOICES)} (auto: "
                           f"captured on CUDA where the method allows it, eager elsewhere)")
@@ -398,17 +419,24 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.n_unlabeled must be positive (or null for the whole pool), got {d.n_unlabeled}")
     if not 0.0 <= d.mismatch <= 1.0:
         raise ConfigError(f"data.mismatch is a share of the unlabeled pool in [0, 1], got {d.mismatch}")
+    if d.mismatch_mode not in MISMATCH_MODES:
+        raise ConfigError(f"data.mismatch_mode: {d.mismatch_mode!r} is not one of {', '.join(MISMATCH_MODES)}")
+    if d.mismatch_mode == "add" and d.mismatch >= 1.0:
+        raise ConfigError(f"data.mismatch={d.mismatch} with mismatch_mode: add would add infinitely many "
+                          f"out-of-class images (mismatch * n_unlabeled / (1 - mismatch)); use a mismatch below 1, "
+                          f"or mismatch_mode: replace for a pool of out-of-class images only")
     if d.classes is not None:
         if len(d.classes) < 2 or len(set(d.classes)) != len(d.classes) or min(d.classes) < 0:
             raise ConfigError(f"data.classes: need at least two distinct class indices >= 0, got {d.classes}")
     if d.filter_score not in ("model", "two_sided", "confidence"):
         raise ConfigError(f"data.filter_score: {d.filter_score!r} is not one of model, two_sided, confidence")
-    if not 0.0 <= d.filter_quantile < 1.0:
-        raise ConfigError(f"data.filter_quantile must be in [0, 1), got {d.filter_quantile}")
+    if not 0.0 < d.filter_quantile < 1.0:
+        raise ConfigError(f"data.filter_quantile must be in (0, 1), the share of validation images whose scores fall "
+                          f"below the threshold, got {d.filter_quantile}")
     if d.mismatch > 0 and (d.classes is None or d.n_unlabeled is None):
-        raise ConfigError(f"data.mismatch={d.mismatch} draws that share of a fixed-size unlabeled pool from classes "
-                          f"outside the task: set data.classes (the task's classes) and data.n_unlabeled (the "
-                          f"pool size)")
+        raise ConfigError(f"data.mismatch={d.mismatch} draws unlabeled images from classes outside the task: set "
+                          f"data.classes (the task's classes) and data.n_unlabeled (the pool size, or with "
+                          f"mismatch_mode: add the in-class images kept)")
     if t.threads < 0:
         raise ConfigError(f"train.threads must be >= 0, got {t.threads}")
     if d.n_labels <= 0:
@@ -419,6 +447,8 @@ def validate(cfg: RunConfig) -> None:
 
 
 SELECT_POLICIES = ("best", "last", "within_se", "smoothed")
+MISMATCH_MODES = ("replace", "add")
+"""data.mismatch_mode values (DataConfig.mismatch_mode; genssl.data.split.make_split)."""
 
 FOLDER_DATASET = "folder"
 FOLDER_KEYS = ("labeled", "unlabeled", "test", "val", "image_size")
@@ -486,3 +516,28 @@ def load_run_config(path: str | Path, overrides: list[str] | dict | None = None)
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def method_defaults(method_name: str) -> dict:
+    """Every key's default for this method, flattened: what a run made before a key existed computed with."""
+    return flatten(build_run_config({"method": {"name": method_name}}).to_dict())
+
+
+def config_differences(saved: dict, now: dict, defaults: dict, ignore=frozenset()) -> tuple[list[str], list[str]]:
+    """(differences, keys assumed at their default) between two flattened configs, `ignore`d keys aside.
+
+    A key on both sides differs when its values do. A key on one side only (a field added or removed since the
+    saved config was written) differs unless its value there is today's default: then the two are taken to compute
+    the same thing, and the key is listed as assumed so that a report can say so."""
+    changed, assumed = [], []
+    for k in sorted(set(saved) | set(now)):
+        if k in ignore:
+            continue
+        if k in saved and k in now:
+            if saved[k] != now[k]:
+                changed.append(f"{k}: {saved[k]!r} -> {now[k]!r}")
+        elif k in defaults and defaults[k] == (now[k] if k in now else saved[k]):
+            assumed.append(f"{k}={defaults[k]!r}")
+        else:
+            changed.append(f"{k}: {saved[k]!r} -> absent" if k in saved else f"{k}: absent -> {now[k]!r}")
+    return changed, assumed

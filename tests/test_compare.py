@@ -103,6 +103,31 @@ def test_a_finished_run_with_another_config_is_not_reused(tmp_path, tiny_data):
     run_grid(grid, overrides=["--train.threads=1"], data=tiny_data, progress=False)
 
 
+def test_under_budgets_a_run_timed_otherwise_is_not_reused(tmp_path, tiny_data):
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised")}, seeds=[0])
+    budgets = ["--train.budgets_s=[100]", "--train.precision=fp32"]
+    run_grid(grid, overrides=budgets, data=tiny_data, progress=False)
+    run_grid(grid, overrides=budgets, data=tiny_data, progress=False)  # timed alike: reused
+    with pytest.raises(ConfigError, match=r"threads: 0 -> 1 \(equal-cost budgets reuse only runs timed alike\)"):
+        run_grid(grid, overrides=[*budgets, "--train.threads=1"], data=tiny_data, progress=False)
+
+
+def test_a_key_the_run_predates_is_reused_only_at_its_default_and_the_report_says_so(tmp_path, tiny_data):
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised")}, seeds=[0])
+    run_grid(grid, data=tiny_data, progress=False)
+    config = tmp_path / "out" / "runs" / "supervised-n20-s0" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    del saved["data"]["mismatch_mode"]  # as written before the key existed
+    config.write_text(yaml.safe_dump(saved))
+    run_grid(grid, data=tiny_data, progress=False)
+    assert "taken at today's defaults: data.mismatch_mode='replace'" in (tmp_path / "out" / "results.md").read_text()
+    del saved["train"]["select"]
+    saved["train"]["retired_key"] = 3  # a key that no longer exists counts as a difference
+    config.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"train\.retired_key: 3 -> absent"):
+        run_grid(grid, data=tiny_data, progress=False)
+
+
 def test_a_failed_run_is_reported_and_the_rest_is_tabulated(tmp_path, tiny_data, monkeypatch):
     from genssl.training.trainer import DivergenceError, Trainer
 
@@ -235,6 +260,23 @@ def test_an_entry_sets_its_own_seeds_and_label_counts(tmp_path):
     assert [r.name for r in runs] == ["a-n20-s0", "a-n20-s1", "b-n30-s1", "c-n20-s0", "c-n20-s2"]
     with pytest.raises(ConfigError, match=r"`methods\.b\.seeds` must be an integer or a list of integers"):
         load_grid(write_grid(tmp_path, {"b": {"config": "s.yaml", "seeds": "one"}}))
+
+
+def test_mismatch_modes_are_entry_overrides_and_the_report_names_them(tmp_path, tiny_data):
+    """experiments/realistic/mismatch.yaml's form: each mismatch level and mode is an entry's data override; the
+    runs' results.json and runs.csv say which mode drew the pool (replace: 30 of 60 in-class images swapped for
+    strays; add: the 60 in-class images kept and 60 strays added)."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(synthetic("supervised")))
+    pool = {"classes": [0, 1, 2, 3, 4], "n_unlabeled": 60, "mismatch": 0.5, "labeled_in_unlabeled": False}
+    grid = write_grid(tmp_path, {"mm50": {"config": "s.yaml", "overrides": {"data": pool}},
+                                 "ma50": {"config": "s.yaml", "overrides": {"data": {**pool, "mismatch_mode": "add"}}}},
+                      seeds=[0])
+    run_grid(grid, data=tiny_data, progress=False)
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "runs.csv").read_text().splitlines())}
+    assert {k: (rows[k]["mismatch"], rows[k]["mismatch_mode"], rows[k]["n_unlabeled"]) for k in rows} == {
+        "mm50": ("0.5000", "replace", "60"), "ma50": ("0.5000", "add", "120")}
+    res = json.loads((tmp_path / "out" / "runs" / "ma50-n20-s0" / "results.json").read_text())
+    assert (res["mismatch"], res["mismatch_mode"]) == (0.5, "add")
 
 
 def test_the_demo_grid_is_packaged_and_runs_every_registered_method():

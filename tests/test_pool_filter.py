@@ -1,5 +1,5 @@
 """data.filter_run: the unlabeled pool filtered by a finished run's typicality score keeps exactly the images it
-reports, and no labeled, validation or test image is touched."""
+reports, no labeled, validation or test image is touched, and a filter run trained on another split is refused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_run_config
 from genssl import Trainer
 from genssl.encoders.from_run import method_from_run
-from genssl.methods.typicality import score_images
+from genssl.methods.typicality import score_images, threshold_from_validation
 from genssl.runs.run_dir import RunDir
 
 DATA = {"classes": [0, 1, 2, 3, 4], "n_unlabeled": 200, "mismatch": 0.5, "n_val": 40, "n_labels": 10}
@@ -46,7 +46,7 @@ def test_the_filter_keeps_exactly_what_it_reports(tiny_data, tmp_path, filter_ru
     train = trainer.lanes[0].batcher.images
     labels = trainer.lanes[0].batcher.labels
     method, _, _ = method_from_run(filter_run)
-    threshold = float(torch.quantile(score_images(method, train[split.val]).float(), 0.1))
+    threshold = threshold_from_validation(score_images(method, train[split.val]).float(), 0.1)
     assert threshold == pytest.approx(report["threshold"])
     lab = set(source.labeled.tolist())  # in the filter's order: a stochastic bound's noise is seeded per batch
     candidates = torch.tensor([i for i in source.unlabeled.tolist() if i not in lab])
@@ -92,5 +92,22 @@ def test_two_sided_keeps_the_band_around_the_validation_median(tiny_data, tmp_pa
     candidates = torch.tensor([i for i in source.unlabeled.tolist() if i not in lab])
     distance = (score_images(method, images[candidates]).float() - val.median()).abs()
     kept = set(split.unlabeled.tolist()) - set(split.labeled.tolist())
-    band = float(torch.quantile(-(val - val.median()).abs(), 0.2))
+    band = threshold_from_validation(-(val - val.median()).abs(), 0.2)
     assert kept == set(candidates[-distance >= band].tolist())  # high and low outliers both dropped
+
+
+@pytest.mark.parametrize("data, train, match", [
+    ({}, {"seed": 1}, r"another split than this run's: split seed 0 there, 1 here; its labeled images \(as many, "
+                      r"other ones\), val images \(as many, other ones\), unlabeled images \(as many, other ones\)"),
+    ({"n_val": 50}, {}, r"val images \(40 there, 50 here\)"),
+    ({"mismatch_mode": "add"}, {}, r"its unlabeled images \(210 there, 410 here\) differ\. Its data section: .*"
+                                   r"mismatch_mode='replace'"),
+])
+def test_a_filter_run_on_another_split_is_refused(tiny_data, tmp_path, filter_run, data, train, match):
+    """The filter run (seed 0, DATA) against a run of another seed, validation size or pool: refused before any
+    image is scored, naming what differs and the filter run's data section."""
+    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]},
+                          data={**DATA, **data, "filter_run": str(filter_run)}, train=train)
+    with pytest.raises(ValueError, match=match):
+        Trainer(cfg, run_dir=tmp_path / "r", data=tiny_data).fit()
+    assert not (tmp_path / "r" / "filter.json").exists()

@@ -150,9 +150,14 @@ def tiny_realistic_report(tmp_path, monkeypatch, capsys, request, **_):
     _realistic_run(runs, "u1000-fixmatch-n20-s0", root, n_unlabeled=100)
     _realistic_run(runs, "conv-supervised+strong-n20-s0", root)  # matched.yaml's entries
     _realistic_run(runs, "supervised+strong-n30-s0", root, n_labels=30)
+    garments = {"classes": [0, 1, 2, 3, 4, 6], "n_val": 12, "n_unlabeled": 40}
+    _realistic_run(runs, "mm0-supervised-n20-s0", root, **garments)  # mismatch.yaml: replace (mm), add (ma)
+    _realistic_run(runs, "ma50-supervised-n20-s0", root, **garments, mismatch=0.5, mismatch_mode="add")
     run_script("experiments/realistic/report.py", "--runs", str(runs), "--out", str(tmp_path / "out"),
                "--subsets", "3", "--per-class", "2", monkeypatch=monkeypatch)
     text = (tmp_path / "out" / "results.md").read_text()
+    added = text.split("### Class mismatch, mismatch_mode add")[1].split("###")[0]
+    assert "| method | mismatch % 0 | mismatch % 50 |" in added and "| supervised |" in added
     assert "| supervised+strong |" in text and "| within_se |" in text and "n_unlabeled 1000" in text
     assert "| supervised | ConvNet | 20 | 1 |" in text and "| supervised | MLP | 30 | 1 |" in text
     default_rows = [line for line in text.split("### Matched")[0].splitlines() if line.startswith("| supervised+")]

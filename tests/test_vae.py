@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import synthetic_images, tiny_run_config
 from genssl import DataSpec, SSLBatch, Trainer, create_method, losses
+from genssl.encoders.from_run import method_from_run
 from genssl.fileio import safe_torch_load
 from genssl.nn.vae import Decoder, GaussianEncoder
 
@@ -165,6 +167,35 @@ def test_classification_weight_is_alpha_times_N_over_N_labeled():
     m2 = create_method("vae_m2", {**SMALL["vae_m2"], "alpha": 0.1}, DataSpec((1, 28, 28), 10, 100, 54900))
     assert m2.cls_weight == pytest.approx(0.1 * 55000 / 100)
     assert create_method("vae_m2", {**SMALL["vae_m2"], "classifier_weight": 3.0}, SPEC).cls_weight == 3.0
+    # Fashion-MNIST, 100 labels, 1,000 unlabeled drawn from a pool of 55,000: N counts the pool, unless `drawn`
+    spec = DataSpec((1, 28, 28), 10, 100, 1100, n_pool=55000)
+    assert create_method("vae_m2", SMALL["vae_m2"], spec).cls_weight == pytest.approx(0.1 * 55100 / 100)
+    drawn = create_method("vae_m2", {**SMALL["vae_m2"], "cls_weight_pool": "drawn"}, spec).cls_weight
+    assert drawn == pytest.approx(0.1 * 1200 / 100)
+    old = DataSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "n_pool"})  # a spec saved before
+    assert old.n_pool is None and create_method("vae_m2", SMALL["vae_m2"], old).cls_weight == pytest.approx(drawn)
+    with pytest.raises(ValueError, match="cls_weight_pool must be one of full, drawn, got 'all'"):
+        create_method("vae_m2", {**SMALL["vae_m2"], "cls_weight_pool": "all"}, spec)
+
+
+def test_cls_weight_with_n_unlabeled_1000_is_the_whole_pools(tmp_path):
+    """Issue 37: data.n_unlabeled changes the data, not the classification weight. 1,500 images, 100 for
+    validation, 20 labeled: the whole pool is 1,400 (labeled ones included), w = 0.1 * 1,420 / 20 with 1,000
+    unlabeled drawn as with all of them; the old rule (cls_weight_pool: drawn) gives 0.1 * 1,040 / 20."""
+    data = (synthetic_images(1500, seed=0), synthetic_images(100, seed=1))
+
+    def weight(name, n_unlabeled, pool="full"):
+        cfg = tiny_run_config("vae_m2", tmp_path, {**SMALL["vae_m2"], "cls_weight_pool": pool},
+                              data={"n_unlabeled": n_unlabeled}, train={"steps": 2, "eval_every": 2})
+        Trainer(cfg, run_dir=tmp_path / name, data=data).fit()
+        method, _, _ = method_from_run(tmp_path / name)  # rebuilt from the checkpoint's data spec alone
+        assert method.spec.n_pool == 1400 and method.spec.n_unlabeled == (1400 if n_unlabeled is None else 1020)
+        return method.cls_weight
+
+    whole = weight("whole", None)
+    assert whole == pytest.approx(0.1 * 1420 / 20)
+    assert weight("u1000", 1000) == pytest.approx(whole)
+    assert weight("u1000-drawn", 1000, "drawn") == pytest.approx(0.1 * 1040 / 20)
 
 
 def test_labeled_weight_is_per_example():

@@ -55,7 +55,7 @@ from genssl.config import (
     to_dict,
 )
 
-GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds", "resources")
+GRID_KEYS = ("out", "runs", "overrides", "methods", "n_labels", "seeds", "resources", "reference")
 RESOURCE_KEYS = ("cpus", "gpus", "mem_gb", "time_min", "slurm")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -163,6 +163,15 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             runs.append(run)
     _link_dependencies(runs)
     return out_dir, runs
+
+
+def grid_reference(path: str | Path) -> str | None:
+    """The grid's `reference:` entry, which the report's paired columns compare every entry against (None: the
+    report's default, the first entry that uses no unlabeled data)."""
+    ref = load_yaml(Path(path)).get("reference")
+    if ref is not None and not isinstance(ref, str):
+        raise ConfigError(f"{path}: `reference` must name a method entry, got {ref!r}")
+    return ref
 
 
 def _entry_config(entry, where: str, path: Path) -> dict:

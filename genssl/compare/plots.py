@@ -1,4 +1,6 @@
-"""The two pictures of a comparison: test accuracy against the number of labels, and against wall-clock time.
+"""The pictures of a comparison: test accuracy against the number of labels, against wall-clock time, and against
+the equal-cost budget. Error bars and bands are 95% t intervals of the mean over seeds (genssl.compare.stats);
+which method beats which is read from the report's paired columns, not from overlapping bars.
 
 Both read the summary rows of `genssl.compare.report.summarize` (one per method and label count). We draw on a bare
 `matplotlib.figure.Figure` with the Agg canvas instead of pyplot: no global backend state, no GUI, so it works
@@ -14,6 +16,7 @@ import io
 from pathlib import Path
 
 import genssl.methods  # noqa: F401  (registers the built-in methods, whose declared scores give the families)
+from genssl.compare.stats import mean_halfwidth
 from genssl.fileio import atomic_write_bytes
 from genssl.registry import METHODS
 
@@ -69,6 +72,10 @@ def _by_method(table: list[dict]) -> dict[str, list[dict]]:
     return {m: sorted(rows, key=lambda r: r["n_labels"]) for m, rows in groups.items()}
 
 
+def _halfwidth(row: dict) -> float:
+    return mean_halfwidth(row["test_acc_std"], row["seeds"])
+
+
 def _new_figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -85,7 +92,7 @@ def _save(fig, path: Path) -> None:
 
 
 def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> Path:
-    """One line per method: mean test accuracy (%) at each label count, error bars = std over seeds."""
+    """One line per method: mean test accuracy (%) at each label count, error bars = its 95% interval."""
     fig, ax = _new_figure()
     counts = sorted({r["n_labels"] for r in table})
     groups = _by_method(table)
@@ -97,7 +104,7 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
         else:                # one label count: a categorical axis at 0
             xs = [0.05 * k for _ in rows]
         colour, marker = style[method]
-        ax.errorbar(xs, [r["test_acc_mean"] for r in rows], yerr=[r["test_acc_std"] for r in rows], marker=marker,
+        ax.errorbar(xs, [r["test_acc_mean"] for r in rows], yerr=[_halfwidth(r) for r in rows], marker=marker,
                     color=colour, markersize=7, capsize=3, label=method)
     if len(counts) > 1:
         ax.set_xscale("log")
@@ -122,7 +129,7 @@ def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Pa
     for method, rows in _by_method(table).items():
         colour, marker = style[method]
         ax.errorbar([r["wall_time_s_mean"] for r in rows], [r["test_acc_mean"] for r in rows],
-                    yerr=[r["test_acc_std"] for r in rows], marker=marker, color=colour, markersize=7, capsize=3,
+                    yerr=[_halfwidth(r) for r in rows], marker=marker, color=colour, markersize=7, capsize=3,
                     linewidth=0.8, label=method)
         for r in rows:
             ax.annotate(f"{r['n_labels']}", (r["wall_time_s_mean"], r["test_acc_mean"]), fontsize="x-small",
@@ -133,6 +140,33 @@ def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Pa
     ax.set_xlabel("wall time per run (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Accuracy against training time (points labeled with the label count)")
+    ax.grid(alpha=0.3)
+    _legend(ax, table, style)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def accuracy_vs_budget(table: list[dict], path: str | Path, title: str = "") -> Path:
+    """One line per (method, label count): mean test accuracy (%) of the picks within each budget, with a band of
+    its 95% interval over seeds."""
+    fig, ax = _new_figure()
+    style = styles(table)
+    for r in table:
+        points = sorted((b, p) for b, p in r.get("budgets", {}).items() if p["seeds"])
+        if not points:
+            continue
+        colour, marker = style[r["method"]]
+        xs = [b for b, _ in points]
+        means = [p["mean"] for _, p in points]
+        half = [mean_halfwidth(p["std"], p["seeds"]) for _, p in points]
+        label = r["method"] + (f" ({r['n_labels']})" if len({x["n_labels"] for x in table}) > 1 else "")
+        ax.plot(xs, means, marker=marker, color=colour, markersize=6, label=label)
+        ax.fill_between(xs, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
+                        color=colour, alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (s of the budget clock)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Accuracy at equal cost (bands: 95% intervals over seeds)")
     ax.grid(alpha=0.3)
     _legend(ax, table, style)
     _save(fig, Path(path))

@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 
 from genssl.compare import samples as compare_samples
 from genssl.compare.executors import exit_with_parent, make_executor
-from genssl.compare.grid import GridRun, load_grid
+from genssl.compare.grid import GridRun, grid_reference, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
-from genssl.config import REPORTING_KEYS, ConfigError, build_run_config, flatten, load_yaml, merge
+from genssl.config import (REPORTING_KEYS, ConfigError, build_run_config, config_differences, flatten, load_yaml,
+                           merge, method_defaults)
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
-from genssl.training.device import resolve_device
+from genssl.training.budget import clock_kind
+from genssl.training.device import device_kind, resolve_device, resolve_precision
 from genssl.training.trainer import Trainer
 
 __all__ = ["PACK_CHOICES", "GridRun", "collect_grid", "exit_with_parent", "finished_results", "load_grid",
@@ -51,17 +53,33 @@ def finished_results(run: GridRun) -> dict | None:
     if not rd.has(RunDir.RESULTS):
         return None
     saved_path = rd.config_path
+    results = rd.read_results()
     if saved_path.is_file():
-        now = run.raw if run.samples is not None else build_run_config(run.raw).to_dict()
-        saved, now = flatten(load_yaml(saved_path)), flatten(now)
-        # Keys present on one side only are fields added to or removed from a method since the run was made.
-        changed = sorted(k for k in set(saved) & set(now) if saved[k] != now[k] and k not in REPORTING_KEYS)
+        cfg = build_run_config(run.raw) if run.samples is None else None
+        now = flatten(run.raw if cfg is None else cfg.to_dict())
+        changed, assumed = config_differences(flatten(load_yaml(saved_path)), now,
+                                              method_defaults(cfg.method_name) if cfg is not None else {},
+                                              ignore=REPORTING_KEYS)
+        if cfg is not None and cfg.train.budgets_s:
+            changed += _cost_differences(results, cfg)
         if changed:
-            diffs = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
-            raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({diffs}). Delete "
-                              f"that folder to rerun it, or write the grid elsewhere with --out")
+            raise ConfigError(f"{run.run_dir} holds a finished run made with another config ({'; '.join(changed)}). "
+                              f"Delete that folder to rerun it, or write the grid elsewhere with --out")
+        if assumed:
+            results = {**results, "reused_with_defaults": assumed}
     _check_upstream(run)
-    return rd.read_results()
+    return results
+
+
+def _cost_differences(results: dict, cfg) -> list[str]:
+    """Under equal-cost budgets, a run is reused only where its clock measured the same thing: the same threads,
+    device, resolved precision and clock kind as this grid's run would have here."""
+    device = resolve_device(cfg.train.device)
+    precision, _ = resolve_precision(cfg.train.precision, device, get_method_class(cfg.method_name), cfg.method)
+    expected = {"threads": cfg.train.threads, "device_kind": device_kind(device), "precision": precision,
+                "budget_clock": clock_kind(device)}
+    return [f"{k}: {results.get(k)!r} -> {v!r} (equal-cost budgets reuse only runs timed alike)"
+            for k, v in expected.items() if results.get(k) != v]
 
 
 def _fingerprint(results_path: Path) -> str | None:
@@ -238,7 +256,7 @@ class _Failed(RuntimeError):
 
 def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
              jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local",
-             pack_seeds: str = "auto") -> list[dict]:
+             pack_seeds: str = "auto", reference: str | None = None) -> list[dict]:
     """Run (or reuse) every run of the grid and write the report; returns the summary rows.
 
     executor: local (this machine's processes), slurm or submitit-local (genssl/compare/executors.py).
@@ -327,10 +345,18 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
             pool.check(todo)
             _run_scheduled(units, pool, data, results, blocked, announce, finish)
     bar.close()
-    return _report(out_dir, runs, results, failures)
+    return _report(out_dir, runs, results, failures, _reference(path, reference))
 
 
-def collect_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> list[dict]:
+def _reference(path, named: str | None) -> tuple[str | None, str]:
+    """(entry, where it was named) of the paired comparisons: --reference, else the grid's `reference:`."""
+    if named is not None:
+        return named, "--reference"
+    return grid_reference(path), "the grid's reference:"
+
+
+def collect_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
+                 reference: str | None = None) -> list[dict]:
     """Rewrite the grid's report from the results.json in its run folders, running nothing (the runs may be
     queued, running or finished on a cluster). Runs without results yet are listed and left out of the table."""
     out_dir, runs = load_grid(path, overrides, out)
@@ -345,17 +371,19 @@ def collect_grid(path: str | Path, overrides: list[str] | None = None, out: str 
     if missing:
         print(f"{len(missing)} run(s) have no results.json yet (queued, running, failed or not started) and are "
               f"left out of the table: {', '.join(missing)}")
-    return _report(out_dir, done, results, {})
+    return _report(out_dir, done, results, {}, _reference(path, reference))
 
 
-def _report(out_dir: Path, runs: list[GridRun], results: dict[str, dict], failures: dict[str, str]) -> list[dict]:
+def _report(out_dir: Path, runs: list[GridRun], results: dict[str, dict], failures: dict[str, str],
+            reference: tuple[str | None, str] = (None, "")) -> list[dict]:
     """Write the report of `runs` (whatever executor ran them), print the table and where everything is; raise
     if runs failed, naming each with its error."""
-    report = write_report(out_dir, runs, _with_total_wall_time(runs, results))
+    report = write_report(out_dir, runs, _with_total_wall_time(runs, results), *reference)
     table, paths = report["table"], report["paths"]
     print()
-    print(markdown_table(table, sorted({r.get("device", "") for r in results.values()} - {""})))
-    print(f"Table:  {paths['table']}  (CSV: {paths['csv']}, per run: {paths['runs_csv']})")
+    print(markdown_table(table, sorted({r.get("device", "") for r in results.values()} - {""}), report["reference"]))
+    print(f"Table:  {paths['table']}  (CSV: {paths['csv']}, paired: {paths['paired_csv']}, per run: "
+          f"{paths['runs_csv']})")
     if "plot_labels" in paths:
         print(f"Plots:  {paths['plot_labels']}  and  {paths['plot_time']}")
     print(f"TensorBoard, one HParams row per run (test accuracy, wall time):  tensorboard --logdir {paths['tb']}")

@@ -7,6 +7,8 @@ Built-in datasets are read by genssl.data.datasets and split at random (genssl.d
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from genssl.config import FOLDER_DATASET, DataConfig, folder_image_size
@@ -55,7 +57,18 @@ def run_split(train: ImageData, d: DataConfig, seed: int, saved: Split | None = 
         saved.check_against(len(train), where)
         return saved
     return make_split(train.labels, train.num_classes, d.n_labels, d.n_val, seed, d.labeled_in_unlabeled,
-                      d.n_unlabeled, task_split_classes(d.classes), d.mismatch)
+                      d.n_unlabeled, task_split_classes(d.classes), d.mismatch, d.mismatch_mode)
+
+
+def full_pool_size(train: ImageData, d: DataConfig, seed: int) -> int:
+    """The size of the unlabeled pool this run's split would have with the whole pool: data.n_unlabeled null,
+    mismatch 0 and no filter, with the same labels, validation images, classes and labeled_in_unlabeled. That is
+    every training image of the task's classes outside the labeled and validation sets, plus the labeled ones
+    where labeled_in_unlabeled puts them in the pool too. It is a property of the task, not of the unlabeled data a
+    run draws: M2's classification weight reads it (DataSpec.n_pool), so the unlabeled-amount, mismatch and filter
+    axes change only the data."""
+    whole = replace(d, n_unlabeled=None, mismatch=0.0, mismatch_mode="replace", filter_run=None)
+    return int(run_split(train, whole, seed).unlabeled.numel())
 
 
 def _subsample_unlabeled(split: Split, n_unlabeled: int | None) -> Split:

@@ -6,7 +6,8 @@ classes. Whether labeled images also sit in the unlabeled pool is explicit (the 
 
 Unlabeled data as users have it (Oliver et al. 2018, sec. 4.4-4.5): `n_unlabeled` draws a pool of that size at
 random from the images outside the labeled and validation sets; `classes` restricts the task (labeled and
-validation images) to some classes, and `mismatch` draws that share of the pool from the others.
+validation images) to some classes, and `mismatch` makes that share of the pool images of the others, either in
+place of in-class images (`mismatch_mode` replace: a fixed pool size) or added to a fixed in-class draw (add).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from genssl.config import MISMATCH_MODES
 from genssl.data.datasets import check_label_range
 from genssl.fileio import atomic_torch_save, safe_torch_load
 
@@ -55,10 +57,16 @@ class Split:
 
 def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int, seed: int,
                labeled_in_unlabeled: bool = True, n_unlabeled: int | None = None,
-               classes: list[int] | None = None, mismatch: float = 0.0) -> Split:
+               classes: list[int] | None = None, mismatch: float = 0.0, mismatch_mode: str = "replace") -> Split:
     """Indices into the training set. With `classes`, the labeled and validation images come from those classes
-    only; the unlabeled pool holds round(mismatch * n_unlabeled) images of the other classes and the rest from
-    the task's classes (a fixed pool size whose composition changes, as in Oliver et al.'s fig. 2)."""
+    only, and the unlabeled pool (n_unlabeled set) mixes in images of the other classes by `mismatch_mode`:
+
+      replace: round(mismatch * n_unlabeled) of the other classes, the rest of the n_unlabeled from the task's (a
+               fixed pool size whose composition changes, as in Oliver et al.'s fig. 2);
+      add:     n_unlabeled of the task's classes, exactly those mismatch 0 draws for this seed (the in-class data
+               is held fixed across mismatch levels), plus round(mismatch * n_unlabeled / (1 - mismatch)) of the
+               others, so they are the `mismatch` share of the pool; mismatch must be below 1.
+    """
     labels = torch.as_tensor(labels)
     if labels.dim() != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(labels.shape)}")
@@ -82,6 +90,11 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
         raise ValueError(f"n_unlabeled must be a positive integer or None, got {n_unlabeled!r}")
     if not 0.0 <= mismatch <= 1.0:
         raise ValueError(f"mismatch must be a share in [0, 1], got {mismatch!r}")
+    if mismatch_mode not in MISMATCH_MODES:
+        raise ValueError(f"mismatch_mode must be one of {', '.join(MISMATCH_MODES)}, got {mismatch_mode!r}")
+    if mismatch_mode == "add" and mismatch >= 1.0:
+        raise ValueError(f"mismatch={mismatch} in add mode would add infinitely many out-of-class images; use a "
+                         f"mismatch below 1, or mismatch_mode='replace' for a pool of out-of-class images only")
     if mismatch > 0 and (not held_out or n_unlabeled is None):
         raise ValueError(f"mismatch={mismatch} needs classes outside the task (classes=...) and a pool size "
                          f"(n_unlabeled=...)")
@@ -125,17 +138,21 @@ def make_split(labels: torch.Tensor, num_classes: int, n_labels: int, n_val: int
     if n_unlabeled is None:  # the whole pool, in the order earlier releases drew it (same runs, same numbers)
         unlabeled = torch.cat(whole_parts)
     else:
-        n_out = round(mismatch * n_unlabeled)
-        n_in = n_unlabeled - n_out
+        if mismatch_mode == "add":  # the same in-class draw as mismatch 0, then the strays on top
+            n_in = n_unlabeled
+            n_out = round(mismatch * n_unlabeled / (1.0 - mismatch))
+        else:
+            n_out = round(mismatch * n_unlabeled)
+            n_in = n_unlabeled - n_out
         others = torch.cat([by_class[k] for k in held_out]) if held_out else remainder[:0]
         if n_in > remainder.numel():
-            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} asks for {n_in} unlabeled images "
-                             f"of the task's classes, but only {remainder.numel()} are outside the labeled and "
-                             f"validation sets; lower n_unlabeled (or n_val)")
+            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} ({mismatch_mode}) asks for {n_in} "
+                             f"unlabeled images of the task's classes, but only {remainder.numel()} are outside the "
+                             f"labeled and validation sets; lower n_unlabeled (or n_val)")
         if n_out > others.numel():
-            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} asks for {n_out} unlabeled images "
-                             f"of the other classes {held_out}, but they hold only {others.numel()}; lower "
-                             f"n_unlabeled or mismatch")
+            raise ValueError(f"n_unlabeled={n_unlabeled} with mismatch={mismatch} ({mismatch_mode}) asks for {n_out} "
+                             f"unlabeled images of the other classes {held_out}, but they hold only "
+                             f"{others.numel()}; lower n_unlabeled or mismatch")
         drawn = torch.cat([_draw(remainder, n_in, gen), _draw(others, n_out, gen)])
         unlabeled = torch.cat([labeled, drawn]) if labeled_in_unlabeled else drawn
     # Shuffle within each pool so the class-grouped order never leaks into anything that slices them.

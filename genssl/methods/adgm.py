@@ -70,8 +70,8 @@ class AuxiliaryDGM(EnumeratedModel):
 
     @dataclass
     class Config(EnumeratedConfig):
-        """EnumeratedConfig's options (likelihood, binarize, alpha, classifier_weight, labeled_weight, kl_warmup,
-        lr, encoder: on M1's latents) and the auxiliary models' own."""
+        """EnumeratedConfig's options (likelihood, binarize, alpha, cls_weight_pool, classifier_weight,
+        labeled_weight, kl_warmup, lr, encoder: on M1's latents) and the auxiliary models' own."""
         a_dim: int = 100
         z_dim: int = 100
         hidden: tuple[int, ...] = (500, 500)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from genssl.data.spec import DataSpec
+from genssl.nn.layout import match_optimizer_layout, to_channels_last, use_channels_last
 
 
 class Method(nn.Module):
@@ -58,11 +59,26 @@ class Method(nn.Module):
     changes from step to step (learning rates, loss weights) through `step_values`, never from `step` itself, so a
     replay that runs none of its Python still follows the schedule. tests/test_captured.py runs every claim in the
     static-buffer mode on the CPU."""
-    auto_bf16: ClassVar[bool] = False
-    """bf16 was checked to keep this method's accuracy (Fashion-MNIST, 100 labels, seeds 0-2 at its config: the
-    bf16 mean within one std of fp32's, experiments/README.md) and its bf16 step measured faster on a CPU with
-    native bf16 (benchmarks/README.md), so `train.precision: auto` may choose bf16 for it. Until then auto stays
-    fp32 for the method on every machine."""
+    auto_bf16: ClassVar[bool | frozenset[str]] = False
+    """Where `train.precision: auto` may choose bf16 for this method on a CPU with native bf16, decided per
+    (method, architecture): True for every architecture, False for none, or the set of architectures
+    (`precision_arch(cfg)`, e.g. {"conv"}) whose bf16 step was measured at least 1.3x faster than fp32's on such
+    a CPU (benchmarks/README.md) and whose bf16 accuracy was checked against fp32 (experiments/README.md). Each
+    subclass that sets it says next to it what was measured. Read it through `auto_bf16_for(cfg)`."""
+
+    @classmethod
+    def precision_arch(cls, cfg) -> str | None:
+        """The architecture of method config `cfg` that `auto_bf16` is keyed by, or None where the method's
+        precision choice does not depend on one (the default)."""
+        return None
+
+    @classmethod
+    def auto_bf16_for(cls, cfg=None) -> bool:
+        """Whether `precision: auto` may choose bf16 for method config `cfg` (None: the method's default config)
+        on a CPU with native bf16 (`auto_bf16`; genssl.training.device.resolve_precision asks)."""
+        if isinstance(cls.auto_bf16, bool):
+            return cls.auto_bf16
+        return cls.precision_arch(cls.Config() if cfg is None else cfg) in cls.auto_bf16
 
     @classmethod
     def stacking_refusal(cls, cfg) -> str | None:
@@ -89,17 +105,28 @@ class Method(nn.Module):
         self.grad_clip: float | None = None
         self.grad_sync = None  # set by genssl.training.distributed under torchrun: averages gradients across ranks
         self.static_values: dict[str, torch.Tensor] | None = None  # set by genssl.training.captured (step_values)
+        self.channels_last = False  # the conv kernels' layout, chosen in `setup` (genssl.nn.layout)
 
     # ------------------------------------------------------------------ set-up, called by the Trainer
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def setup(self, total_steps: int, precision: str = "fp32") -> None:
-        """Create optimizers (after the method is on its device) and per-optimizer loss scalers."""
+    def setup(self, total_steps: int, precision: str = "fp32", channels_last: str | bool = "auto") -> None:
+        """Lay the networks out (`lay_out(channels_last)`), then create optimizers (after the method is on its
+        device) and per-optimizer loss scalers."""
+        self.lay_out(channels_last)
         self.total_steps = total_steps
         self.optimizers = self.configure_optimizers()
         device_type = next(self.parameters()).device.type
         self.scalers = {k: torch.amp.GradScaler(device_type, enabled=precision == "fp16") for k in self.optimizers}
+
+    def lay_out(self, channels_last: str | bool = "auto") -> None:
+        """The conv kernels' memory layout (train.channels_last: auto | on | off, or a bool): auto rewrites the
+        kernels of a method with any convolution in channels_last order, once (genssl.nn.layout), so its
+        activations are NHWC from the first convolution on; off keeps NCHW. The choice is `self.channels_last`."""
+        self.channels_last = use_channels_last(channels_last, self)
+        if self.channels_last:
+            to_channels_last(self)
 
     def initialize(self, batch) -> None:
         """Data-dependent initialization on a fresh run (not on resume)."""
@@ -214,6 +241,7 @@ class Method(nn.Module):
         self.load_state_dict(state["model"])
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
+            match_optimizer_layout(o)  # a checkpoint saved under the other layout (train.channels_last)
         for k, s in self.scalers.items():
             if state["scalers"].get(k):
                 s.load_state_dict(state["scalers"][k])

@@ -17,7 +17,8 @@ CE = -log q(y_l | .) of each labeled image:
 With None a step's labeled mean counts as much as its unlabeled mean whatever the batch sizes, so a labeled
 image weighs B_u / B_l unlabeled ones; lambda instead fixes what one labeled image weighs, so the labeled share
 of a step follows train.labeled_batch_size and train.batch_size (lambda = B_u / B_l gives the balanced loss
-halved). w is the classification weight per labeled example: alpha * N / N_l (`classification_weight`).
+halved). w is the classification weight per labeled example: alpha * N / N_l (`classification_weight`), N the
+task's full pool, however much of it a run draws (cls_weight_pool).
 """
 
 from __future__ import annotations
@@ -37,12 +38,30 @@ from genssl.methods.schedules import kl_weight
 from genssl.nn.vae import likelihood_mean, reparameterize, resolve_likelihood
 
 
-def classification_weight(alpha: float, classifier_weight: float | None, spec: DataSpec) -> float:
-    """w = alpha * N / N_l (N all training images, N_l the labeled ones), or `classifier_weight` when set: the
-    paper's alpha = 0.1 * N on an expectation over the N_l labeled points, written per labeled example."""
+CLS_WEIGHT_POOLS = ("full", "drawn")
+"""EnumeratedConfig.cls_weight_pool values: which pool's size N is in w = alpha * N / N_l."""
+
+
+def classification_weight(alpha: float, classifier_weight: float | None, spec: DataSpec, pool: str = "full") -> float:
+    """w = alpha * N / N_l, or `classifier_weight` when set: the paper's alpha = 0.1 * N on an expectation over the
+    N_l labeled points, written per labeled example. N = N_l + the unlabeled pool's size, where the pool is
+
+      full:  the one the split gives with the whole pool (data.n_unlabeled null, no mismatch, no filter;
+             DataSpec.n_pool). The weight is a property of the task (its labels, validation set and classes), so a
+             run drawing 1,000 unlabeled images or filtering its pool changes the data only, not how much the
+             classifier counts: the unlabeled-amount, mismatch and filter axes each measure one thing. It is
+             exactly the pool a run with the whole pool trains on, so for such runs (n_unlabeled null, the
+             default) the weight is the one `drawn` gives and earlier releases gave (with labeled_in_unlabeled
+             the labeled images count twice, as they always have: 0.2% of N at 100 of 55,000).
+      drawn: the pool the run trains on (DataSpec.n_unlabeled, after n_unlabeled, mismatch and the filter): the
+             weight before issue 37, ~50x weaker at n_unlabeled 1,000 than with Fashion-MNIST's whole pool.
+    """
+    if pool not in CLS_WEIGHT_POOLS:
+        raise ValueError(f"cls_weight_pool must be one of {', '.join(CLS_WEIGHT_POOLS)}, got {pool!r}")
     if classifier_weight is not None:
         return float(classifier_weight)
-    return alpha * (spec.n_labeled + spec.n_unlabeled) / max(spec.n_labeled, 1)
+    n_u = spec.pool_size if pool == "full" else spec.n_unlabeled
+    return alpha * (spec.n_labeled + n_u) / max(spec.n_labeled, 1)
 
 
 def check_labeled_weight(value: float | None) -> None:
@@ -153,6 +172,10 @@ class EnumeratedConfig:
     """Dynamic binarization x ~ Bernoulli(x) at every step (Bernoulli likelihood on pixels only)."""
     alpha: float = 0.1
     """Classification weight w = alpha * N / N_l per labeled example (module docstring)."""
+    cls_weight_pool: str = "full"
+    """full | drawn: the pool N counts (classification_weight). full: the whole pool the task's split gives, the
+    same whatever data.n_unlabeled, data.mismatch or data.filter_run draw; drawn: the pool the run trains on (the
+    weight before issue 37)."""
     classifier_weight: float | None = None
     """Sets w directly, overriding alpha."""
     labeled_weight: float | None = None
@@ -193,7 +216,7 @@ class EnumeratedModel(Method):
         if cfg.binarize and (self.likelihood != "bernoulli" or self.m1 is not None):
             raise ValueError(f"binarize=True needs pixels with likelihood='bernoulli', got {self.likelihood!r}"
                              f"{' on M1 latents' if self.m1 is not None else ''}")
-        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec)
+        self.cls_weight = classification_weight(cfg.alpha, cfg.classifier_weight, spec, cfg.cls_weight_pool)
         self.log_prior_y = -math.log(spec.num_classes)  # log p(y), uniform
 
     def configure_optimizers(self):

@@ -67,8 +67,8 @@ class VAEM2(EnumeratedModel):
 
     @dataclass
     class Config(EnumeratedConfig):
-        """EnumeratedConfig's options (likelihood, binarize, alpha, classifier_weight, labeled_weight, kl_warmup,
-        lr, encoder: M1+M2) and M2's own."""
+        """EnumeratedConfig's options (likelihood, binarize, alpha, cls_weight_pool, classifier_weight,
+        labeled_weight, kl_warmup, lr, encoder: M1+M2) and M2's own."""
         arch: str = "mlp"
         """mlp | conv: encoder/decoder bodies (and classifier, unless cls_arch is set)."""
         enc_hidden: tuple[int, ...] = (500,)

@@ -151,12 +151,9 @@ class Conv28Discriminator(nn.Module):
         self.feature_dim = w2
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.noise(x) * 2 - 1
-        # channels-last: oneDNN's convolutions on CPU run 2-4x faster on it than on NCHW at these widths. vmap
-        # (stacked seeds) cannot batch a memory-format change; the functorch check is private but the only one.
-        if not torch._C._functorch.is_functorch_wrapped_tensor(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)  # (B, 2*width)
+        # channels_last (oneDNN's convolutions run 2-4x faster on it at these widths) comes from the kernels, which
+        # Method.setup converts once (genssl.nn.layout): the first convolution returns NHWC activations
+        return self.body(self.noise(x) * 2 - 1)  # (B, 2*width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, out_dim)
@@ -185,10 +182,7 @@ class MatchedConvDiscriminator(nn.Module):
         self.feature_dim = chans[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.noise(x) * 2 - 1
-        if not torch._C._functorch.is_functorch_wrapped_tensor(x):  # channels-last: see Conv28Discriminator
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)  # (B, 4*width)
+        return self.body(self.noise(x) * 2 - 1)  # (B, 4*width); channels_last from the kernels (genssl.nn.layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, out_dim)
@@ -215,10 +209,8 @@ class Conv28Generator(nn.Module):
         self.image_shape, self.z_dim = tuple(image_shape), z_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(z.shape[0], 2 * self.width, 7, 7)
-        if not torch._C._functorch.is_functorch_wrapped_tensor(x):  # channels-last, as Conv28Discriminator
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.deconv(x).contiguous()  # (B, C, 28, 28) in [0, 1]
+        x = self.fc(z).view(z.shape[0], 2 * self.width, 7, 7)  # channels_last after the first (converted) deconv
+        return self.deconv(x).contiguous()  # (B, C, 28, 28) in [0, 1], NCHW
 
 
 GAN_ARCHS = ("mlp", "conv", "conv28", "convnet")

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genssl.nn.layout import in_layout_of
+
 
 class _WeightNorm(nn.Module):
     """Shared parts of the weight-normalized layers. Subclasses set `_norm_dims` (the axes of v reduced
@@ -180,8 +182,8 @@ class GaussianNoise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.sigma == 0:
             return x
-        # float32 normals cast to x's dtype: on CPU drawing bf16 normals directly is ~2x slower.
-        return torch.add(x, torch.randn(x.shape, device=x.device).to(x.dtype), alpha=self.sigma)
+        # float32 normals cast to x's dtype (on CPU drawing bf16 normals directly is ~2x slower) and x's layout
+        return torch.add(x, in_layout_of(torch.randn(x.shape, device=x.device), x), alpha=self.sigma)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -204,7 +206,7 @@ class ByteDropout(nn.Module):
         if not self.training or self.cut == 0:
             return x
         keep = torch.randint(0, 256, x.shape, device=x.device, dtype=torch.uint8) >= self.cut
-        return x * keep.to(x.dtype) * (256 / (256 - self.cut))
+        return x * in_layout_of(keep, x) * (256 / (256 - self.cut))  # the mask in x's layout: genssl.nn.layout
 
     def extra_repr(self) -> str:
         return f"p={self.cut / 256:g}"

@@ -229,4 +229,5 @@ class RunDir:
             raise CheckpointError(f"{self.path / name}: neither a best.pt ('model') nor a last.pt "
                                   f"('method_state') checkpoint")
         load_state_checked(method, state, str(self.path / name))
+        method.lay_out(cfg.train.channels_last)  # evaluated in the layout it trained in
         return method.to(device).eval(), cfg, ckpt

@@ -55,20 +55,25 @@ def mkldnn_bf16_supported() -> bool:
 
 
 # ---------------------------------------------------------------- the choice
-def resolve_precision(requested: str, device: torch.device, method: type | None = None) -> tuple[str, str]:
+def resolve_precision(requested: str, device: torch.device, method: type | None = None,
+                      method_cfg=None) -> tuple[str, str]:
     """(precision, reason): `requested` itself when it is fp32, bf16 or fp16 (reason "requested"); for `auto`,
     chosen by measurement (benchmarks/README.md): bf16 autocast on a CPU with AMX-BF16 or AVX512-BF16 that oneDNN
     uses (the sgan step 0.88x fp32's on an AMX Xeon, 0.72x on an AVX-512 EPYC), fp32 on an AVX2-only CPU (bf16 emulated, the sgan step 5.8x slower)
     and on every GPU: at genssl's model sizes a GPU step is bound by kernel launches, not arithmetic, and on an
     H200 bf16 was no faster than fp32 for any method (0.9-1.3x the fp32 step; cuDNN convolutions use TF32 in
-    fp32 anyway). `method` (a Method class): auto gives bf16 only to one whose bf16 accuracy was checked
-    (`Method.auto_bf16`). The reason is short enough for a progress line."""
+    fp32 anyway). `method` (a Method class) and `method_cfg` (its config; None: the method's default one): auto
+    gives bf16 only to a (method, architecture) pair whose bf16 speed and accuracy were checked
+    (`Method.auto_bf16`, `Method.auto_bf16_for`), e.g. fixmatch with arch conv but not with arch mlp. The reason
+    is short enough for a progress line."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested != "auto":
         return requested, "requested"
-    if method is not None and not method.auto_bf16:
-        return "fp32", f"auto: {method.name} not shown accurate and faster in bf16 (Method.auto_bf16)"
+    if method is not None and not method.auto_bf16_for(method_cfg):
+        arch = None if method_cfg is None else method.precision_arch(method_cfg)
+        what = method.name if arch is None else f"{method.name} (arch {arch})"
+        return "fp32", f"auto: {what} not shown accurate and faster in bf16 (Method.auto_bf16)"
     device = torch.device(device)
     if device.type == "cuda":
         cc = ".".join(map(str, torch.cuda.get_device_capability(device)))
@@ -84,15 +89,24 @@ def resolve_precision(requested: str, device: torch.device, method: type | None 
     return "fp32", f"auto: no bf16 detection for {device.type}"
 
 
-def autocast(device: torch.device, precision: str, method: type | None = None):
-    """The autocast context of `precision` (`auto` is resolved for `device` and the Method class `method` first, as
-    `resolve_precision` does)."""
+def autocast(device: torch.device, precision: str, method: type | None = None, method_cfg=None):
+    """The autocast context of `precision` (`auto` is resolved for `device`, the Method class `method` and its config
+    `method_cfg` first, as `resolve_precision` does)."""
     if precision == "auto":
-        precision = resolve_precision(precision, device, method)[0]
+        precision = resolve_precision(precision, device, method, method_cfg)[0]
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def device_kind(device: torch.device) -> str:
+    """What a timing or a float result depends on: the GPU's name, or the CPU's kernel dispatch level. The same
+    fp32 run can differ in its last bits between AVX2 and AVX-512 kernels, and a feedback loop such as
+    pseudo-labeling grows that into a different run (experiments/HISTORY.md, 2026-12-07)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu {cpu_capability()}"
 
 
 def device_name(device: torch.device) -> str:

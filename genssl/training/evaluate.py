@@ -34,7 +34,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "au
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best.pt", device: str = "auto", data=None) -> dict:
     method, cfg, split, (train, test) = load_run(run_dir, checkpoint, device, data)
     dev = next(method.parameters()).device
-    bs, precision = cfg.train.eval_batch_size, resolve_precision(cfg.train.precision, dev, type(method))[0]
+    bs, precision = cfg.train.eval_batch_size, resolve_precision(cfg.train.precision, dev, type(method), cfg.method)[0]
     test_acc = accuracy(method, test.images.to(dev), test.labels.to(dev), bs, precision)
     val = split.val.to(train.images.device)
     val_acc = accuracy(method, train.images[val].to(dev), train.labels[val].to(dev), bs, precision)

@@ -107,7 +107,9 @@ class StackedStep:
                              f"after another")
         self.methods, self.n = methods, len(methods)
         self.template = template = stack_methods([copy.deepcopy(methods[0])] + methods[1:], methods)
-        template.setup(total_steps, precision)  # optimizers over the stacked parameters
+        # optimizers over the stacked parameters; their (N, ...) kernels stay in stacking order (vmap batches the
+        # convolutions itself), whatever layout the per-seed methods use
+        template.setup(total_steps, precision, channels_last=False)
         for name, opt in template.optimizers.items():
             per_seed = [m.optimizers[name].state_dict() for m in methods]
             if per_seed[0]["state"]:  # resumed lanes carry optimizer state

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from genssl._version import __version__
-from genssl.config import RESUMABLE_OVERRIDES, RunConfig, flatten
+from genssl.config import RESUMABLE_OVERRIDES, RunConfig, config_differences, flatten, method_defaults
 from genssl.data.batching import SSLBatcher, to_float
 from genssl.data.datasets import ImageData, allows_hflip
-from genssl.data.source import class_names, load_train_test, run_split, task_data
+from genssl.data.source import class_names, full_pool_size, load_train_test, run_split, task_data
 from genssl.data.task import task_num_classes
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split
@@ -35,7 +35,7 @@ from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir
 from genssl.training.budget import BudgetClock, clock_kind
 from genssl.training.captured import CapturedStep, capture_decision
-from genssl.training.device import autocast, device_name, resolve_device, resolve_precision
+from genssl.training.device import autocast, device_kind, device_name, resolve_device, resolve_precision
 from genssl.training.distributed import wrap_method_for_ddp
 from genssl.training.metrics import accuracy, correct
 from genssl.training.monitor import Monitor, progress
@@ -137,9 +137,13 @@ class Trainer:
         split = run_split(train, d, seed, saved, str(lane.run / RunDir.SPLIT))
         if d.filter_run is not None:  # a resumed run keeps the filtered split it saved
             if saved is None:
+                cost = BudgetClock(clock_kind(images.device), device=images.device)  # the filter's own clock
                 split, lane.filter_report = filter_unlabeled(split, images, labels,
                                                              task_num_classes(train, d.classes), d.filter_run,
                                                              d.filter_quantile, d.filter_score, images.device)
+                lane.filter_report["cost_s"] = round(cost.elapsed(), 3)  # loading the filter model, scoring the pool
+                if lane.cfg.train.budget_counts_filter:
+                    lane.clock_before = lane.filter_report["cost_s"]
                 if self.is_main:
                     lane.run.write_filter_report(lane.filter_report)
             else:
@@ -155,10 +159,11 @@ class Trainer:
             raise CheckpointError(f"{path}: checkpoint is from method {ckpt['method']!r}, but the config asks for "
                                   f"{lane.cfg.method_name!r}; resume with the run's own config")
         saved, now = flatten(ckpt["config"]), flatten(lane.cfg.to_dict())
-        changed = sorted(k for k in set(saved) | set(now)
-                         if saved.get(k) != now.get(k) and k not in RESUMABLE_OVERRIDES and k != "name")
+        # a key added since the checkpoint was written resumes when the run holds its default
+        changed, _ = config_differences(saved, now, method_defaults(lane.cfg.method_name),
+                                        ignore=RESUMABLE_OVERRIDES | {"name"})
         if changed:
-            diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+            diffs = "; ".join(changed)
             raise CheckpointError(f"{path}: the config differs from the checkpoint's in ways that change the "
                                   f"computation ({diffs}). Only {', '.join(sorted(RESUMABLE_OVERRIDES))} may "
                                   f"change on resume")
@@ -175,7 +180,8 @@ class Trainer:
         lane.val = (images[split.val.to(device)], labels[split.val.to(device)])
         lane.lab = (to_float(images[split.labeled.to(device)]), labels[split.labeled.to(device)])
         self.spec = DataSpec(train.image_shape, task_num_classes(train, lane.cfg.data.classes), len(split.labeled),
-                             len(split.unlabeled), allows_hflip(lane.cfg.data.dataset))
+                             len(split.unlabeled), allows_hflip(lane.cfg.data.dataset),
+                             full_pool_size(train, lane.cfg.data, split.seed))
         lane.selectors = {b: Selector(t.select, len(split.val)) for b in (None, *t.budgets_s)}
         method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
         method.setup(t.steps, self.precision)
@@ -234,7 +240,7 @@ class Trainer:
                                   f"steps {sorted(steps)}; resume them one by one (genssl train --resume per folder)")
         step = steps.pop()
         n_lanes = len(self.lanes)
-        clock = BudgetClock(clock_kind(device), before=self.lanes[0].clock_before)
+        clock = BudgetClock(clock_kind(device), before=self.lanes[0].clock_before, device=device)
         self.clock = clock
         x_test, y_test = test.images.to(device), test.labels.to(device)
         budgets = sorted(t.budgets_s)
@@ -262,6 +268,10 @@ class Trainer:
                                    purge_step=step + 1 if lane.resume else None)
 
         def save_last(at_step: int) -> None:
+            with clock.paused():  # checkpoint writes are off the budget clock
+                write_last(at_step)
+
+        def write_last(at_step: int) -> None:
             for i, lane in enumerate(self.lanes):
                 self._check_weights_finite(lane, strategy.lane_method(i), at_step)
             if self.ddp:
@@ -288,42 +298,16 @@ class Trainer:
             accs = []
             for i, lane in enumerate(self.lanes):
                 method = strategy.lane_method(i)
-                self._check_weights_finite(lane, method, at_step)
-                if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
-                    self.ddp.sync_buffers()
-                method.fit_readout(*lane.lab, seed=lane.seed)
                 n_val = lane.val[0].shape[0]
-                with contextlib.nullcontext() if t.budget_counts_validation else clock.paused():
+                with clock.counted_if(t.budget_counts_validation):
+                    self._check_weights_finite(lane, method, at_step)
+                    if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
+                        self.ddp.sync_buffers()
+                    method.fit_readout(*lane.lab, seed=lane.seed)
                     val_acc = self._validate(lane, method, n_val)
                 clock_s = clock.elapsed() / n_lanes
-                point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
-                if n_val:
-                    lane.monitor.scalars({"val/acc": val_acc}, at_step)
-                if t.oracle:  # study only: logged under "oracle", never read by a selector, off the budget clock
-                    with clock.paused():
-                        point["oracle_test_acc"] = accuracy(method, x_test, y_test, t.eval_batch_size,
-                                                            self.precision)
-                    lane.monitor.scalars({"oracle/test_acc": point["oracle_test_acc"]}, at_step)
-                lane.curve.append(point)
-                saved = None
-                for budget, selector in lane.selectors.items():
-                    if budget is not None and clock_s > budget:
-                        continue  # these weights were reached after the budget was spent
-                    if selector.offer(at_step, val_acc) and self.is_main:
-                        name = RunDir.BEST if budget is None else RunDir.budget_checkpoint(budget)
-                        payload = saved = saved or {
-                            "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
-                            "data_spec": method.spec.to_dict(), "class_names": self.class_names,
-                            "model": method.state_dict(), "step": at_step, "val_acc": val_acc,
-                            "select": t.select}
-                        lane.run.save_checkpoint(name, payload)
-                lane.best_val, lane.best_step = lane.selectors[None].pick_val, lane.selectors[None].pick_step
-                if self.is_main:
-                    with torch.no_grad():
-                        method.eval()
-                        for tag, imgs in method.eval_images(to_float(lane.val[0][:64])).items():
-                            imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
-                            lane.monitor.images(tag, imgs, at_step, nrow)
+                with clock.paused():  # bookkeeping, checkpoint writes and image logging are off the clock
+                    self._record_evaluation(lane, method, at_step, clock_s, val_acc, x_test, y_test)
                 accs.append(val_acc)
             strategy.train()
             return accs
@@ -358,6 +342,10 @@ class Trainer:
             count += 1
             step += 1
             boundary = step == t.steps
+            if budgets:  # read where the step's work ends, before the evaluation and saving that follow it
+                spent = clock.elapsed() / n_lanes
+                for lane in self.lanes:
+                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
             if step % t.log_every == 0 or boundary or (count and (step % t.eval_every == 0 or step % t.ckpt_every == 0)):
                 # never evaluate or save weights from steps whose losses were not yet checked
                 lane_means = flush(step, count)
@@ -381,9 +369,6 @@ class Trainer:
                 self._signals.hand_over()
             bar.update(1)
             if budgets:
-                spent = clock.elapsed() / n_lanes
-                for lane in self.lanes:
-                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
                 if t.stop_at_budget and spent > budgets[-1] and step < t.steps:
                     stopped_at_budget = True
                     if count:
@@ -400,6 +385,39 @@ class Trainer:
                    for i, lane in enumerate(self.lanes)]
         self.method = strategy.lane_method(0)
         return results
+
+    def _record_evaluation(self, lane: Lane, method: Method, at_step: int, clock_s: float, val_acc: float,
+                           x_test, y_test) -> None:
+        """An evaluation's bookkeeping: the curve point (with the oracle's test score), each selector's offer and
+        the checkpoints it keeps, and the sample images. The caller keeps it off the budget clock."""
+        t = lane.cfg.train
+        n_val = lane.val[0].shape[0]
+        point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
+        if n_val:
+            lane.monitor.scalars({"val/acc": val_acc}, at_step)
+        if t.oracle:  # study only: logged under "oracle", never read by a selector
+            point["oracle_test_acc"] = accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
+            lane.monitor.scalars({"oracle/test_acc": point["oracle_test_acc"]}, at_step)
+        lane.curve.append(point)
+        saved = None
+        for budget, selector in lane.selectors.items():
+            if budget is not None and clock_s > budget:
+                continue  # these weights were reached after the budget was spent
+            if selector.offer(at_step, val_acc) and self.is_main:
+                name = RunDir.BEST if budget is None else RunDir.budget_checkpoint(budget)
+                payload = saved = saved or {
+                    "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
+                    "data_spec": method.spec.to_dict(), "class_names": self.class_names,
+                    "model": method.state_dict(), "step": at_step, "val_acc": val_acc,
+                    "select": t.select}
+                lane.run.save_checkpoint(name, payload)
+        lane.best_val, lane.best_step = lane.selectors[None].pick_val, lane.selectors[None].pick_step
+        if self.is_main:
+            with torch.no_grad():
+                method.eval()
+                for tag, imgs in method.eval_images(to_float(lane.val[0][:64])).items():
+                    imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
+                    lane.monitor.images(tag, imgs, at_step, nrow)
 
     def _finish(self, lane: Lane, method: Method, x_test, y_test, wall: float, device, final_step: int,
                 stopped_at_budget: bool) -> dict:
@@ -430,10 +448,15 @@ class Trainer:
             "seed": lane.seed, "test_acc": test_acc, "best_val_acc": lane.best_val, "best_step": lane.best_step,
             "select": t.select, "n_val": int(lane.val[0].shape[0]), "n_unlabeled": int(lane.split.unlabeled.numel()),
             "classes": lane.cfg.data.classes, "mismatch": lane.cfg.data.mismatch,
+            "mismatch_mode": lane.cfg.data.mismatch_mode,
             "steps": final_step, "scheduled_steps": t.steps, "stopped_at_budget": stopped_at_budget,
             "budget_clock": self.clock.kind, "budget_clock_s": self.budget_clock_s, "budgets": budgets,
             "curve": lane.curve, "filter": lane.filter_report,
-            "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device),
+            "filter_cost_s": (lane.filter_report or {}).get("cost_s"),
+            "budget_counts_filter": t.budget_counts_filter,
+            "budget_counts_validation": t.budget_counts_validation,
+            "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device), "threads": t.threads,
+            "device_kind": device_kind(device),
             "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
             "cuda_graph": self.step_mode, "cuda_graph_reason": self.cuda_graph_reason,
             "genssl": __version__,
