@@ -153,9 +153,9 @@ def tiny_realistic_report(tmp_path, monkeypatch, capsys, request, **_):
     garments = {"classes": [0, 1, 2, 3, 4, 6], "n_val": 12, "n_unlabeled": 40}
     _realistic_run(runs, "mm0-supervised-n20-s0", root, **garments)  # mismatch.yaml: replace (mm), add (ma)
     _realistic_run(runs, "ma50-supervised-n20-s0", root, **garments, mismatch=0.5, mismatch_mode="add")
-    run_script("experiments/realistic/report.py", "--runs", str(runs), "--out", str(tmp_path / "out"),
+    run_script("experiments/realistic/report_v1.py", "--runs", str(runs), "--out", str(tmp_path / "out"),
                "--subsets", "3", "--per-class", "2", monkeypatch=monkeypatch)
-    text = (tmp_path / "out" / "results.md").read_text()
+    text = (tmp_path / "out" / "results_v1.md").read_text()
     added = text.split("### Class mismatch, mismatch_mode add")[1].split("###")[0]
     assert "| method | mismatch % 0 | mismatch % 50 |" in added and "| supervised |" in added
     assert "| supervised+strong |" in text and "| within_se |" in text and "n_unlabeled 1000" in text
@@ -232,7 +232,7 @@ TINY = {
     "experiments/embed_own_images.py": tiny_embed_own_images,
     "experiments/sample_classifier.py": tiny_sample_classifier,
     "experiments/own_data.py": tiny_own_data,
-    "experiments/realistic/report.py": tiny_realistic_report,
+    "experiments/realistic/report_v1.py": tiny_realistic_report,
     "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
     "experiments/sgan_conv_ablation.py": tiny_sgan_conv_ablation,
