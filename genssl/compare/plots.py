@@ -22,8 +22,9 @@ from genssl.registry import METHODS
 
 # A method's family from what it declares: the score of its generative model (Method.typicality_score) is a
 # variational bound for the VAE family and log D(x) for a GAN; a method without one is a baseline. A generated-
-# samples classifier belongs to the family of the model that generated its samples.
-FAMILY_OF_SCORE = {None: "baselines", "elbo": "VAE family", "log_d": "GAN"}
+# samples classifier belongs to the family of the model that generated its samples. OpenMatch's one-vs-all score
+# ("ova") is a classifier's, so it stays a baseline.
+FAMILY_OF_SCORE = {None: "baselines", "ova": "baselines", "elbo": "VAE family", "log_d": "GAN"}
 FAMILY_COLOURS = {"baselines": "tab:blue", "VAE family": "tab:green", "GAN": "tab:red", "other": "tab:gray"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "d", "8")
 

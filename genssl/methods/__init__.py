@@ -7,6 +7,7 @@ from genssl.registry import get_method_class
 # Importing a method's module registers it; a new method adds its module here.
 from genssl.methods import adgm, fixmatch, pseudo_label, self_training  # noqa: F401, I001
 from genssl.methods import sgan, supervised, vae_m1, vae_m2  # noqa: F401, I001
+from genssl.methods import openmatch  # noqa: F401, I001
 
 
 def create_method(name: str, cfg, spec):

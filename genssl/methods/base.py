@@ -48,9 +48,9 @@ class Method(nn.Module):
     has_features: ClassVar[bool] = True
     """encode(x) -> (B, D) features (embeddings in TensorBoard)."""
     typicality_score: ClassVar[str | None] = None
-    """The name of the score `typicality(x)` computes ("elbo", "log_d"), or None: the method has no generative model
-    to score how typical an image is of its training data (genssl.methods.typicality: the scores, and the
-    classifier-confidence baseline that works for every method)."""
+    """The name of the score `typicality(x)` computes ("elbo", "log_d" of a generative model, or "ova", OpenMatch's
+    one-vs-all inlier probability), or None: the method has no model of its own of how typical an image is
+    (genssl.methods.typicality: the scores, and the classifier-confidence baseline that works for every method)."""
     supports_stacking: ClassVar[bool] = False
     """The step is written as `stage_loss` stages, so genssl.training.stacked can train seeds stacked."""
     capturable: ClassVar[bool] = False

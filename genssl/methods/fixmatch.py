@@ -51,6 +51,35 @@ from genssl.registry import register_method
 OPTIMIZERS, LR_SCHEDULES = ("sgd", "adam"), ("cosine", "constant")  # the choices of optimizer, lr_schedule
 
 
+def unlabeled_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, threshold: float,
+                   keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FixMatch's unlabeled term l_u (eq. 4) from the logits of the weak views (muB, K) and of the strong views
+    (muB, K) of the same images: the hard pseudo-label q^_b = argmax q_b of the weak view (no gradient) where
+    max q_b >= tau, cross-entropy of the strong view against it, averaged over all muB images (kept or not).
+    `keep` (muB,) in {0, 1}, optional, also drops images (OpenMatch: those its one-vs-all heads call outliers).
+    Returns (l_u, mask (muB,) float, q^ (muB,) int64)."""
+    with torch.no_grad():
+        conf, pseudo = F.softmax(logits_w, 1).max(1)  # max q_b, q^_b: (muB,)
+        mask = (conf >= threshold).float()
+        if keep is not None:
+            mask = mask * keep
+    return (F.cross_entropy(logits_s, pseudo, reduction="none") * mask).mean(), mask, pseudo
+
+
+def kept_accuracy(pseudo: torch.Tensor, mask: torch.Tensor, y_u: torch.Tensor) -> torch.Tensor:
+    """The accuracy of the kept pseudo-labels (mask 1) against the hidden labels y_u (a log, never a loss); 0 where
+    none is kept."""
+    right = (pseudo == y_u).float()
+    return (right * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """The config's optimizer (sgd: Nesterov momentum, L2 weight decay, as the paper; adam: AdamW) over `params`."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 @register_method("fixmatch")
 class FixMatch(ClassifierMethod):
     supports_stacking = True
@@ -89,13 +118,7 @@ class FixMatch(ClassifierMethod):
         self.ema = EMA(self.net, cfg.ema_decay)
 
     def configure_optimizers(self):
-        c = self.cfg
-        if c.optimizer == "sgd":
-            opt = torch.optim.SGD(self.net.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True,
-                                  weight_decay=c.weight_decay)
-        else:
-            opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        return {"main": opt}
+        return {"main": make_optimizer(self.cfg, self.net.parameters())}
 
     def lr_at(self, step: int) -> float:
         if self.cfg.lr_schedule == "constant":
@@ -115,15 +138,11 @@ class FixMatch(ClassifierMethod):
         x = torch.cat([self.augment(batch.x_l), self.augment(batch.x_u, "weak"), self.augment(batch.x_u, "strong")])
         logits_l, logits_w, logits_s = self.net(x).float().split([n_l, n_u, n_u])  # (B, K), (muB, K), (muB, K)
         sup = F.cross_entropy(logits_l, batch.y_l)  # eq. 3
-        with torch.no_grad():
-            conf, pseudo = F.softmax(logits_w, 1).max(1)  # max q_b, q^_b: (muB,)
-            mask = (conf >= c.threshold).float()
-        unsup = (F.cross_entropy(logits_s, pseudo, reduction="none") * mask).mean()  # eq. 4
+        unsup, mask, pseudo = unlabeled_loss(logits_w, logits_s, c.threshold)  # eq. 4
         logs = {"train/sup_loss": sup.detach(), "train/unsup_loss": unsup.detach(), "train/mask_rate": mask.mean(),
                 "train/lr": self.log_value(lr)}
         if batch.y_u is not None:  # hidden labels: a log of how good the kept pseudo-labels are, never a loss
-            right = (pseudo == batch.y_u).float()
-            logs["train/pseudo_acc"] = (right * mask).sum() / mask.sum().clamp(min=1.0)
+            logs["train/pseudo_acc"] = kept_accuracy(pseudo, mask, batch.y_u)
         return sup + c.unlabeled_weight * unsup, logs, carry
 
     def after_update(self, name):

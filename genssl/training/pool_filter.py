@@ -61,7 +61,8 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
     method, cfg, _ = method_from_run(filter_run, "best.pt", device=device)
     if kind in ("model", "two_sided") and typicality_refusal(method) is not None:
         raise ValueError(f"data.filter_run={str(filter_run)!r}: {typicality_refusal(method)}; filter with a run of "
-                         f"vae_m1, vae_m2, adgm, sdgm or sgan, or set data.filter_score: confidence")
+                         f"a method that declares a typicality score (vae_m1, vae_m2, adgm, sdgm, sgan, openmatch), "
+                         f"or set data.filter_score: confidence")
     if tuple(method.spec.image_shape) != tuple(images_u8.shape[1:]):
         raise ValueError(f"data.filter_run={str(filter_run)!r} was trained on {tuple(method.spec.image_shape)} images, "
                          f"these are {tuple(images_u8.shape[1:])}")
