@@ -300,10 +300,10 @@ def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
     script.write_text(
         "import multiprocessing as mp, os, signal\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from genssl.compare.runner import exit_with_parent\n"
+        "from genssl.compare.executors import exit_when_gone\n"
         "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_with_parent,\n"
-        "                               initargs=(os.getpid(), 0.1))\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=exit_when_gone,\n"
+        "                               initargs=(os.getpid(),))\n"
         "    print(pool.submit(os.getpid).result(), flush=True)\n"
         "    pool.submit(signal.pause)\n"  # the worker blocks (until a signal), as in a long training run
         "    signal.pause()\n")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from genssl.cli import main
-from genssl.compare.executors import LocalProcesses, SubmititJobs, _exit_when_gone, available_cpus
+from genssl.compare.executors import LocalProcesses, SubmititJobs, available_cpus, exit_when_gone
 from genssl.compare.grid import Resources
 from genssl.compare.runner import load_grid, run_grid
 from genssl.config import ConfigError
@@ -259,7 +259,7 @@ def test_a_job_on_this_machine_ends_when_its_grid_process_does():
     grid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     gone = threading.Event()
     try:
-        _exit_when_gone(grid.pid, on_gone=gone.set)
+        exit_when_gone(grid.pid, on_gone=gone.set)
         assert not gone.wait(0.2)
         grid.kill()
         assert gone.wait(10)

@@ -1,7 +1,9 @@
 """Executors: what runs the runs of a grid (`genssl compare --executor NAME`). genssl/compare/runner.py owns
-the list (order, dependencies, reuse, the report); an executor only starts a run and says when it has ended.
+the list (order, dependencies, reuse, failures, the report); an executor only starts a unit of work (a run, or a
+pack of seeds) and says when it has ended.
 
-    local           this machine, as processes: --jobs N runs at once (the default; N = 1 trains in-process)
+    local           this machine: --jobs N runs at once, as processes (the default, N = 1, trains in this
+                    process, as does a grid of one unit)
     slurm           a Slurm cluster through submitit (https://github.com/facebookincubator/submitit): one
                     job per run, with the run's `resources` from the grid (genssl/compare/grid.py)
     submitit-local  submitit's LocalExecutor: the same job interface as slurm on this machine (real
@@ -9,17 +11,19 @@ the list (order, dependencies, reuse, the report); an executor only starts a run
 
 Run folders on the shared filesystem stay the one source of truth, so any executor can be stopped,
 resubmitted and collected: a run is reused once its results.json exists and resumed from last.pt when it
-has one (runner.run_one). A submitit job is checkpointable: when Slurm preempts it, or its time limit is
-near (USR2, `signal_delay_s` before), submitit requeues the same call and the run resumes from last.pt.
-Each run's job folder (submission pickle, log, result) is <out>/jobs/<run name>/; a failed run is
-reported with its log there. A Slurm job id is recorded in <out>/jobs/<run name>/job.json, so a grid
-resubmitted while its earlier jobs are still queued or running waits for those instead of starting
-a second job on the same run folder.
+has one (runner.run_unit), and a process trains a run folder only while it holds the folder's lock
+(genssl.runs.lock), so two executors, or a requeued job beside its predecessor, never train one run together.
+A submitit job is checkpointable: when Slurm preempts it, or its time limit is near (USR2, `signal_delay_s`
+before), submitit requeues the same call and the run resumes from last.pt. Each run's job folder (submission
+pickle, log, result) is <out>/jobs/<run name>/; a failed run is reported with its log there. A Slurm job id is
+recorded in <out>/jobs/<run name>/job.json, so a grid resubmitted while its earlier jobs are still queued or
+running waits for those instead of starting a second job on the same run folder.
 
-An executor has `slots` (runs at once), `threads(run)` (torch threads for the run's process), `check(runs)`
-(fail before any run starts on what it cannot run), `attach(run)` (a Future for a job of an earlier
-submission still queued or running, else None), `submit(run, fn, *args) -> Future` (fn(*args) runs in the
-run's process) and `where(run)` (a line naming the job and its log, or "").
+An executor has `slots` (runs at once), `in_process` (whether fn runs in this process), `threads(run)` (torch
+threads for the run's process; 0: leave them), `check(runs)` (fail before any run starts on what it cannot run),
+`attach(run)` (a Future for a job of an earlier submission still queued or running, else None),
+`submit(run, fn, *args) -> Future` (fn(*args) runs in the run's process) and `where(run)` (a line naming the job
+and its log, or "").
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 from genssl.compare.grid import GridRun
 from genssl.config import ConfigError
 from genssl.fileio import atomic_write_json
+from genssl.runs.lock import pid_alive
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 JOB_RECORD = "job.json"
@@ -50,40 +55,87 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def make_executor(name: str, jobs: int | None, jobs_dir: Path, n_runs: int):
-    """The executor called `name`; jobs: runs at once (default: 1 on this machine, every run on Slurm)."""
+def make_executor(name: str, jobs: int | None, jobs_dir: Path, n_units: int):
+    """The executor called `name`; jobs: units at once (default: 1 on this machine, every unit on Slurm)."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if name == "local":
-        return LocalProcesses(jobs or 1)
+        return InProcess() if (jobs or 1) == 1 or n_units <= 1 else LocalProcesses(jobs)
     return SubmititJobs("slurm" if name == "slurm" else "local", jobs_dir,
-                        jobs or (max(1, n_runs) if name == "slurm" else 1))
+                        jobs or (max(1, n_units) if name == "slurm" else 1))
+
+
+def exit_when_gone(pid: int, on_gone=None, poll_s: float = 1.0) -> None:
+    """End this process (or call on_gone) as soon as process `pid` has exited: the grid process, watched by its
+    local workers and jobs. A killed (SIGTERM/SIGKILL) grid does not take its spawn workers or local submitit jobs
+    with it; left alone they would train on beside a restarted grid. The run keeps its last checkpoint, as when
+    the grid itself is stopped. A pidfd becomes readable when `pid` exits (Linux >= 5.3); elsewhere, poll."""
+    on_gone = on_gone or (lambda: os._exit(1))
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        on_gone()
+        return
+    except (AttributeError, OSError):  # no pidfd: poll
+        def watch():
+            while pid_alive(pid):
+                time.sleep(poll_s)
+            on_gone()
+    else:
+        def watch():
+            select.select([fd], [], [])
+            os.close(fd)
+            on_gone()
+
+    threading.Thread(target=watch, name="exit-with-grid", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------- local
-def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
-    """Worker initializer: end this process soon after the grid process dies. A killed (SIGTERM/SIGKILL) pool
-    owner does not take its spawn workers with it; left alone they would train on, and a restarted grid would
-    resume the same runs into the same folders beside them. The run keeps its last checkpoint, as when the
-    grid itself is stopped."""
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os._exit(1)
+class InProcess:
+    """One unit at a time, in this process (tests pass ImageData objects, and see the progress bars)."""
+    slots = 1
+    in_process = True
 
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    def threads(self, run: GridRun) -> int:
+        return 0  # the config's train.threads, else torch's default
+
+    def check(self, runs: list[GridRun]) -> None:
+        """Nothing to check: this process takes no resources from the grid."""
+
+    def attach(self, run: GridRun) -> Future | None:
+        return None
+
+    def submit(self, run: GridRun, fn, *args) -> Future:
+        """fn(*args) now; its result or its exception (any Exception: KeyboardInterrupt stops the grid) in a
+        completed Future."""
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
+
+    def where(self, run: GridRun) -> str:
+        return ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 class LocalProcesses:
     """`slots` spawn processes on this machine, each run with cores // slots torch threads."""
+    in_process = False
 
     def __init__(self, slots: int):
         self.slots = slots
         # spawn, not fork: torch's thread pools and any CUDA context do not survive a fork.
         self._pool = ProcessPoolExecutor(max_workers=slots, mp_context=mp.get_context("spawn"),
-                                         initializer=exit_with_parent, initargs=(os.getpid(),))
+                                         initializer=exit_when_gone, initargs=(os.getpid(),))
 
     def threads(self, run: GridRun) -> int:
         return max(1, available_cpus() // self.slots)
@@ -123,7 +175,7 @@ class _Cell:
 
     def __call__(self, *args):
         if self.driver_pid is not None:
-            _exit_when_gone(self.driver_pid)
+            exit_when_gone(self.driver_pid)
         return self.fn(*args)
 
     def checkpoint(self, *args):
@@ -132,36 +184,10 @@ class _Cell:
         return submitit.helpers.DelayedSubmission(self, *args)
 
 
-def _exit_when_gone(pid: int, on_gone=lambda: os._exit(1)) -> None:
-    """End this process (call on_gone) as soon as process `pid` has exited: a pidfd becomes readable, no
-    polling where there is one."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        on_gone()
-        return
-    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): poll
-        def watch():
-            while True:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return on_gone()
-                except PermissionError:
-                    pass
-                time.sleep(1.0)
-    else:
-        def watch():
-            select.select([fd], [], [])
-            os.close(fd)
-            on_gone()
-
-    threading.Thread(target=watch, name="exit-with-grid", daemon=True).start()
-
-
 class SubmititJobs:
     """Each run a submitit job (cluster "slurm" or "local") with the run's resources; at most `slots` at once.
     A thread polls the jobs and completes their Futures."""
+    in_process = False
 
     def __init__(self, cluster: str, jobs_dir: Path, slots: int, poll_s: float | None = None):
         try:

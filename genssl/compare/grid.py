@@ -1,5 +1,5 @@
 """A grid of methods x label counts x seeds: its YAML, read and validated into ordered `GridRun`s (run by
-genssl/compare.py).
+genssl/compare/runner.py).
 
 Grid YAML::
 
@@ -14,7 +14,7 @@ Grid YAML::
       pl: {method: {name: pseudo_label}, data: {dataset: fashion_mnist}}   # an inline run config
       m1+m2: {config: fmnist_vae_m1_m2.yaml,    #   {runs}, {n_labels}, {seed}, {out} in any string are
               overrides: {method: {encoder: "{runs}/m1-n{n_labels}-s{seed}"}}}  # filled in per run
-      sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare_samples.py
+      sgan+samples: {samples_from: sgan, classifier: {steps: 1000}}   # see genssl/compare/samples.py
       adgm: {config: fmnist_adgm.yaml,          #   an entry given with `config` may set its own
              seeds: [0], n_labels: [100]}       #   seeds / n_labels (a costly method, one seed)
     n_labels: [100, 1000]                       # optional: without it (or seeds), each entry keeps its

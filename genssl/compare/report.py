@@ -242,10 +242,10 @@ def attach_verdicts(table: list[dict], runs: list, results: list[dict | None], r
 
 
 def write_report(out_dir: Path, runs: list, results: list[dict | None], reference: str | None = None,
-                 reference_source: str = "--reference") -> dict:
+                 reference_source: str = "--reference", failures: dict[str, str] | None = None) -> dict:
     """Every output of a grid, rewritten from scratch; returns {"table": rows, "paths": {kind: path},
     "reference": Reference}. `reference` names the entry the paired columns compare against (default: the
-    first entry that uses no unlabeled data)."""
+    first entry that uses no unlabeled data). `failures`: {run name: its error}, listed under the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summarize(runs, results)
     ref = choose_reference(runs, results, reference, reference_source)
@@ -255,6 +255,9 @@ def write_report(out_dir: Path, runs: list, results: list[dict | None], referenc
     assumed = sorted({k for r in results if r for k in r.get("reused_with_defaults", [])})
     notes = [f"Runs reused from before these config keys existed, taken at today's defaults: {', '.join(assumed)}."
              ] if assumed else []
+    if failures:
+        notes += ["", f"Failed runs ({len(failures)}):", "",
+                  *(f"- {name}: {error}" for name, error in failures.items())]
     atomic_write_text(markdown_table(table, devices, ref, notes), out_dir / "results.md")
     atomic_write_text(csv_table(_summary_rows(table, ref), SUMMARY_KEYS), out_dir / "results.csv")
     atomic_write_text(csv_table(_paired_rows(table, ref), PAIRED_KEYS), out_dir / "paired.csv")

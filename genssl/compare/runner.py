@@ -1,13 +1,20 @@
-"""`genssl compare`: run (or reuse) every run of a grid (genssl/grid.py, where its YAML is described) and
+"""`genssl compare`: run (or reuse) every run of a grid (genssl/compare/grid.py, where its YAML is described) and
 report them in one folder.
 
 Runs land in ``<runs>/<name>-n<labels>-s<seed>``. A run whose results.json exists is reused (after
 checking its config still matches the grid's); one with only last.pt is resumed; so a stopped grid picks up
 where it left off. A run whose config names another run's folder (M1+M2 naming its M1) starts once that run
 has finished, and records in upstream.json which results it was built on, so it is not reused once those
-runs change. An executor (genssl/compare/executors.py: local processes, or Slurm through submitit) runs
-them; the report (genssl/report.py) is rewritten from all runs once every run has ended, and
-`collect_grid` (--collect) rewrites it from the run folders without running anything.
+runs change. An executor (genssl/compare/executors.py: this process, local processes, or Slurm through
+submitit) runs them, all through one scheduler (`_schedule`); the report (genssl/compare/report.py) is rewritten
+from all runs once every run has ended, and `collect_grid` (--collect) rewrites it from the run folders without
+running anything.
+
+A run trains only while its process holds the run folder's lock (genssl.runs.lock): a run that another live process
+trains (a second `genssl compare` on the same grid, a Slurm job still running) is deferred behind the others, then
+waited for, and reused once that process has finished it. A run that raises, whatever the exception, writes its
+traceback to its folder's error.txt and is reported as failed; the rest of the grid goes on, and `run_grid` raises
+GridFailed (the CLI exits 1) after writing the report.
 
 With --pack-seeds (`pack_seeds`: auto packs on CUDA), the seeds of an entry and label count share one process,
 their parameters stacked (genssl.training.stacked: where a step is launch-bound, ten seeds cost ~2.5 of one on an
@@ -20,28 +27,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from genssl.compare import samples as compare_samples
-from genssl.compare.executors import exit_with_parent, make_executor
+from genssl.compare.executors import make_executor
 from genssl.compare.grid import GridRun, grid_reference, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
 from genssl.config import (REPORTING_KEYS, ConfigError, build_run_config, config_differences, flatten, load_yaml,
                            merge, method_defaults)
 from genssl.registry import get_method_class
-from genssl.runs.run_dir import RunDir
+from genssl.runs.run_dir import RunBusy, RunDir, hold_runs
 from genssl.training.budget import clock_kind
 from genssl.training.device import device_kind, resolve_device, resolve_precision
 from genssl.training.trainer import Trainer
 
-__all__ = ["PACK_CHOICES", "GridRun", "collect_grid", "exit_with_parent", "finished_results", "load_grid",
-           "pack_runs", "run_grid", "run_one", "run_pack"]
+__all__ = ["PACK_CHOICES", "Busy", "GridFailed", "GridRun", "collect_grid", "finished_results", "load_grid",
+           "pack_runs", "run_grid", "run_unit"]
 
 PACK_CHOICES = ("auto", "on", "off")
 
@@ -119,16 +127,49 @@ def _resumable(run: GridRun) -> bool:
     return rd.has(RunDir.LAST) or rd.has(RunDir.PREV)  # prev.pt alone: stopped between a save's renames
 
 
-def _clear_unresumable(run: GridRun) -> None:
-    if run.run_dir.is_dir() and any(run.run_dir.iterdir()):
-        shutil.rmtree(run.run_dir)  # stopped before its first checkpoint: nothing to resume, start it over
+@dataclass(frozen=True)
+class Busy:
+    """A unit not run: another live process holds one of its run folders; `holder` says which."""
+    holder: str
 
 
-def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) -> tuple[dict, bool]:
-    """(results, reused): reuse a finished run, resume an interrupted one, or train a new one."""
-    results = finished_results(run)
-    if results is not None:
-        return results, True
+def run_unit(unit: list[GridRun], data=None, progress: bool = False, threads: int = 0,
+             wait: bool = False) -> dict[str, tuple[dict, bool]] | Busy:
+    """{run name: (results, reused)} of one unit of work (a run, or a pack of seeds: `pack_runs`), under the locks of
+    its run folders: each run reused if finished, else resumed or trained. Busy where another live process holds one
+    of the folders; with `wait`, wait for that process instead, then reuse what it finished. An exception of any
+    type is written with its traceback to each run's error.txt, then raised."""
+    try:
+        with hold_runs([r.run_dir for r in unit], wait=wait):
+            try:
+                return _train_unit(unit, data, progress, threads)
+            except Exception:
+                for run in unit:
+                    RunDir(run.run_dir).write_error(traceback.format_exc())
+                raise
+    except RunBusy as e:
+        return Busy(e.holder)
+
+
+def _train_unit(unit: list[GridRun], data, progress: bool, threads: int) -> dict[str, tuple[dict, bool]]:
+    outcomes, left = {}, []
+    for run in unit:
+        res = finished_results(run)  # finished meanwhile by a process this one waited for
+        if res is None:
+            left.append(run)
+        else:
+            outcomes[run.name] = (res, True)
+    for run in left:
+        RunDir(run.run_dir).clear_error()  # error.txt describes the last attempt
+    if len(left) > 1 and len({_resume_step(r) for r in left}) == 1:
+        return outcomes | _train_pack(left, data, progress, threads)
+    for run in left:
+        outcomes[run.name] = (_train_one(run, data, progress, threads), False)
+    return outcomes
+
+
+def _train_one(run: GridRun, data, progress: bool, threads: int) -> dict:
+    """Resume an interrupted run, or train a new one; its results."""
     upstream = upstream_fingerprints(run)  # taken before training: what this run is built on
     if run.samples is not None:
         results = compare_samples.run_samples_classifier(Path(run.raw["samples_from"]), run.run_dir, run.samples,
@@ -137,32 +178,23 @@ def run_one(run: GridRun, data=None, progress: bool = True, threads: int = 0) ->
         cfg = _run_config(run, progress, threads)
         resume = _resumable(run)
         if not resume:
-            _clear_unresumable(run)
-        trainer = Trainer(cfg, run_dir=run.run_dir, resume=resume, data=data)
-        results = trainer.fit()
+            RunDir(run.run_dir).clear()  # stopped before its first checkpoint: nothing to resume, start it over
+        results = Trainer(cfg, run_dir=run.run_dir, resume=resume, data=data).fit()
     if run.deps:
         RunDir(run.run_dir).write_upstream(upstream)
-    return results, False
+    return results
 
 
-def run_pack(runs: list[GridRun], data=None, progress: bool = True, threads: int = 0) -> dict[str, tuple[dict, bool]]:
-    """{run name: (results, reused)} of seeds of one entry and label count (`pack_runs`) trained in one process with
-    stacked parameters, each in its own folder; all fresh, or all resumed from checkpoints at the same step."""
+def _train_pack(runs: list[GridRun], data, progress: bool, threads: int) -> dict[str, tuple[dict, bool]]:
+    """Seeds of one entry and label count (`pack_runs`) trained in one process with stacked parameters, each in its
+    own folder; all fresh, or all resumed from checkpoints at the same step."""
     cfg = _run_config(runs[0], progress, threads)
     resume = all(_resumable(r) for r in runs)
     if not resume:
         for r in runs:
-            _clear_unresumable(r)
+            RunDir(r.run_dir).clear()
     trainer = Trainer(cfg, resume=resume, data=data, seeds=[r.seed for r in runs], run_dirs=[r.run_dir for r in runs])
     return {r.name: (res, False) for r, res in zip(runs, trainer.fit_all())}
-
-
-def _run_in_worker(run: GridRun, data, threads: int) -> tuple[dict, bool]:
-    return run_one(run, data, progress=False, threads=threads)
-
-
-def _run_pack_in_worker(runs: list[GridRun], data, threads: int) -> dict[str, tuple[dict, bool]]:
-    return run_pack(runs, data, progress=False, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------- packing seeds
@@ -254,98 +286,109 @@ class _Failed(RuntimeError):
     pass
 
 
+class GridFailed(RuntimeError):
+    """Runs of a grid failed; the report of the rest was written. `failures`: {run name: its error}; `errors`:
+    {run name: its error.txt, where the run wrote one}."""
+
+    def __init__(self, failures: dict[str, str], total: int, errors: dict[str, Path]):
+        super().__init__(f"{len(failures)} of {total} runs failed (the table shows the rest):\n  "
+                         + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))
+        self.failures, self.total, self.errors = failures, total, errors
+
+
+class _Tally:
+    """What a grid has so far (results, failures), its progress bar and time-left estimate, and the lines it
+    prints as runs start and end."""
+
+    def __init__(self, runs: list[GridRun], show: bool):
+        self.total = len(runs)
+        self.results: dict[str, dict] = {}
+        self.failures: dict[str, str] = {}
+        self.numbered = 0  # runs reused or started so far
+        self.eta = _TimeLeft()
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=len(runs), desc="grid", unit="run", position=0, leave=True, dynamic_ncols=True,
+                        disable=not show, file=sys.stderr,
+                        bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed{postfix}")
+
+    def finish(self, run: GridRun, res: dict, reused: bool) -> None:
+        self.results[run.name] = res
+        self.eta.observe(run, res)
+        if not reused:
+            tqdm.write(f"  done {run.name}: test acc {100 * res['test_acc']:.2f}% in "
+                       f"{fmt_duration(res.get('own_wall_time_s', res['wall_time_s']))}")
+        self.bar.update(1)
+
+    def fail(self, run: GridRun, error: BaseException) -> None:
+        self.failures[run.name] = f"{type(error).__name__}: {error}"
+        where = _record_failure(run, self.failures[run.name])
+        tqdm.write(f"  FAILED {run.name}: {error}" + (f" (traceback: {where})" if where else ""))
+        self.bar.update(1)
+
+    def blocked(self, run: GridRun) -> str | None:
+        bad = [d for d in run.deps if d in self.failures]
+        return f"needs {', '.join(bad)}, which failed" if bad else None
+
+    def announce(self, run: GridRun, pending: list[GridRun], slots: int) -> None:
+        self.numbered += 1
+        left = fmt_duration(self.eta.estimate(pending, slots))
+        rd = RunDir(run.run_dir)  # a locked folder's last.pt may be another process's, still training
+        resumes = ", resumes from its last.pt" if _resumable(run) and not rd.has(RunDir.LOCK) else ""
+        self.bar.set_postfix_str(f"now {run.name} | ~{left} left", refresh=True)
+        tqdm.write(f"[{self.numbered}/{self.total}] {run.label} n_labels={run.n_labels} seed={run.seed} -> "
+                   f"{run.run_dir}{resumes}  (elapsed {fmt_duration(time.perf_counter() - self.start)}, "
+                   f"~{left} left)")
+
+
+def _record_failure(run: GridRun, message: str) -> Path | None:
+    """The run's error.txt: as the run wrote it (with its traceback), else this grid's account of how its process
+    ended, written under the folder's lock; None where the run never started or another process trains it now."""
+    rd = RunDir(run.run_dir)
+    if not rd.path.is_dir():
+        return None
+    if not rd.has(RunDir.ERROR):
+        try:
+            with hold_runs([rd.path]):
+                rd.write_error(message + "\n")
+        except RunBusy:
+            return None
+    return rd / RunDir.ERROR
+
+
 def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
              jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local",
              pack_seeds: str = "auto", reference: str | None = None) -> list[dict]:
-    """Run (or reuse) every run of the grid and write the report; returns the summary rows.
+    """Run (or reuse) every run of the grid and write the report; returns the summary rows, or raises GridFailed
+    (after writing the report) when runs failed.
 
-    executor: local (this machine's processes), slurm or submitit-local (genssl/compare/executors.py).
-    pack_seeds: auto | on | off: train the seeds of an entry in one process, stacked (`pack_runs`; auto: on CUDA).
-    jobs: runs at once (default 1 here, all of them on Slurm); locally, jobs > 1 trains in separate processes,
-    each with cores // jobs threads unless the config sets train.threads; a scheduler's job gets the run's
-    resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets (tests).
-    `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    if pack_seeds not in PACK_CHOICES:
-        raise ConfigError(f"--pack-seeds must be one of {', '.join(PACK_CHOICES)}, got {pack_seeds!r}")
+    executor: local (this process, or this machine's processes), slurm or submitit-local
+    (genssl/compare/executors.py). pack_seeds: auto | on | off: train the seeds of an entry in one process, stacked
+    (`pack_runs`; auto: on CUDA). jobs: runs at once (default 1 here, all of them on Slurm); locally, jobs > 1
+    trains in separate processes, each with cores // jobs threads unless the config sets train.threads; a
+    scheduler's job gets the run's resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets
+    (tests). `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
     out_dir, runs = load_grid(path, overrides, out)
-    runs_dir = runs[0].run_dir.parent
     show = progress if progress is not None else sys.stderr.isatty()
-    results: dict[str, dict] = {}
-    failures: dict[str, str] = {}
-    eta = _TimeLeft()
-    bar = tqdm(total=len(runs), desc="grid", unit="run", position=0, leave=True, dynamic_ncols=True,
-               disable=not show, file=sys.stderr,
-               bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed{postfix}")
-    start = time.perf_counter()
-    slots = jobs or 1
-    started = 0
-
-    def finish(run: GridRun, res: dict | None, reused: bool, error: BaseException | None = None) -> None:
-        if error is not None:
-            failures[run.name] = f"{type(error).__name__}: {error}"
-            tqdm.write(f"  FAILED {run.name}: {error}")
-        else:
-            results[run.name] = res
-            eta.observe(run, res)
-            if not reused:
-                tqdm.write(f"  done {run.name}: test acc {100 * res['test_acc']:.2f}% in "
-                           f"{fmt_duration(res.get('own_wall_time_s', res['wall_time_s']))}")
-        bar.update(1)
-
-    def blocked(run: GridRun) -> str | None:
-        bad = [d for d in run.deps if d in failures]
-        return f"needs {', '.join(bad)}, which failed" if bad else None
-
-    def announce(run: GridRun, pending: list[GridRun]) -> None:
-        nonlocal started
-        started += 1
-        left = fmt_duration(eta.estimate(pending, slots))
-        rd = RunDir(run.run_dir)
-        resumes = ", resumes from its last.pt" if rd.has(RunDir.LAST) or rd.has(RunDir.PREV) else ""
-        bar.set_postfix_str(f"now {run.name} | ~{left} left", refresh=True)
-        tqdm.write(f"[{len(runs) - len(todo) + started}/{len(runs)}] {run.label} n_labels={run.n_labels} "
-                   f"seed={run.seed} -> {run.run_dir}{resumes}  (elapsed "
-                   f"{fmt_duration(time.perf_counter() - start)}, ~{left} left)")
-
-    # Reused runs first: they cost nothing and calibrate the time estimate of the rest.
-    todo = []
+    tally = _Tally(runs, show)
+    todo = []  # reused runs first: they cost nothing and calibrate the time estimate of the rest
     for run in runs:
         res = finished_results(run)
-        if res is not None:
-            finish(run, res, reused=True)
-        else:
+        if res is None:
             todo.append(run)
+        else:
+            tally.finish(run, res, reused=True)
+    tally.numbered = len(runs) - len(todo)
     if len(todo) < len(runs):
-        tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs_dir}")
+        tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs[0].run_dir.parent}")
     units, notes = pack_runs(todo, pack_seeds)
     for note in notes:
         tqdm.write(f"seeds: {note}")
-
-    if executor == "local" and (slots == 1 or len(units) <= 1):
-        for k, unit in enumerate(units):
-            if blocked(unit[0]):
-                finish(unit[0], None, False, _Failed(blocked(unit[0])))
-                continue
-            pending = [r for u in units[k:] for r in u]
-            for run in unit:
-                announce(run, pending)
-            try:
-                outcomes = run_pack(unit, data, progress=show) if len(unit) > 1 else \
-                    {unit[0].name: run_one(unit[0], data, progress=show)}
-            except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:  # DivergenceError, ...
-                for run in unit:
-                    finish(run, None, False, e)
-                continue
-            _finish_unit(unit, outcomes, finish)
-    elif units:
+    if units:
         with make_executor(executor, jobs, out_dir / "jobs", len(units)) as pool:
-            slots = pool.slots
             pool.check(todo)
-            _run_scheduled(units, pool, data, results, blocked, announce, finish)
-    bar.close()
-    return _report(out_dir, runs, results, failures, _reference(path, reference))
+            _schedule(units, pool, data, show, tally)
+    tally.bar.close()
+    return _report(out_dir, runs, tally.results, tally.failures, _reference(path, reference))
 
 
 def _reference(path, named: str | None) -> tuple[str | None, str]:
@@ -377,8 +420,11 @@ def collect_grid(path: str | Path, overrides: list[str] | None = None, out: str 
 def _report(out_dir: Path, runs: list[GridRun], results: dict[str, dict], failures: dict[str, str],
             reference: tuple[str | None, str] = (None, "")) -> list[dict]:
     """Write the report of `runs` (whatever executor ran them), print the table and where everything is; raise
-    if runs failed, naming each with its error."""
-    report = write_report(out_dir, runs, _with_total_wall_time(runs, results), *reference)
+    GridFailed if runs failed, naming each with its error."""
+    errors = {r.name: r.run_dir / RunDir.ERROR for r in runs
+              if r.name in failures and RunDir(r.run_dir).has(RunDir.ERROR)}
+    failed = {name: f"{msg} (traceback: {errors[name]})" if name in errors else msg for name, msg in failures.items()}
+    report = write_report(out_dir, runs, _with_total_wall_time(runs, results), *reference, failures=failed)
     table, paths = report["table"], report["paths"]
     print()
     print(markdown_table(table, sorted({r.get("device", "") for r in results.values()} - {""}), report["reference"]))
@@ -391,8 +437,7 @@ def _report(out_dir: Path, runs: list[GridRun], results: dict[str, dict], failur
         print(f"TensorBoard, training curves, samples and full configs of every run:  "
               f"tensorboard --logdir {runs[0].run_dir.parent}")
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (the table shows the rest):\n  "
-                           + "\n  ".join(f"{k}: {v}" for k, v in failures.items()))
+        raise GridFailed(failures, len(runs), errors)
     return table
 
 
@@ -415,64 +460,81 @@ def _with_total_wall_time(runs: list[GridRun], results: dict[str, dict]) -> list
     return out
 
 
-def _finish_unit(unit: list[GridRun], outcomes, finish) -> None:
-    """Report each run of a unit from its process's outcome: {run name: (results, reused)} of a pack, or the
-    (results, reused) of one run. A run missing from it (a job of an earlier, differently packed submission) is
-    taken from its folder if it finished there, else reported as failed."""
-    if not isinstance(outcomes, dict):
-        outcomes = {unit[0].name: outcomes}
+def _finish_unit(unit: list[GridRun], outcomes: dict[str, tuple[dict, bool]], tally: _Tally) -> None:
+    """Report each run of a unit from its process's outcome, {run name: (results, reused)}. A run missing from it
+    (a job of an earlier, differently packed submission) is taken from its folder if it finished there, else
+    reported as failed."""
     for run in unit:
         if run.name in outcomes:
-            finish(run, *outcomes[run.name])
+            res, reused = outcomes[run.name]
+            if reused:
+                tqdm.write(f"  {run.name}: finished by another process; reused")
+            tally.finish(run, res, reused)
             continue
         res = finished_results(run)
         if res is not None:
-            finish(run, res, False)
+            tally.finish(run, res, False)
         else:
-            finish(run, None, False, _Failed(f"its job ({unit[0].name}) ended without its results; run the grid "
-                                             f"again to train it"))
+            tally.fail(run, _Failed(f"its job ({unit[0].name}) ended without its results; run the grid again to "
+                                    f"train it"))
 
 
-def _run_scheduled(units, pool, data, results, blocked, announce, finish) -> None:
+def _schedule(units: list[list[GridRun]], pool, data, show: bool, tally: _Tally) -> None:
     """Start each unit (a run, or a pack of seeds: `pack_runs`) on `pool` once the runs it needs have finished, at
-    most pool.slots at once, until every run has ended (a run whose dependency failed is reported, not started).
-    A unit is known to the pool by its first run (its job folder, resources and threads)."""
-    queue = [list(u) for u in units]
-    running = {}
-    for unit in list(queue):  # jobs of an earlier submission still queued or running: wait for those
-        fut = pool.attach(unit[0])
+    most pool.slots at once, until every run has ended. A run whose dependency failed is reported, not started; a
+    unit whose folder another live process holds is deferred behind the others, then started again to wait for
+    that process. A unit is known to the pool by its first run (its job folder, resources and threads)."""
+    queue = [(list(u), False) for u in units]  # (unit, wait for its folders' locks)
+    running: dict[Future, list[GridRun]] = {}
+    for item in list(queue):  # jobs of an earlier submission still queued or running: wait for those
+        fut = pool.attach(item[0][0])
         if fut is not None:
-            queue.remove(unit)
-            running[fut] = unit
-            tqdm.write(f"  {unit[0].name}: still running from an earlier submission ({pool.where(unit[0])})")
+            queue.remove(item)
+            running[fut] = item[0]
+            tqdm.write(f"  {item[0][0].name}: still running from an earlier submission ({pool.where(item[0][0])})")
     while queue or running:
-        for unit in [u for u in queue if blocked(u[0])]:  # packs need no other run: only single runs get here
-            queue.remove(unit)
-            finish(unit[0], None, False, _Failed(blocked(unit[0])))
-        ready = [u for u in queue if all(d in results for r in u for d in r.deps)]
-        while ready and len(running) < pool.slots:
-            unit = ready.pop(0)
-            queue.remove(unit)
-            lead = unit[0]
-            pending = [r for u in [unit, *queue, *running.values()] for r in u]
-            for run in unit:
-                announce(run, pending)
-            if len(unit) > 1:
-                fut = pool.submit(lead, _run_pack_in_worker, unit, data, pool.threads(lead))
-            else:
-                fut = pool.submit(lead, _run_in_worker, lead, data, pool.threads(lead))
-            running[fut] = unit
-            if pool.where(lead):
-                tqdm.write(f"  submitted as {pool.where(lead)}")
+        for item in [it for it in queue if tally.blocked(it[0][0])]:  # packs need no other run
+            queue.remove(item)
+            tally.fail(item[0][0], _Failed(tally.blocked(item[0][0])))
+        _start_ready(queue, running, pool, data, show, tally)
         if not running:
             break  # only runs whose dependencies failed are left; they were reported above
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
-            unit = running.pop(fut)
-            try:
-                outcomes = fut.result()
-            except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
-                for run in unit:
-                    finish(run, None, False, e)
-                continue
-            _finish_unit(unit, outcomes, finish)
+            _collect(fut, running.pop(fut), queue, tally)
+
+
+def _start_ready(queue, running: dict, pool, data, show: bool, tally: _Tally) -> None:
+    """Submit the units whose dependencies have finished, in queue order, while the pool has free slots."""
+    ready = [it for it in queue if all(d in tally.results for r in it[0] for d in r.deps)]
+    while ready and len(running) < pool.slots:
+        item = ready.pop(0)
+        queue.remove(item)
+        unit, wait_lock = item
+        if wait_lock:
+            tqdm.write(f"  {', '.join(r.name for r in unit)}: waiting for the process that trains it")
+        else:
+            pending = [r for u in [unit, *(it[0] for it in queue), *running.values()] for r in u]
+            for run in unit:
+                tally.announce(run, pending, pool.slots)
+        progress = show and pool.in_process
+        running[pool.submit(unit[0], run_unit, unit, data, progress, pool.threads(unit[0]), wait_lock)] = unit
+        if pool.where(unit[0]):
+            tqdm.write(f"  submitted as {pool.where(unit[0])}")
+
+
+def _collect(fut: Future, unit: list[GridRun], queue: list, tally: _Tally) -> None:
+    """A unit's end: its results; a failure (any exception: the rest of the grid goes on); or Busy, which puts it
+    back at the end of the queue, to wait for its folders' holder once the other runs have started."""
+    try:
+        outcome = fut.result()
+    except Exception as e:
+        for run in unit:
+            tally.fail(run, e)
+        return
+    if isinstance(outcome, Busy):
+        tqdm.write(f"  deferred {', '.join(r.name for r in unit)}: {outcome.holder} trains it; the other runs "
+                   f"first, then this grid waits for it and reuses its results")
+        queue.append((unit, True))
+        return
+    _finish_unit(unit, outcome, tally)

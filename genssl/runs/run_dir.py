@@ -7,6 +7,11 @@
     <run>/results.json   final metrics, written last
     <run>/upstream.json  for runs built on other runs: the fingerprints of their results
     <run>/tb/            TensorBoard events;  <run>/encoder/  an exported encoder
+    <run>/lock.json      while a process trains the run: who (genssl.runs.lock; `hold_runs`)
+    <run>/error.txt      the traceback of the run's last attempt, when it failed
+
+One process writes a run folder at a time: it holds the folder's lock (`hold_runs`; a grid's worker, and every
+Trainer, for the whole attempt), and a process that has lost its lock writes no checkpoint or results there.
 
 A checkpoint is one dict (format 2): format version, genssl version, method name, the resolved config, the
 data spec, the weights (and, in last.pt, optimizer/scaler/sampler/RNG states), and a sha256 over every
@@ -18,11 +23,14 @@ from elsewhere (`load_method(..., spec=...)`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -33,6 +41,7 @@ from genssl.data.split import Split
 from genssl.fileio import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
 from genssl.nn.state import load_state_checked
 from genssl.registry import get_method_class
+from genssl.runs.lock import LockBusy, LockLost, held, holding
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -67,11 +76,21 @@ def state_digest(obj) -> str:
     return h.hexdigest()
 
 
+class RunBusy(LockBusy):
+    """Another live process trains this run folder (it holds the folder's lock): `path` is the lock file."""
+
+    def __str__(self) -> str:
+        return (f"run folder {self.path.parent} is being trained by {self.holder}. Wait for it to finish, or stop "
+                f"that process: a lock whose process has died is taken over (at once on the same host, from another "
+                f"host once its heartbeat is stale)")
+
+
 class RunDir:
     CONFIG, SPLIT, LAST, PREV, BEST = "config.yaml", "split.pt", "last.pt", "prev.pt", "best.pt"
     RESULTS, UPSTREAM, TB, ENCODER = "results.json", "upstream.json", "tb", "encoder"
     VAL_OUTCOMES, FILTER = "val_outcomes.pt", "filter.json"
     STAGED = "last.pt.staged"
+    LOCK, ERROR = "lock.json", "error.txt"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -113,10 +132,38 @@ class RunDir:
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.path / self.LAST}")
             for stale in [*self.path.glob(".*.tmp"), self.path / self.STAGED]:  # a killed process's partial saves
                 stale.unlink(missing_ok=True)
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(p.name != self.LOCK for p in self.path.iterdir()):
             raise FileExistsError(f"run folder {self.path} already holds a run; pass --resume to continue it or "
                                   f"choose another name (nothing was overwritten)")
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Remove everything in the folder but its lock: a run stopped before its first checkpoint starts over."""
+        for p in self.path.iterdir() if self.path.is_dir() else ():
+            if p.name == self.LOCK:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def _lost(self) -> bool:
+        lock = held(self.path / self.LOCK)
+        return lock is not None and lock.lost
+
+    def _check_writer(self) -> None:
+        if self._lost():
+            raise LockLost(f"{self.path}: this process lost the run folder's lock to another process (its heartbeat "
+                           f"had gone stale), so it stops writing there; the other process's run stands")
+
+    # ------------------------------------------------------------------ failures
+    def write_error(self, text: str) -> None:
+        """The traceback of a failed attempt (not written by a process that lost the folder to another)."""
+        if not self._lost():
+            atomic_write_text(text, self.path / self.ERROR)
+
+    def clear_error(self) -> None:
+        (self.path / self.ERROR).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ config, split, results
     def write_config(self, cfg: RunConfig) -> None:
@@ -133,6 +180,7 @@ class RunDir:
         return Split.load(self.path / self.SPLIT)
 
     def write_results(self, results: dict) -> None:
+        self._check_writer()
         atomic_write_json(results, self.path / self.RESULTS)
 
     def read_results(self) -> dict:
@@ -140,7 +188,7 @@ class RunDir:
 
     def write_val_outcomes(self, hits, steps: list[int], val_idx) -> None:
         """With train.oracle: which validation images each evaluation got right, (evals, n_val) bool, so a study
-        can replay selection on subsets of the validation set (experiments/realistic_report.py)."""
+        can replay selection on subsets of the validation set (experiments/realistic/report.py)."""
         atomic_torch_save({"hits": hits, "steps": list(steps), "val": val_idx}, self.path / self.VAL_OUTCOMES)
 
     def read_val_outcomes(self) -> dict:
@@ -164,6 +212,7 @@ class RunDir:
     def save_checkpoint(self, name: str, payload: dict) -> None:
         """Write checkpoint `name` (best.pt, last.pt) atomically with the format header and checksum. A new
         last.pt keeps the previous one as prev.pt, the fallback when last.pt turns out damaged."""
+        self._check_writer()
         ckpt = {"format_version": FORMAT_VERSION, "genssl_version": __version__, **payload}
         ckpt["sha256"] = state_digest({k: v for k, v in ckpt.items() if k != "sha256"})
         if name != self.LAST or not self.has(self.LAST):
@@ -231,3 +280,20 @@ class RunDir:
         load_state_checked(method, state, str(self.path / name))
         method.lay_out(cfg.train.channels_last)  # evaluated in the layout it trained in
         return method.to(device).eval(), cfg, ckpt
+
+
+@contextlib.contextmanager
+def hold_runs(folders, wait: bool = False) -> Iterator[None]:
+    """Hold the lock of each run folder (created if missing) for the block: this process is their one writer.
+    Another live process holds one: raise RunBusy naming it, or with `wait` wait until it lets go (or dies)."""
+    paths = []
+    for folder in folders:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        paths.append(Path(folder) / RunDir.LOCK)
+    try:
+        with holding(paths, wait):
+            yield
+    except LockBusy as e:
+        if type(e) is LockBusy:  # one of these folders' locks, taken above
+            raise RunBusy(e.path, e.holder) from None
+        raise
