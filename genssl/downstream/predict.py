@@ -3,19 +3,28 @@
 The model is rebuilt from the run's best checkpoint alone (its resolved config and data spec; no dataset is
 read). Every file is decoded as the run's training images were (genssl.data.folder.decode_image: the run's
 channel count and image size), then classified in batches on the run's device. Each row names the file, the
-predicted class, its probability, and the top-k classes with theirs:
+predicted class, its probability, and the top-k classes with theirs, then the gate's three columns:
 
-    path,class,probability,class_2,probability_2,class_3,probability_3
-    shirts/0001.png,Shirt,0.8123,T-shirt/top,0.1022,Pullover,0.0511
+    path,class,probability,class_2,probability_2,class_3,probability_3,typicality,atypical,atypical_by
+    shirts/0001.png,Shirt,0.8123,T-shirt/top,0.1022,Pullover,0.0511,-412.7,0,
+    noise.png,Bag,0.9998,Sandal,0.0001,Shirt,0.0001,-1893.2,1,feature_density+bits
 
-With `--flag-atypical` two columns follow: `typicality`, the run's score of how typical the image is of its
-training data (higher = more typical: the ELBO for the VAE family, log D(x) for the SSL-GAN;
-genssl.methods.typicality), and `atypical`, 1 where that score is below a threshold chosen on the run's
-validation images (their `--atypical-quantile` quantile, 0.01 by default, so about 1% of images like the training
-data are flagged). The validation images are read from the run's dataset (split.pt names them), as `genssl eval`
-does. A method without a generative model (supervised, fixmatch, ...) cannot score typicality and says so;
-`--flag-atypical=confidence` flags by the classifier-confidence baseline instead (the maximum softmax probability,
-Hendrycks & Gimpel 2017), for any method.
+The gate (on by default; genssl.methods.detectors): `typicality` is the run's best detector's score of how typical
+the image is of its training data (higher = more typical: the complexity-corrected ELBO for an M1 with a Gaussian
+decoder, else the log density of a class-conditional Gaussian on the classifier's features), and `atypical` is 1
+where that score is below the `--atypical-quantile` quantile (0.01) of the run's validation images' scores, or
+where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the validation images'
+range; `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
+written at the end of training, so no dataset is read; a run trained before gates says so and predicts without
+the columns.
+
+- `--flag-atypical[=KIND]` flags by one detector alone (columns `typicality` and `atypical`): `model` (the
+  default: the method's own generative score, the ELBO for the VAE family, log D(x) for the SSL-GAN; methods
+  without one refuse), `confidence` / `max_softmax`, `energy`, `feature_density`, `elbo_complexity`. A run without
+  gate.pt reads its validation images from its dataset (split.pt names them), as `genssl eval` does.
+- `--gate OTHER_RUN` scores the images with another run's detector (its default gate, or its KIND): e.g. a FixMatch
+  run's predictions gated by an M1 run's complexity-corrected ELBO.
+- `--no-gate` turns the gate off (no typicality columns).
 """
 
 from __future__ import annotations
@@ -37,15 +46,19 @@ from genssl.data.source import BUILTIN_CLASS_NAMES, config_image_shape, load_tra
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split
 from genssl.fileio import CheckpointError, atomic_write_text
+from genssl.encoders.density import GATE_FILE, FeatureDensity, gate_density, read_gate
 from genssl.methods.base import Method
-from genssl.methods.typicality import (
-    SCORE_KINDS,
-    flag_atypical,
-    score_images,
+from genssl.methods.detectors import (
+    DETECTORS,
+    InputRange,
+    default_detector,
+    detector_scores,
+    fit_gate,
+    gate_threshold,
+    resolve_kind,
     score_name,
-    threshold_from_validation,
-    typicality_refusal,
 )
+from genssl.methods.typicality import flag_atypical
 from genssl.runs.run_dir import RunDir
 from genssl.training.device import resolve_device
 from genssl.training.monitor import progress
@@ -61,6 +74,7 @@ class Predictor:
     spec: DataSpec
     class_names: list[str]
     device: torch.device
+    step: int = -1  # the checkpoint's training step
 
     @torch.no_grad()
     def probabilities(self, images_u8: torch.Tensor, batch_size: int | None = None,
@@ -97,7 +111,7 @@ def load_predictor(run_dir: str | Path, device: str | None = None, checkpoint: s
         if device != "auto" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
             device = "cpu"
     dev = resolve_device(device)
-    return Predictor(method.to(dev).eval(), cfg, spec, names, dev)
+    return Predictor(method.to(dev).eval(), cfg, spec, names, dev, int(ckpt.get("step", -1)))
 
 
 def saved_class_names(ckpt: dict, cfg: RunConfig, num_classes: int) -> list[str]:
@@ -129,57 +143,154 @@ def _fallback_spec(run: RunDir, ckpt: dict) -> DataSpec:
 
 @dataclass
 class AtypicalFlag:
-    """How --flag-atypical flags an image: its `score` (kind "model": the method's own, Method.typicality_score;
-    "confidence": the classifier-confidence baseline) below `threshold`, the `quantile` of the scores of the
-    run's `n_val` validation images."""
+    """How predict flags an image: the score of detector `kind` (genssl.methods.detectors; named `score`) below
+    `threshold`, the `quantile` of the scores of the gate run's `n_val` validation images; with `input_range` (the
+    default gate) also an input statistic outside the validation images' range. `gate` is the run whose detector
+    scores, when it is not the predicting run (--gate; `source` its folder); `density` its feature density."""
     kind: str
     score: str
     threshold: float
     quantile: float
     n_val: int
+    input_range: InputRange | None = None
+    density: FeatureDensity | None = None
+    gate: Predictor | None = None
+    source: str | None = None
 
     def describe(self) -> str:
-        return (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of the run's "
+        of = f"run {self.source}'s" if self.source else "the run's"
+        text = (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of {of} "
                 f"{self.n_val} validation images' scores")
+        if self.input_range is not None:
+            text += f", or an input statistic outside their range ({self.input_range.describe()})"
+        return text
+
+    def check(self, images_u8: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+        """(typicality (N,), atypical (N,) bool, and with `input_range` what flagged each image: "" or names
+        joined by "+") of images decoded for the gate run."""
+        gate = self.gate
+        scores = detector_scores(self.kind, gate.method, images_u8, self.density, batch_size)
+        low = flag_atypical(scores, self.threshold)
+        if self.input_range is None:
+            return scores, low, None
+        outside = self.input_range.outside(images_u8)
+        atypical = low.clone()
+        for flags in outside.values():
+            atypical |= flags
+        by = ["+".join(([self.kind] if low[i] else []) + [k for k, f in outside.items() if f[i]])
+              for i in range(len(scores))]
+        return scores, atypical, by
 
 
-def validation_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
-                      ) -> torch.Tensor:
-    """The run's validation images (N_val, C, H, W) uint8: its dataset read as `genssl eval` reads it
-    (genssl.training.evaluate.load_run), or `data` = (train, test) for runs trained on in-memory data, indexed by
-    the run's split.pt."""
+def run_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((labeled images, labels), (validation images, labels)) of a run, uint8 (N, C, H, W) and (N,): its dataset
+    read as `genssl eval` reads it (genssl.training.evaluate.load_run), or `data` = (train, test) for runs trained
+    on in-memory data, indexed by the run's split.pt."""
     run = RunDir(run_dir)
     if not run.has(RunDir.SPLIT):
-        raise FileNotFoundError(f"{run.path / RunDir.SPLIT} not found: --flag-atypical picks its threshold on the "
+        raise FileNotFoundError(f"{run.path / RunDir.SPLIT} not found: the atypical threshold is chosen on the "
                                 f"run's validation images, which split.pt names")
     train, _ = task_data(*(data if data is not None else load_train_test(cfg.data, progress=False)), cfg.data)
     split = run.read_split()
     split.check_against(len(train), str(run / RunDir.SPLIT))
     if split.val.numel() == 0:
         raise ValueError(f"{run.path}: the run has no validation images to choose an atypical threshold on")
-    return train.images[split.val.to(train.images.device)]
+    lab, val = split.labeled.to(train.images.device), split.val.to(train.images.device)
+    return (train.images[lab], train.labels[lab]), (train.images[val], train.labels[val])
+
+
+def validation_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
+                      ) -> torch.Tensor:
+    """The run's validation images (N_val, C, H, W) uint8 (run_images)."""
+    return run_images(run_dir, cfg, data)[1][0]
 
 
 def refuse_flag(predictor: Predictor, kind: str) -> None:
     """A ValueError naming why the run cannot flag with `kind`, before any dataset is read; nothing if it can."""
-    if kind not in SCORE_KINDS:
-        raise ValueError(f"--flag-atypical: {kind!r} is not one of {', '.join(SCORE_KINDS)}")
-    refusal = typicality_refusal(predictor.method) if kind == "model" else None
+    try:
+        name = resolve_kind(kind, predictor.method)
+    except ValueError as e:
+        raise ValueError(f"--flag-atypical: {e}") from None
+    refusal = DETECTORS.get(name).method_refusal(predictor.method)
     if refusal is not None:
         raise ValueError(f"--flag-atypical: {refusal}; pass --flag-atypical=confidence to flag by it")
 
 
+def gate_state(predictor: Predictor, run_dir: str | Path, data: tuple[ImageData, ImageData] | None = None,
+               read_dataset: bool = True, batch_size: int | None = None) -> tuple[dict | None, str | None]:
+    """(the run's gate, None) from its gate.pt (genssl.methods.detectors.fit_gate, written at the end of training)
+    when it belongs to the predicting checkpoint; else, with `read_dataset` (or `data`), fitted now on the run's
+    labeled and validation images; else (None, why not)."""
+    state = read_gate(run_dir) if data is None else None
+    why = None
+    if state is not None and state.get("step", -1) != predictor.step:
+        why = (f"{Path(run_dir) / GATE_FILE} is of step {state.get('step')}, not of the checkpoint's step "
+               f"{predictor.step} (the run was trained on after its gate was written)")
+        state = None
+    elif state is None:
+        why = (f"{Path(run_dir)} has no {GATE_FILE} (written at the end of training since genssl's gates; a run "
+               f"without validation images has none)")
+    if state is not None or not (read_dataset or data is not None):
+        return state, why
+    labeled, val = run_images(run_dir, predictor.cfg, data)
+    return fit_gate(predictor.method, labeled, val, batch_size or predictor.cfg.train.eval_batch_size,
+                    predictor.step), None
+
+
 def atypical_flag(predictor: Predictor, run_dir: str | Path, kind: str = "model", quantile: float = 0.01,
                   batch_size: int | None = None, data: tuple[ImageData, ImageData] | None = None) -> AtypicalFlag:
-    """The threshold of --flag-atypical: the `quantile` of the run's validation images' scores of `kind`
-    (genssl.methods.typicality.threshold_from_validation)."""
+    """--flag-atypical=KIND: detector `kind` alone, its threshold the `quantile` of the run's validation images'
+    scores (genssl.methods.typicality.threshold_from_validation), from gate.pt or else the run's dataset."""
     refuse_flag(predictor, kind)
+    _check_quantile(quantile)
+    state, _ = gate_state(predictor, run_dir, data, True, batch_size)
+    name = resolve_kind(kind, predictor.method)
+    density = gate_density(state)
+    refusal = DETECTORS.get(name).refusal(predictor.method, density)
+    if refusal is not None:
+        raise ValueError(f"--flag-atypical: {refusal}")
+    return AtypicalFlag(name, score_name(name, predictor.method), gate_threshold(state, name, quantile), quantile,
+                        int(state["n_val"]), None, density, predictor)
+
+
+def default_gate(predictor: Predictor, run_dir: str | Path, quantile: float = 0.01, batch_size: int | None = None,
+                 read_dataset: bool = False, data: tuple[ImageData, ImageData] | None = None
+                 ) -> tuple[AtypicalFlag | None, str | None]:
+    """(the default gate: the run's best detector (genssl.methods.detectors.default_detector) at the `quantile` of
+    its validation images' scores, and the validation images' range of input statistics; None where the run has
+    no gate.pt (and `read_dataset` is off), why)."""
+    _check_quantile(quantile)
+    state, why = gate_state(predictor, run_dir, data, read_dataset, batch_size)
+    if state is None:
+        return None, why
+    density = gate_density(state)
+    name = default_detector(predictor.method, density)
+    return AtypicalFlag(name, score_name(name, predictor.method), gate_threshold(state, name, quantile), quantile,
+                        int(state["n_val"]), InputRange.from_validation(state["val_stats"]), density, predictor), None
+
+
+def _check_quantile(quantile: float) -> None:
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"--atypical-quantile must be in (0, 1), got {quantile}")
-    images = validation_images(run_dir, predictor.cfg, data)
-    scores = score_images(predictor.method, images, kind, batch_size or predictor.cfg.train.eval_batch_size)
-    return AtypicalFlag(kind, score_name(predictor.method, kind), threshold_from_validation(scores, quantile),
-                        quantile, int(scores.numel()))
+
+
+def choose_flag(predictor: Predictor, run_dir: str | Path, kind: str | None = None, gate: str | Path | None = None,
+                quantile: float = 0.01, batch_size: int | None = None, device: str | None = None
+                ) -> tuple[AtypicalFlag | None, str | None]:
+    """predict's flag: detector `kind` (--flag-atypical) or the default gate, of the run itself or of run `gate`
+    (--gate). An explicit choice reads the gate run's dataset where it has no gate.pt; the default does not, and
+    returns (None, why) instead."""
+    gate_pred = predictor if gate is None else load_predictor(gate, device)
+    gate_dir = run_dir if gate is None else gate
+    if kind is not None:
+        refuse_flag(gate_pred, kind)  # before reading a dataset
+        flag, why = atypical_flag(gate_pred, gate_dir, kind, quantile, batch_size), None
+    else:
+        flag, why = default_gate(gate_pred, gate_dir, quantile, batch_size, read_dataset=gate is not None)
+    if flag is not None and gate is not None:
+        flag.source = str(gate)
+    return flag, why
 
 
 def collect_paths(inputs: list[str | Path]) -> list[Path]:
@@ -218,10 +329,15 @@ def predict_files(predictor: Predictor, paths: list[Path], top_k: int = 3, batch
     bad_paths = {p for p, _ in bad}
     good = [p for p in paths if str(p) not in bad_paths]
     probs = predictor.probabilities(images, batch_size, show_progress)  # (N, K)
-    typical = None
+    typical = by = None
     if flag is not None:
-        typical = score_images(predictor.method, images, flag.kind, batch_size or predictor.cfg.train.eval_batch_size)
-        atypical = flag_atypical(typical, flag.threshold)
+        gate = flag.gate or predictor
+        gate_images = images
+        if tuple(gate.spec.image_shape) != tuple(predictor.spec.image_shape):  # --gate: a run of another shape
+            gc, gh, gw = gate.spec.image_shape
+            gate_images, _ = decode_files(good, (gh, gw), gc, show_progress, "decoding for the gate")
+        flag.gate = gate
+        typical, atypical, by = flag.check(gate_images, batch_size or gate.cfg.train.eval_batch_size)
     k = min(top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = predictor.class_names
@@ -232,6 +348,8 @@ def predict_files(predictor: Predictor, paths: list[Path], top_k: int = 3, batch
                      "top_k": ranked})
         if typical is not None:
             rows[-1] |= {"typicality": float(typical[n]), "atypical": bool(atypical[n])}
+            if by is not None:
+                rows[-1]["atypical_by"] = by[n]
     return rows, bad
 
 
@@ -242,33 +360,43 @@ def format_rows(rows: list[dict], fmt: str, top_k: int) -> str:
         return json.dumps(rows, indent=2) + "\n"
     k = max([len(r["top_k"]) for r in rows] + [min(top_k, 1)])
     flagged = bool(rows) and "typicality" in rows[0]
+    reasons = bool(rows) and "atypical_by" in rows[0]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "class", "probability"] + [f"{col}_{i}" for i in range(2, k + 1)
                                                         for col in ("class", "probability")]
-                    + (["typicality", "atypical"] if flagged else []))
+                    + (["typicality", "atypical"] if flagged else []) + (["atypical_by"] if reasons else []))
     for r in rows:
         rest = [v for t in r["top_k"][1:] for v in (t["class"], f"{t['probability']:.4f}")]
         rest += [""] * (2 * (k - len(r["top_k"])))
         if flagged:
             rest += [f"{r['typicality']:.7g}", str(int(r["atypical"]))]
+        if reasons:
+            rest.append(r["atypical_by"])
         writer.writerow([r["path"], r["class"], f"{r['probability']:.4f}"] + rest)
     return buf.getvalue()
 
 
 def run_predict_command(args) -> int:
-    """`genssl predict RUN_DIR PATH... [--out FILE] [--format csv|json] [--top-k K] [--flag-atypical[=KIND]
-    [--atypical-quantile Q]]`."""
+    """`genssl predict RUN_DIR PATH... [--out FILE] [--format csv|json] [--top-k K] [--flag-atypical[=KIND]]
+    [--gate RUN] [--no-gate] [--atypical-quantile Q]`."""
     fmt = args.format or ("json" if args.out and args.out.lower().endswith(".json") else "csv")
     if fmt not in FORMATS:
         raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if args.no_gate and (args.flag_atypical is not None or args.gate is not None):
+        raise ValueError("--no-gate turns the typicality columns off; drop it to pass --flag-atypical or --gate")
     paths = collect_paths(args.paths)
     predictor = load_predictor(args.run_dir, args.device)
     flag = None
-    if args.flag_atypical is not None:
-        refuse_flag(predictor, args.flag_atypical)  # before reading the dataset
-        flag = atypical_flag(predictor, args.run_dir, args.flag_atypical, args.atypical_quantile, args.batch_size)
-        print(f"genssl predict: {flag.describe()}", file=sys.stderr)
+    if not args.no_gate:
+        flag, why = choose_flag(predictor, args.run_dir, args.flag_atypical, args.gate, args.atypical_quantile,
+                                args.batch_size, args.device)
+        if flag is None:
+            print(f"genssl predict: no gate: {why}; the predictions carry no typicality columns "
+                  f"(--flag-atypical=KIND reads the run's dataset to flag by one detector; --no-gate silences this)",
+                  file=sys.stderr)
+        else:
+            print(f"genssl predict: {flag.describe()}", file=sys.stderr)
     rows, bad = predict_files(predictor, paths, args.top_k, args.batch_size, not args.no_progress, args.skip_bad,
                               flag)
     for p, why in bad:

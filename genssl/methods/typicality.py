@@ -25,6 +25,8 @@ Scores are computed by `typicality_scores` / `confidence_scores`: in eval mode, 
 off), in batches, with the noise of the stochastic bounds drawn from a fixed seed per batch (outside the global
 random stream), so a model's scores of a batch are a function of its weights. `threshold_from_validation` picks
 a threshold as a quantile of validation images' scores; an image scoring below it is flagged atypical.
+genssl.methods.detectors puts these scores, the energy and a feature density behind one interface, with the gate
+`genssl predict` applies by default.
 """
 
 from __future__ import annotations
@@ -110,6 +112,31 @@ def score_batches(method: Method, images: torch.Tensor, batch_size: int, seed: i
     """fn (B, C, H, W) floats in [0, 1] -> (B,) over batches of images (uint8 or floats), in eval mode, without
     gradients, autocast off, each batch's noise from seed + its index; (N,) float64 on the CPU. The one loop behind
     typicality_scores and confidence_scores, for a score of one's own."""
+    out = map_batches(method, images, batch_size, seed, fn, check=_one_per_image)
+    return torch.cat([s.double() for s in out]) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def batch_features(method: Method, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """method.encode of every image (its features, the classifier's last hidden layer for most methods), in eval
+    mode, without gradients, in fp32: (N, C, H, W) uint8 or floats in [0, 1] -> (N, D) float64 on the CPU."""
+    out = map_batches(method, images, batch_size, EVAL_SEED, method.encode, check=_two_dims)
+    return torch.cat([f.double() for f in out]) if out else torch.zeros(0, 0, dtype=torch.float64)
+
+
+def _one_per_image(out: torch.Tensor, n: int) -> None:
+    if out.shape != (n,):
+        raise AssertionError(f"a score gave shape {tuple(out.shape)} for {n} images")
+
+
+def _two_dims(out: torch.Tensor, n: int) -> None:
+    if out.dim() != 2 or out.shape[0] != n:
+        raise AssertionError(f"encode gave shape {tuple(out.shape)} for {n} images; features are (B, D)")
+
+
+def map_batches(method: Method, images: torch.Tensor, batch_size: int, seed: int, fn, check) -> list[torch.Tensor]:
+    """[fn(batch) on the CPU] over batches of images (uint8 or floats, converted to floats in [0, 1]), in eval mode,
+    without gradients, autocast off, each batch's noise from seed + its index; `check(out, batch size)` raises on
+    an output of the wrong shape."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if images.dim() != 1 + len(method.spec.image_shape):
@@ -126,13 +153,12 @@ def score_batches(method: Method, images: torch.Tensor, batch_size: int, seed: i
                 xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
                 with torch.random.fork_rng(devices=fork, device_type=device.type):
                     torch.manual_seed(seed + i)
-                    scores = fn(xb)
-                if scores.shape != (xb.shape[0],):
-                    raise AssertionError(f"a score gave shape {tuple(scores.shape)} for {xb.shape[0]} images")
-                out.append(scores.double().cpu())
+                    result = fn(xb)
+                check(result, xb.shape[0])
+                out.append(result.cpu())
     finally:
         method.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    return out
 
 
 # ------------------------------------------------------------------ helpers of the scores
