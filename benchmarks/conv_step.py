@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from throughput import CONV_ENTRIES, LAYOUTS, machine_info  # noqa: E402  (the script's folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py beside it, however this script is started
+from throughput import CONV_ENTRIES, LAYOUTS, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

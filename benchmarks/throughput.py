@@ -187,7 +187,8 @@ def measure(setting: dict) -> dict:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         limits = {p: matmul_gflops(p) for p in ("fp32", "bf16")  # same process, threads and moment as the step
                   if setting.get("count_flops", True)}
-    return {"precision": precision, "channels_last": module.channels_last, "samples_per_s": setting["seeds"] * setting["batch_size"] * setting["steps"] / dt,
+    return {"precision": precision, "channels_last": module.channels_last,
+            "samples_per_s": setting["seeds"] * setting["batch_size"] * setting["steps"] / dt,
             "ms_per_step": 1e3 * dt / setting["steps"],
             # CPU time of all the process's threads per step: on a shared machine it counts the work done, not the
             # waits for a core, so it is the steadier figure for A/B comparisons (wall = cpu / threads when idle)
@@ -217,9 +218,11 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--compile", nargs="*", default=["off"], choices=["off", "on"])
     p.add_argument("--layouts", nargs="*", default=["auto"], choices=list(LAYOUTS),
-                   help="conv memory layout (train.channels_last): auto (channels_last for conv nets), nchw, channels_last")
+                   help="conv memory layout (train.channels_last): auto (channels_last for conv nets), nchw, "
+                        "channels_last")
     p.add_argument("--conv", action="store_true",
-                   help="the conv rows: every entry of CONV_ENTRIES at its config's batch sizes (not --methods/--config)")
+                   help="the conv rows: every entry of CONV_ENTRIES at its config's batch sizes (not --methods, "
+                        "--config)")
     p.add_argument("--batch-sizes", nargs="*", type=int, default=[100], help="unlabeled images per step")
     p.add_argument("--labeled-batch-size", type=int, default=100)
     p.add_argument("--n-labels", type=int, default=100)

@@ -401,6 +401,7 @@ def test_method_trains_and_round_trips(method, overrides, run_config_factory, ti
     # save -> load into a fresh method gives the same predictions
     best = safe_torch_load(trainer.run_dir / "best.pt")
     fresh = create_method(method, cfg.method, m.spec)
+    fresh.lay_out(cfg.train.channels_last)  # as genssl.runs.run_dir.load_method does: the layout it trained in
     fresh.load_state_dict(best["model"])
     fresh.fit_readout(*_labeled(trainer, tiny_data))
     m.load_state_dict(best["model"])

@@ -56,9 +56,9 @@ class ClassifierMethod(Method):
     # precision: auto -> bf16 with arch conv on a CPU with native bf16 (supervised, pseudo_label, self_training,
     # fixmatch), fp32 with the MLP (its bf16 step is 0.96x-1.13x fp32's: not worth it). The ConvNet step, CPU ms
     # fp32 -> bf16, one thread, channels_last, one process, interleaved rounds (benchmarks/conv_step.py, AMD EPYC
-    # with avx512_bf16, 2026-12-07; benchmarks/README.md "Conv rows"): fixmatch (16 + 2 x 112 images) 570 -> 310
-    # (1.84x), pseudo_label (100 + 100) 510 -> 279 (1.83x), self_training (100 + 100) 217 -> 130 (1.67x),
-    # supervised (64 labeled) 159 -> 104 (1.53x). Accuracy: the paired check (bf16 not `worse` than fp32 by the
+    # with avx512_bf16, 2026-12-07; benchmarks/README.md "Conv rows"): fixmatch (16 + 2 x 112 images) 660 -> 350
+    # (1.89x), pseudo_label (100 + 100) 474 -> 264 (1.79x), self_training (100 + 100) 204 -> 120 (1.70x),
+    # supervised (64 labeled) 127 -> 78 (1.62x). Accuracy: the paired check (bf16 not `worse` than fp32 by the
     # paired test over >= 6 seeds at the study's 240 s budget) is pending; it will be recorded in
     # experiments/README.md, section "precision: auto".
     auto_bf16 = frozenset({"conv"})

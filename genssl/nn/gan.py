@@ -151,8 +151,9 @@ class Conv28Discriminator(nn.Module):
         self.feature_dim = w2
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        # channels_last (oneDNN's convolutions run 2-4x faster on it at these widths) comes from the kernels, which
-        # Method.setup converts once (genssl.nn.layout): the first convolution returns NHWC activations
+        # the layout (train.channels_last) comes from the kernels, which Method.setup converts once
+        # (genssl.nn.layout): the first convolution returns NHWC activations. On the AVX-512 EPYC this small net
+        # runs about as fast in either layout (benchmarks/README.md, "Conv rows")
         return self.body(self.noise(x) * 2 - 1)  # (B, 2*width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Memory layout of the convolutional networks: channels_last (NHWC) or the default NCHW.
 
 oneDNN (CPU) and cuDNN (GPU) run convolutions, batch norm and pooling faster on channels_last activations; on
-an AVX-512 EPYC the classifiers' ConvNet step runs 1.2x faster in fp32 and 1.2x faster again in bf16
-(benchmarks/README.md, "Conv rows"). A network is converted once, when its method is set up
-(`Method.setup`): `to_channels_last` rewrites every 4-D parameter and buffer (conv kernels) in NHWC order.
-Linear and batch-norm parameters are not 4-D and stay as they are, so an MLP is untouched.
+an AVX-512 EPYC the FixMatch ConvNet step runs 1.1-1.35x faster than NCHW (fp32 and bf16), the matched SSL-GAN's
+1.3x, the conv28 one's about the same (benchmarks/README.md, "Conv rows"). A network is converted
+once, when its method is set up (`Method.setup` -> `Method.lay_out`): `to_channels_last` gives every 4-D
+parameter and buffer (conv kernels) exact NHWC strides. Linear and batch-norm parameters are not 4-D and stay as
+they are, so an MLP is untouched.
 
 The batches need no conversion of their own: a convolution whose kernel is channels_last returns a
 channels_last output whatever its input's layout (oneDNN and cuDNN pick the layout from the input or the
@@ -14,6 +15,10 @@ module returns NCHW images anyway, so converting batches as they are drawn would
 images before augmentation rewrites them. Shapes are unchanged: a channels_last tensor is an ordinary
 (B, C, H, W) tensor with other strides, so callers that pass contiguous inputs (`predict`, exported encoders,
 `load_encoder`) get the same logits, and code that flattens it must use reshape/flatten, never view.
+
+What a layout costs is mostly in the elementwise ops: two operands of different layouts make the CPU kernel
+walk one with strides (up to 12x slower), so noise and dropout masks are made in their input's layout
+(`in_layout_of`), and a kernel's strides must be exactly NHWC (`is_channels_last`).
 """
 
 from __future__ import annotations
