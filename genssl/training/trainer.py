@@ -28,11 +28,13 @@ from genssl.data.source import class_names, full_pool_size, load_train_test, run
 from genssl.data.task import task_num_classes
 from genssl.data.spec import DataSpec
 from genssl.data.split import Split
+from genssl.encoders.density import write_gate
 from genssl.fileio import CheckpointError
 from genssl.methods import create_method
 from genssl.methods.base import Method
+from genssl.methods.detectors import fit_gate
 from genssl.registry import get_method_class
-from genssl.runs.run_dir import RunDir
+from genssl.runs.run_dir import RunDir, hold_runs
 from genssl.training.budget import BudgetClock, clock_kind
 from genssl.training.captured import CapturedStep, capture_decision
 from genssl.training.device import autocast, device_kind, device_name, resolve_device, resolve_precision
@@ -184,7 +186,7 @@ class Trainer:
                              full_pool_size(train, lane.cfg.data, split.seed))
         lane.selectors = {b: Selector(t.select, len(split.val)) for b in (None, *t.budgets_s)}
         method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
-        method.setup(t.steps, self.precision)
+        method.setup(t.steps, self.precision, t.channels_last)
         lane.batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size,
                                   t.batch_size, lane.seed, shard=(self.rank, self.world_size))
         if lane.resume:
@@ -214,9 +216,11 @@ class Trainer:
         return self.fit_all()[0]
 
     def fit_all(self) -> list[dict]:
-        """Train every lane; returns their results. SIGUSR2 / SIGTERM (a Slurm preemption) save last.pt at the next
-        step boundary, then take their course (genssl.training.preempt)."""
-        with CheckpointSignals(enabled=self.world_size == 1) as self._signals:
+        """Train every lane; returns their results. Each lane's run folder is locked for the whole run (RunBusy if
+        another live process trains it; genssl.runs.lock). SIGUSR2 / SIGTERM (a Slurm preemption) save last.pt at
+        the next step boundary, then take their course (genssl.training.preempt)."""
+        with hold_runs([lane.run.path for lane in self.lanes] if self.is_main else []), \
+                CheckpointSignals(enabled=self.world_size == 1) as self._signals:
             return self._fit_all()
 
     def _fit_all(self) -> list[dict]:
@@ -224,7 +228,7 @@ class Trainer:
         start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
         method_class = get_method_class(cfg.method_name)
-        self.precision, self.precision_reason = resolve_precision(t.precision, device, method_class)
+        self.precision, self.precision_reason = resolve_precision(t.precision, device, method_class, cfg.method)
         if t.threads:
             torch.set_num_threads(t.threads)
         train, test = task_data(*(self._data if self._data is not None else load_train_test(cfg.data, t.progress)),
@@ -442,6 +446,8 @@ class Trainer:
                 "val_acc": sel.pick_val if picked else None,
                 "test_acc": score(RunDir.budget_checkpoint(b)) if picked else None})
         test_acc = score(RunDir.BEST)  # last, so `method` ends with the run's own pick
+        if self.is_main and lane.val[0].shape[0]:  # the pick's atypical-input gate, for genssl predict
+            write_gate(lane.run.path, fit_gate(method, lane.lab, lane.val, t.eval_batch_size, lane.best_step))
         n = len(self.lanes)
         results = {
             "method": lane.cfg.method_name, "dataset": lane.cfg.data.dataset, "n_labels": lane.cfg.data.n_labels,
@@ -457,7 +463,8 @@ class Trainer:
             "budget_counts_validation": t.budget_counts_validation,
             "wall_time_s": lane.elapsed_before + wall / n, "device": device_name(device), "threads": t.threads,
             "device_kind": device_kind(device),
-            "precision": self.precision, "precision_reason": self.precision_reason, "torch": torch.__version__,
+            "precision": self.precision, "precision_reason": self.precision_reason,
+            "channels_last": method.channels_last, "torch": torch.__version__,
             "cuda_graph": self.step_mode, "cuda_graph_reason": self.cuda_graph_reason,
             "genssl": __version__,
             "config_digest": lane.cfg.digest(),
