@@ -86,6 +86,17 @@ def _new_figure():
     return fig, fig.add_subplot()
 
 
+def _finish(fig, ax, table: list[dict], style: dict, path: str | Path, xlabel: str, title: str) -> Path:
+    """Axis labels, title, grid and legend, then the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax, table, style)
+    _save(fig, Path(path))
+    return Path(path)
+
+
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -114,13 +125,7 @@ def accuracy_vs_labels(table: list[dict], path: str | Path, title: str = "") -> 
     else:
         ax.set_xticks([0], [str(counts[0])])
         ax.set_xlim(-0.5, 0.5)
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Accuracy against the number of labels")
-    ax.grid(alpha=0.3)
-    _legend(ax, table, style)
-    _save(fig, Path(path))
-    return Path(path)
+    return _finish(fig, ax, table, style, path, "labeled examples", title or "Accuracy against the number of labels")
 
 
 def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Path:
@@ -138,13 +143,8 @@ def accuracy_vs_time(table: list[dict], path: str | Path, title: str = "") -> Pa
     times = [r["wall_time_s_mean"] for r in table]
     if times and min(times) > 0 and max(times) / min(times) > 10:
         ax.set_xscale("log")
-    ax.set_xlabel("wall time per run (s)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Accuracy against training time (points labeled with the label count)")
-    ax.grid(alpha=0.3)
-    _legend(ax, table, style)
-    _save(fig, Path(path))
-    return Path(path)
+    return _finish(fig, ax, table, style, path, "wall time per run (s)",
+                   title or "Accuracy against training time (points labeled with the label count)")
 
 
 def accuracy_vs_budget(table: list[dict], path: str | Path, title: str = "") -> Path:
@@ -165,10 +165,5 @@ def accuracy_vs_budget(table: list[dict], path: str | Path, title: str = "") -> 
         ax.fill_between(xs, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)],
                         color=colour, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
-    ax.set_xlabel("budget (s of the budget clock)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "Accuracy at equal cost (bands: 95% intervals over seeds)")
-    ax.grid(alpha=0.3)
-    _legend(ax, table, style)
-    _save(fig, Path(path))
-    return Path(path)
+    return _finish(fig, ax, table, style, path, "budget (s of the budget clock)",
+                   title or "Accuracy at equal cost (bands: 95% intervals over seeds)")
