@@ -250,3 +250,12 @@ def test_torch_hub_local_checkout(tmp_path):
             assert torch.equal(released(x), reference(x)), name
             if reference.has_posterior:
                 assert all(torch.equal(a, b) for a, b in zip(released.posterior(x), reference.posterior(x))), name
+
+
+def test_probing_an_encoders_width_restores_every_modules_mode():
+    from genssl.encoders.format import infer_out_dim
+
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)).eval()
+    wrapper = torch.nn.Sequential(inner)  # a fresh wrapper is in train mode around an eval-mode network
+    assert infer_out_dim(wrapper, (1, 2, 2)) == 3
+    assert wrapper.training and not any(m.training for m in inner.modules())

@@ -122,11 +122,12 @@ def infer_out_dim(net: nn.Module, input_shape) -> int | None:
     if any(d is None for d in input_shape):
         return None
     p = next(iter(net.parameters()), None)
+    modes = {m: m.training for m in net.modules()}  # per module: a fresh wrapper may hold an EMA net in eval mode
     with torch.no_grad():
-        was = net.training
         net.eval()
         out = net(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
-        net.train(was)
+    for m, training in modes.items():
+        m.training = training
     if out.dim() != 2:
         raise ValueError(f"an encoder must map images to (B, D) features, {type(net).__name__} gave {tuple(out.shape)}")
     return out.shape[1]
