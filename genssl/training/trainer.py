@@ -6,13 +6,14 @@ with its own run folder (genssl.runs.run_dir.RunDir), split, data order, monitor
 results.json, exactly as a single run writes them. How the lanes' steps are computed is the step strategy:
 `SingleStep` calls `method.train_step`; `genssl.training.stacked.StackedStep` trains all lanes' parameters
 stacked, in one vmapped step; `genssl.training.captured.CapturedStep` replays one lane's step as a CUDA graph.
-Everything else (guards, evaluation, checkpoints, resume) is shared code.
+Everything else (guards, evaluation, checkpoints, resume) is shared code. `Trainer._loop` reads as the loop it
+is (step, log, evaluate, save); what each lane picks (selection, budgets, the oracle curve, validation outcomes)
+is kept by its `genssl.training.bookkeeper.Bookkeeper`, whose state is what last.pt carries and resume restores.
 (Over 350 lines on purpose: it is the one loop, and splitting its guards from it would hide the order they run in.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from genssl.methods.base import Method
 from genssl.methods.detectors import fit_gate
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir, hold_runs
+from genssl.training.bookkeeper import Bookkeeper
 from genssl.training.budget import BudgetClock, clock_kind
 from genssl.training.captured import CapturedStep, capture_decision
 from genssl.training.device import autocast, device_kind, device_name, resolve_device, resolve_precision
@@ -44,7 +46,6 @@ from genssl.training.monitor import Monitor, progress
 from genssl.training.pool_filter import filter_unlabeled
 from genssl.training.preempt import CheckpointSignals
 from genssl.training.rng import rng_state, seed_everything, set_rng_state
-from genssl.training.selection import Selector
 from genssl.training.stacked import StackedStep
 
 
@@ -79,33 +80,37 @@ class SingleStep:
         self.method.train()
 
 
+def _main_pick(attr: str) -> property:
+    """A Lane attribute that reads and writes its bookkeeper's main selector."""
+    return property(lambda lane: getattr(lane.book.main, attr), lambda lane, v: setattr(lane.book.main, attr, v))
+
+
 @dataclass
 class Lane:
-    """One seed's run inside a Trainer."""
+    """One seed's run inside a Trainer. What it has picked lives in `book` (genssl.training.bookkeeper)."""
     cfg: RunConfig
     run: RunDir
     resume: bool
+    step: int = 0                                     # the step reached (restored on resume)
     split: Split | None = None
     batcher: SSLBatcher | None = None
     val: tuple = ()
     lab: tuple = ()
     monitor: Monitor | None = None
-    best_val: float = -1.0
-    best_step: int = -1
+    book: Bookkeeper | None = None                    # selection, budgets, oracle curve, validation outcomes
     elapsed_before: float = 0.0
     last_good_step: int | None = None
     resume_overrides: dict = field(default_factory=dict)
     sums: dict = field(default_factory=dict)
-    selectors: dict = field(default_factory=dict)     # None (the run's pick, best.pt) or a budget -> Selector
-    curve: list = field(default_factory=list)         # one dict per evaluation: step, clock_s, val_acc, [oracle]
-    budget_steps: dict = field(default_factory=dict)  # budget -> the last step reached within it
-    clock_before: float = 0.0                         # budget-clock seconds of the process before a resume
-    val_outcomes: list = field(default_factory=list)  # with train.oracle: (n_val,) bool per evaluation
     filter_report: dict | None = None                 # with data.filter_run: what the pool filter kept
 
     @property
     def seed(self) -> int:
         return self.cfg.train.seed
+
+    # views of the bookkeeper's main pick (best.pt), not copies of it
+    best_val = _main_pick("pick_val")
+    best_step = _main_pick("pick_step")
 
 
 class Trainer:
@@ -132,8 +137,11 @@ class Trainer:
         self.resume = resume
 
     # ------------------------------------------------------------------ set-up
-    def _load_data(self, lane: Lane, train: ImageData, images, labels) -> Split:
+    def _load_data(self, lane: Lane, train: ImageData, images, labels) -> tuple[Split, float]:
+        """The lane's split (saved, or drawn and filtered now) and the seconds of pool filtering it charges to
+        the budget clock."""
         d = lane.cfg.data
+        charged_s = 0.0
         saved = lane.run.read_split() if lane.resume and lane.run.has(RunDir.SPLIT) else None
         seed = d.split_seed if d.split_seed is not None else lane.seed
         split = run_split(train, d, seed, saved, str(lane.run / RunDir.SPLIT))
@@ -145,7 +153,7 @@ class Trainer:
                                                              d.filter_quantile, d.filter_score, images.device)
                 lane.filter_report["cost_s"] = round(cost.elapsed(), 3)  # loading the filter model, scoring the pool
                 if lane.cfg.train.budget_counts_filter:
-                    lane.clock_before = lane.filter_report["cost_s"]
+                    charged_s = lane.filter_report["cost_s"]
                 if self.is_main:
                     lane.run.write_filter_report(lane.filter_report)
             else:
@@ -154,7 +162,7 @@ class Trainer:
             lane.run.write_split(split)
         if split.unlabeled.numel() == 0:
             raise ValueError("the unlabeled pool is empty: lower data.n_labels/n_val or set labeled_in_unlabeled")
-        return split
+        return split, charged_s
 
     def _check_resume_compatible(self, lane: Lane, ckpt: dict, path: Path) -> None:
         if ckpt["method"] != lane.cfg.method_name:
@@ -178,13 +186,14 @@ class Trainer:
         if self.is_main:
             lane.run.prepare(lane.resume)
         seed_everything(lane.seed + self.rank)
-        lane.split = split = self._load_data(lane, train, images, labels)
+        split, charged_s = self._load_data(lane, train, images, labels)
+        lane.split = split
         lane.val = (images[split.val.to(device)], labels[split.val.to(device)])
         lane.lab = (to_float(images[split.labeled.to(device)]), labels[split.labeled.to(device)])
         self.spec = DataSpec(train.image_shape, task_num_classes(train, lane.cfg.data.classes), len(split.labeled),
                              len(split.unlabeled), allows_hflip(lane.cfg.data.dataset),
                              full_pool_size(train, lane.cfg.data, split.seed))
-        lane.selectors = {b: Selector(t.select, len(split.val)) for b in (None, *t.budgets_s)}
+        lane.book = Bookkeeper(t.select, len(split.val), t.budgets_s, clock_before=charged_s)
         method = create_method(lane.cfg.method_name, lane.cfg.method, self.spec).to(device)
         method.setup(t.steps, self.precision, t.channels_last)
         lane.batcher = SSLBatcher(images, labels, split.labeled, split.unlabeled, t.labeled_batch_size,
@@ -197,9 +206,8 @@ class Trainer:
             ranks_rng = ckpt.get("rng_ranks")  # data-parallel runs keep every rank's noise stream
             set_rng_state(ranks_rng[self.rank] if ranks_rng and len(ranks_rng) == self.world_size else ckpt["rng"])
             lane.step = ckpt["step"]
-            lane.best_val, lane.best_step = ckpt["best_val"], ckpt["best_step"]
             lane.elapsed_before = ckpt.get("wall_time_s", 0.0)
-            self._restore_selection(lane, ckpt)
+            lane.book.load_state_dict(ckpt, lane.run / RunDir.LAST)
             self._adopt_newer_best(lane)
             lane.last_good_step = lane.step
         else:
@@ -224,8 +232,27 @@ class Trainer:
             return self._fit_all()
 
     def _fit_all(self) -> list[dict]:
+        t = self.cfg.train
+        self._start_time = time.perf_counter()
+        step = self._set_up()
+        bar = progress(t.steps, step, self._description(), t.progress and self.is_main)
+        step, stopped_at_budget = self._loop(step, bar)
+        bar.close()
+        wall = time.perf_counter() - self._start_time
+        self.budget_clock_s = self.clock.elapsed() / len(self.lanes)
+        if self.ddp:
+            self.ddp.barrier()  # rank 0 has finished writing best.pt
+        results = [self._finish(lane, self.strategy.lane_method(i), *self._test, wall, self.device, step,
+                                stopped_at_budget)
+                   for i, lane in enumerate(self.lanes)]
+        self.method = self.strategy.lane_method(0)
+        return results
+
+    def _set_up(self) -> int:
+        """Device, data, every lane (fresh or resumed), the budget clock, the step strategy and the monitors;
+        returns the step the lanes start from. The clock starts here: what follows it is on the clock, as the
+        steps are."""
         cfg, t = self.cfg, self.cfg.train
-        start_time = time.perf_counter()
         self.device = device = resolve_device(t.device)
         method_class = get_method_class(cfg.method_name)
         self.precision, self.precision_reason = resolve_precision(t.precision, device, method_class, cfg.method)
@@ -243,11 +270,20 @@ class Trainer:
             raise CheckpointError(f"stacked seeds resume from the same step, but their last checkpoints are at "
                                   f"steps {sorted(steps)}; resume them one by one (genssl train --resume per folder)")
         step = steps.pop()
-        n_lanes = len(self.lanes)
-        clock = BudgetClock(clock_kind(device), before=self.lanes[0].clock_before, device=device)
-        self.clock = clock
-        x_test, y_test = test.images.to(device), test.labels.to(device)
-        budgets = sorted(t.budgets_s)
+        self.clock = BudgetClock(clock_kind(device), before=self.lanes[0].book.clock_before, device=device)
+        self._test = (test.images.to(device), test.labels.to(device))
+        self.strategy = self._make_strategy(methods, method_class)
+        for lane in self.lanes:
+            if self.is_main:
+                lane.run.write_config(lane.cfg)
+            # Events up to the saved step were written before the checkpoint; later ones belong to the lost timeline.
+            lane.monitor = Monitor(lane.run.tb if self.is_main else None,
+                                   purge_step=step + 1 if lane.resume else None)
+        return step
+
+    def _make_strategy(self, methods: list[Method], method_class):
+        """How the lanes' steps are computed (stacked, captured or single), then DDP and compilation."""
+        cfg, t, device = self.cfg, self.cfg.train, self.device
         self.cuda_graph, self.cuda_graph_reason = capture_decision(
             t.cuda_graph, device, method_class, cfg.method, self.precision, t.compile, self.world_size, len(methods))
         if len(methods) > 1:
@@ -264,158 +300,161 @@ class Trainer:
         if t.compile:
             for m in methods:
                 m.compile_networks()
+        return strategy
+
+    def _description(self) -> str:
+        t = self.cfg.train
+        return (f"{self.cfg.method_name} {self.precision}"
+                + (f" ({self.precision_reason})" if t.precision == "auto" else "")
+                + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else "")
+                + (f", cuda graph {self.cuda_graph_reason}"
+                   if self.device.type == "cuda" and t.cuda_graph != "off" else ""))
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, step: int, bar) -> tuple[int, bool]:
+        """Step, log, evaluate, save, until train.steps (or the last budget with train.stop_at_budget);
+        returns the step reached and whether the budget stopped it."""
+        t = self.cfg.train
+        stop_at = max(t.budgets_s) if t.budgets_s and t.stop_at_budget else None
+        self._unlogged = 0  # steps whose logs are not yet flushed (and so whose losses are not yet checked)
+        self.strategy.train()
+        while step < t.steps:
+            if stop_at is not None and self.clock.elapsed() / len(self.lanes) > stop_at:
+                return step, True  # a resumed run whose budget was already spent
+            self._train_step(step)
+            step += 1
+            boundary = step == t.steps
+            spent = self._reach_budgets(step)
+            self._log(step, boundary, bar)
+            if step % t.eval_every == 0 or boundary:
+                self._evaluate(step, bar)
+            self._save(step, boundary)
+            bar.update(1)
+            if stop_at is not None and spent > stop_at and step < t.steps:
+                self._flush_unlogged(step)
+                self._save_last(step)
+                return step, True
+        return step, False
+
+    def _train_step(self, step: int) -> None:
+        """One step of every lane; its logs are summed on the device until the next flush."""
+        batches = [lane.batcher.next() for lane in self.lanes]
+        with autocast(self.device, self.precision):
+            lane_logs = self.strategy(batches, step)
+        for lane, logs in zip(self.lanes, lane_logs):
+            for k, v in logs.items():
+                v = v.detach().float()
+                lane.sums[k] = lane.sums[k] + v if k in lane.sums else v
+        self._unlogged += 1
+
+    def _reach_budgets(self, step: int) -> float | None:
+        """The budget clock read where the step's work ends, before the evaluation and saving that follow it;
+        every lane's bookkeeper marks the budgets `step` is within. None without budgets."""
+        if not self.cfg.train.budgets_s:
+            return None
+        spent = self.clock.elapsed() / len(self.lanes)
         for lane in self.lanes:
-            if self.is_main:
-                lane.run.write_config(lane.cfg)
-            # Events up to the saved step were written before the checkpoint; later ones belong to the lost timeline.
-            lane.monitor = Monitor(lane.run.tb if self.is_main else None,
-                                   purge_step=step + 1 if lane.resume else None)
+            lane.book.reach(step, spent)
+        return spent
 
-        def save_last(at_step: int) -> None:
-            with clock.paused():  # checkpoint writes are off the budget clock
-                write_last(at_step)
+    def _log(self, step: int, boundary: bool, bar) -> None:
+        """Flush the logs every log_every steps, and before every evaluation and save: never evaluate or save
+        weights from steps whose losses were not yet checked."""
+        t = self.cfg.train
+        shown = step % t.log_every == 0 or boundary
+        if not (shown or step % t.eval_every == 0 or step % t.ckpt_every == 0):
+            return
+        lane_means = self._flush(step)
+        if shown:  # every seed's value, as val_acc
+            bar.set_postfix({k.split("/")[-1]: ",".join(f"{m[k]:.3g}" for m in lane_means)
+                             for k in lane_means[0]}, refresh=False)
 
-        def write_last(at_step: int) -> None:
+    def _flush(self, at_step: int) -> list[dict[str, float]]:
+        """Each lane's mean logs since the last flush, checked and written to its TensorBoard; one dict per lane."""
+        lane_means = []
+        for i, lane in enumerate(self.lanes):
+            means = self._flush_logs(lane, self.strategy.lane_method(i), self._unlogged, at_step)
+            lane.monitor.scalars(means, at_step)
+            lane_means.append(means)
+        self._unlogged = 0
+        return lane_means
+
+    def _flush_unlogged(self, at_step: int) -> None:
+        if self._unlogged:
+            self._flush(at_step)
+
+    def _save(self, step: int, boundary: bool) -> None:
+        """last.pt every ckpt_every steps and at the end; on a preemption signal, save here (checked losses
+        only), then let the signal act."""
+        if step % self.cfg.train.ckpt_every == 0 or boundary or self._signals.pending is not None:
+            self._flush_unlogged(step)
+            self._save_last(step)
+        if self._signals.pending is not None:
+            self._signals.hand_over()
+
+    def _save_last(self, at_step: int) -> None:
+        """Every lane's last.pt: method, data order, RNG and its bookkeeper's state; off the budget clock."""
+        with self.clock.paused():
             for i, lane in enumerate(self.lanes):
-                self._check_weights_finite(lane, strategy.lane_method(i), at_step)
+                self._check_weights_finite(lane, self.strategy.lane_method(i), at_step)
             if self.ddp:
                 self.ddp.sync_buffers()
             rng_ranks = self.ddp.gather(rng_state()) if self.ddp else None
-            wall = time.perf_counter() - start_time
-            for lane, state in zip(self.lanes, strategy.checkpoint_states()):
+            wall = time.perf_counter() - self._start_time
+            spec = self.strategy.lane_method(0).spec.to_dict()
+            for lane, state in zip(self.lanes, self.strategy.checkpoint_states()):
                 if self.is_main:
                     lane.run.save_checkpoint(RunDir.LAST, {
-                        "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
-                        "data_spec": strategy.lane_method(0).spec.to_dict(), "class_names": self.class_names,
-                        "method_state": state,
+                        "method": lane.cfg.method_name, "config": lane.cfg.to_dict(), "data_spec": spec,
+                        "class_names": self.class_names, "method_state": state,
                         "batcher": lane.batcher.state_dict(), "rng": rng_state(), "rng_ranks": rng_ranks,
-                        "step": at_step, "best_val": lane.best_val, "best_step": lane.best_step,
-                        "wall_time_s": lane.elapsed_before + wall,
-                        "selection": {str(b): sel.state_dict() for b, sel in lane.selectors.items()},
-                        "curve": lane.curve, "budget_steps": {str(b): s for b, s in lane.budget_steps.items()},
-                        "budget_clock_s": clock.elapsed(),
-                        "val_outcomes": torch.stack(lane.val_outcomes) if lane.val_outcomes else None,
+                        "step": at_step, "wall_time_s": lane.elapsed_before + wall,
+                        **lane.book.state_dict(self.clock.elapsed()),
                     })
                 lane.last_good_step = at_step
 
-        def evaluate(at_step: int) -> list[float]:
-            accs = []
-            for i, lane in enumerate(self.lanes):
-                method = strategy.lane_method(i)
-                n_val = lane.val[0].shape[0]
-                with clock.counted_if(t.budget_counts_validation):
-                    self._check_weights_finite(lane, method, at_step)
-                    if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
-                        self.ddp.sync_buffers()
-                    method.fit_readout(*lane.lab, seed=lane.seed)
-                    val_acc = self._validate(lane, method, n_val)
-                clock_s = clock.elapsed() / n_lanes
-                with clock.paused():  # bookkeeping, checkpoint writes and image logging are off the clock
-                    self._record_evaluation(lane, method, at_step, clock_s, val_acc, x_test, y_test)
-                accs.append(val_acc)
-            strategy.train()
-            return accs
-
-        def flush(at_step: int, count: int) -> list[dict[str, float]]:
-            """Each lane's mean logs since the last flush, written to its TensorBoard; one dict per lane."""
-            lane_means = []
-            for i, lane in enumerate(self.lanes):
-                means = self._flush_logs(lane, strategy.lane_method(i), count, at_step)
-                lane.monitor.scalars(means, at_step)
-                lane_means.append(means)
-            return lane_means
-
-        desc = (f"{cfg.method_name} {self.precision}" + (f" ({self.precision_reason})" if t.precision == "auto" else "")
-                + (f" x{len(self.lanes)} seeds" if len(self.lanes) > 1 else "")
-                + (f", cuda graph {self.cuda_graph_reason}" if device.type == "cuda" and t.cuda_graph != "off" else ""))
-        bar = progress(t.steps, step, desc, t.progress and self.is_main)
-        count = 0
-        strategy.train()
-        stopped_at_budget = False
-        while step < t.steps:
-            if budgets and t.stop_at_budget and clock.elapsed() / n_lanes > budgets[-1]:
-                stopped_at_budget = True  # a resumed run whose budget was already spent
-                break
-            batches = [lane.batcher.next() for lane in self.lanes]
-            with autocast(device, self.precision):
-                lane_logs = strategy(batches, step)
-            for lane, logs in zip(self.lanes, lane_logs):
-                for k, v in logs.items():
-                    v = v.detach().float()
-                    lane.sums[k] = lane.sums[k] + v if k in lane.sums else v
-            count += 1
-            step += 1
-            boundary = step == t.steps
-            if budgets:  # read where the step's work ends, before the evaluation and saving that follow it
-                spent = clock.elapsed() / n_lanes
-                for lane in self.lanes:
-                    lane.budget_steps.update({b: step for b in budgets if spent <= b})
-            if step % t.log_every == 0 or boundary or (count and (step % t.eval_every == 0 or step % t.ckpt_every == 0)):
-                # never evaluate or save weights from steps whose losses were not yet checked
-                lane_means = flush(step, count)
-                count = 0
-                if step % t.log_every == 0 or boundary:  # every seed's value, as val_acc below
-                    bar.set_postfix({k.split("/")[-1]: ",".join(f"{m[k]:.3g}" for m in lane_means)
-                                     for k in lane_means[0]}, refresh=False)
-            if step % t.eval_every == 0 or boundary:
-                accs = evaluate(step)
-                bar.set_postfix_str("val_acc=" + ",".join(f"{a:.4f}" for a in accs)
-                                    + " best=" + ",".join(f"{lane.best_val:.4f}" for lane in self.lanes),
-                                    refresh=False)
-            if step % t.ckpt_every == 0 or boundary:
-                save_last(step)
-            elif self._signals.pending is not None:  # preempted: save here (checked losses only), then let it act
-                if count:
-                    flush(step, count)
-                    count = 0
-                save_last(step)
-            if self._signals.pending is not None:
-                self._signals.hand_over()
-            bar.update(1)
-            if budgets:
-                if t.stop_at_budget and spent > budgets[-1] and step < t.steps:
-                    stopped_at_budget = True
-                    if count:
-                        flush(step, count)
-                    save_last(step)
-                    break
-        bar.close()
-        wall = time.perf_counter() - start_time
-        self.budget_clock_s = clock.elapsed() / n_lanes
-        if self.ddp:
-            self.ddp.barrier()  # rank 0 has finished writing best.pt
-        results = [self._finish(lane, strategy.lane_method(i), x_test, y_test, wall, device, step,
-                                stopped_at_budget)
-                   for i, lane in enumerate(self.lanes)]
-        self.method = strategy.lane_method(0)
-        return results
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, at_step: int, bar) -> None:
+        """Validate every lane (on the budget clock only with train.budget_counts_validation), then record it
+        off the clock."""
+        t, clock = self.cfg.train, self.clock
+        accs = []
+        for i, lane in enumerate(self.lanes):
+            method = self.strategy.lane_method(i)
+            n_val = lane.val[0].shape[0]
+            with clock.counted_if(t.budget_counts_validation):
+                self._check_weights_finite(lane, method, at_step)
+                if self.ddp:  # every rank evaluates rank 0's running statistics, so all take the same decisions
+                    self.ddp.sync_buffers()
+                method.fit_readout(*lane.lab, seed=lane.seed)
+                val_acc = self._validate(lane, method, n_val)
+            clock_s = clock.elapsed() / len(self.lanes)
+            with clock.paused():  # bookkeeping, checkpoint writes and image logging are off the clock
+                self._record_evaluation(lane, method, at_step, clock_s, val_acc, *self._test)
+            accs.append(val_acc)
+        self.strategy.train()
+        bar.set_postfix_str("val_acc=" + ",".join(f"{a:.4f}" for a in accs)
+                            + " best=" + ",".join(f"{lane.book.best_val:.4f}" for lane in self.lanes),
+                            refresh=False)
 
     def _record_evaluation(self, lane: Lane, method: Method, at_step: int, clock_s: float, val_acc: float,
                            x_test, y_test) -> None:
         """An evaluation's bookkeeping: the curve point (with the oracle's test score), each selector's offer and
         the checkpoints it keeps, and the sample images. The caller keeps it off the budget clock."""
         t = lane.cfg.train
-        n_val = lane.val[0].shape[0]
         point = {"step": at_step, "clock_s": round(clock_s, 3), "val_acc": val_acc}
-        if n_val:
+        if lane.val[0].shape[0]:
             lane.monitor.scalars({"val/acc": val_acc}, at_step)
         if t.oracle:  # study only: logged under "oracle", never read by a selector
             point["oracle_test_acc"] = accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
             lane.monitor.scalars({"oracle/test_acc": point["oracle_test_acc"]}, at_step)
-        lane.curve.append(point)
-        saved = None
-        for budget, selector in lane.selectors.items():
-            if budget is not None and clock_s > budget:
-                continue  # these weights were reached after the budget was spent
-            if selector.offer(at_step, val_acc) and self.is_main:
-                name = RunDir.BEST if budget is None else RunDir.budget_checkpoint(budget)
-                payload = saved = saved or {
-                    "method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
-                    "data_spec": method.spec.to_dict(), "class_names": self.class_names,
-                    "model": method.state_dict(), "step": at_step, "val_acc": val_acc,
-                    "select": t.select}
-                lane.run.save_checkpoint(name, payload)
-        lane.best_val, lane.best_step = lane.selectors[None].pick_val, lane.selectors[None].pick_step
+        taken = lane.book.record(point, clock_s)
+        if self.is_main and taken:
+            payload = {"method": lane.cfg.method_name, "config": lane.cfg.to_dict(),
+                       "data_spec": method.spec.to_dict(), "class_names": self.class_names,
+                       "model": method.state_dict(), "step": at_step, "val_acc": val_acc, "select": t.select}
+            for budget in taken:
+                lane.run.save_checkpoint(RunDir.BEST if budget is None else RunDir.budget_checkpoint(budget), payload)
         if self.is_main:
             with torch.no_grad():
                 method.eval()
@@ -435,16 +474,7 @@ class Trainer:
             method.fit_readout(*lane.lab, seed=lane.seed)
             return accuracy(method, x_test, y_test, t.eval_batch_size, self.precision)
 
-        budgets = []
-        for b in sorted(t.budgets_s):
-            sel = lane.selectors[b]
-            picked = sel.pick_step >= 0
-            at = next((p for p in lane.curve if p["step"] == sel.pick_step), {})
-            budgets.append({
-                "budget_s": b, "spent": self.budget_clock_s >= b, "steps_within": lane.budget_steps.get(b, 0),
-                "step": sel.pick_step if picked else None, "clock_s": at.get("clock_s"),
-                "val_acc": sel.pick_val if picked else None,
-                "test_acc": score(RunDir.budget_checkpoint(b)) if picked else None})
+        budgets = lane.book.budget_rows(self.budget_clock_s, lambda b: score(RunDir.budget_checkpoint(b)))
         test_acc = score(RunDir.BEST)  # last, so `method` ends with the run's own pick
         if self.is_main and lane.val[0].shape[0]:  # the pick's atypical-input gate, for genssl predict
             write_gate(lane.run.path, fit_gate(method, lane.lab, lane.val, t.eval_batch_size, lane.best_step))
@@ -457,7 +487,7 @@ class Trainer:
             "mismatch_mode": lane.cfg.data.mismatch_mode,
             "steps": final_step, "scheduled_steps": t.steps, "stopped_at_budget": stopped_at_budget,
             "budget_clock": self.clock.kind, "budget_clock_s": self.budget_clock_s, "budgets": budgets,
-            "curve": lane.curve, "filter": lane.filter_report,
+            "curve": lane.book.curve, "filter": lane.filter_report,
             "filter_cost_s": (lane.filter_report or {}).get("cost_s"),
             "budget_counts_filter": t.budget_counts_filter,
             "budget_counts_validation": t.budget_counts_validation,
@@ -474,8 +504,8 @@ class Trainer:
             results |= {"group_wall_time_s": wall, "seeds_trained_together": n}
         if self.is_main:
             self._log_final(lane, method, results)
-            if lane.val_outcomes:
-                lane.run.write_val_outcomes(torch.stack(lane.val_outcomes), [p["step"] for p in lane.curve],
+            if lane.book.val_outcomes:
+                lane.run.write_val_outcomes(torch.stack(lane.book.val_outcomes), [p["step"] for p in lane.book.curve],
                                             lane.split.val)
             lane.run.write_results(results)
         lane.monitor.close()
@@ -489,28 +519,8 @@ class Trainer:
         if not t.oracle:
             return accuracy(method, *lane.val, t.eval_batch_size, self.precision) if n_val else float("nan")
         hits = correct(method, *lane.val, t.eval_batch_size, self.precision)
-        lane.val_outcomes.append(hits.cpu())
+        lane.book.val_outcomes.append(hits.cpu())
         return float(hits.float().mean()) if n_val else float("nan")
-
-    def _restore_selection(self, lane: Lane, ckpt: dict) -> None:
-        """Selectors, curve and budget clock from a checkpoint; one written before they existed carries only
-        best_val/best_step, which is the state of the `best` policy."""
-        states = ckpt.get("selection")
-        if states is None:
-            main = lane.selectors[None]
-            main.pick_val = main.best_val = ckpt["best_val"]
-            main.pick_step = ckpt["best_step"]
-        else:
-            for b, sel in lane.selectors.items():
-                if str(b) not in states:
-                    raise CheckpointError(f"{lane.run / RunDir.LAST}: no selection state for budget {b}; the run "
-                                          f"began with other train.budgets_s")
-                sel.load_state_dict(states[str(b)])
-        lane.curve = list(ckpt.get("curve", []))
-        lane.budget_steps = {float(b): s for b, s in ckpt.get("budget_steps", {}).items()}
-        lane.clock_before = ckpt.get("budget_clock_s", 0.0)
-        outcomes = ckpt.get("val_outcomes")
-        lane.val_outcomes = list(outcomes.cpu()) if outcomes is not None else []
 
     def _adopt_newer_best(self, lane: Lane) -> None:
         """A run killed after an evaluation but before its next checkpoint leaves a best.pt newer than last.pt.
@@ -520,10 +530,7 @@ class Trainer:
             return
         best = lane.run.load_checkpoint(RunDir.BEST)
         if best.get("method") == lane.cfg.method_name and best.get("step", -1) > lane.step:
-            lane.best_val, lane.best_step = float(best["val_acc"]), int(best["step"])
-            main = lane.selectors[None]
-            main.pick_val, main.pick_step = lane.best_val, lane.best_step
-            main.best_val = max(main.best_val, lane.best_val)
+            lane.book.adopt(int(best["step"]), float(best["val_acc"]))
 
     def _flush_logs(self, lane: Lane, method: Method, count: int, step: int) -> dict[str, float]:
         sums, lane.sums = lane.sums, {}
