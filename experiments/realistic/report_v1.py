@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genssl.compare.stats import compare_to_reference
 from genssl.training.selection import replay
 
 POLICIES = ("best", "last", "within_se", "smoothed")
@@ -147,6 +148,7 @@ def default_tables(runs: list[dict], subsets: int, per_class: int) -> tuple[str,
              "| method | oracle | best (5,000) | " + " | ".join(f"{p} ({per_class}/class)" for p in POLICIES)
              + " |", "|---|" + "---:|" * (2 + len(POLICIES))]
     loss = defaultdict(list)  # policy -> [oracle - pick] over runs and budgets, at realistic validation
+    run_of = defaultdict(list)  # policy -> the run folder of each loss
     curves = {}
     for label, rs in by_method.items():
         row = {"oracle": [oracle(r["curve"], None) for r in rs],
@@ -165,14 +167,13 @@ def default_tables(runs: list[dict], subsets: int, per_class: int) -> tuple[str,
                 o = oracle(r["curve"], b)
                 for p in POLICIES:
                     loss[p].append(o - subset_pick(r, p, b, per_class, subsets, labels_cache[str(r["folder"])]))
+                    run_of[p].append(str(r["folder"]))
         curves[label] = {b: [subset_pick(r, "within_se", b, per_class, subsets, labels_cache[str(r["folder"])])
                              for r in rs] for b in budgets}
     lines += ["", f"Test accuracy (%), mean ± sd over seeds. Each policy column averages {subsets} random "
               f"stratified validation subsets of {per_class} images per class per run.", ""]
-    lines += ["### What each policy loses against the oracle, at realistic validation", "",
-              "| policy | mean loss (points) | worst loss |", "|---|---:|---:|"]
-    for p in POLICIES:
-        lines.append(f"| {p} | {statistics.fmean(loss[p]):.2f} | {max(loss[p]):.2f} |")
+    lines += ["### What each policy loses against the oracle, at realistic validation", ""]
+    lines += policy_loss_table(loss, run_of)
     lines += ["", f"Over every default-point run and every budget ({', '.join(f'{b:g}' for b in budgets)} s).", ""]
     lines += ["### Equal cost (default point, within_se on 10 per class)", "",
               "| method | " + " | ".join(f"≤ {b:g} s" for b in budgets) + " | steps in " + f"{budgets[-1]:g} s |",
@@ -221,19 +222,41 @@ def axis_table(runs: list[dict], prefix: str, values: dict[str, float], title: s
                                      "supervised": sup if supervised else None}
 
 
+def policy_loss_table(loss: dict[str, list[float]], run_of: dict[str, list[str]], against: str = "within_se"
+                      ) -> list[str]:
+    """Each policy's loss against the oracle, and its paired difference with `against`'s: a run's losses are
+    averaged over its budgets first (they are not independent), then paired over runs (genssl.compare.stats)."""
+    per_run = {p: defaultdict(list) for p in POLICIES}
+    for p in POLICIES:
+        for run, value in zip(run_of[p], loss[p]):
+            per_run[p][run].append(value)
+    mean_of = {p: {run: statistics.fmean(v) for run, v in per_run[p].items()} for p in POLICIES}
+    verdicts = compare_to_reference({p: dict(enumerate(mean_of[p][run] for run in sorted(mean_of[p])))
+                                     for p in POLICIES}, against)
+    lines = [f"| policy | mean loss (points) | worst loss | loss minus {against}'s, paired over runs [95% BCa] | "
+             "p (Holm) | verdict |", "|---|---:|---:|---:|---:|---|"]
+    for p in POLICIES:
+        v = verdicts.get(p)
+        paired = (f"{v.mean:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}] | {v.p:.3g} ({v.p_holm:.3g}) | {v.verdict}"
+                  if v is not None else "reference | | ")
+        lines.append(f"| {p} | {statistics.fmean(loss[p]):.2f} | {max(loss[p]):.2f} | {paired} |")
+    return lines + ["", "A verdict `better` here means a larger loss than " + against + "'s; `worse`, a smaller one."]
+
+
 def axis_policy_losses(runs: list[dict]) -> str:
     """What each policy loses against the oracle on the axis runs, which select on their own small validation set."""
     axis = [r for r in runs if AXIS.match(r["label"])]
     if not axis:
         return ""
-    loss = defaultdict(list)
+    loss, run_of = defaultdict(list), defaultdict(list)
     for r in axis:
         for b in sorted({p["budget_s"] for p in r["budgets"]}):
             for p in POLICIES:
                 loss[p].append(oracle(r["curve"], b) - pick(r["curve"], p, r["n_val"], b))
+                run_of[p].append(str(r["folder"]))
     lines = [f"### What each policy loses against the oracle on the {len(axis)} axis runs (their own 10 validation "
-             "images per class)", "", "| policy | mean loss (points) | worst loss |", "|---|---:|---:|"]
-    lines += [f"| {p} | {statistics.fmean(loss[p]):.2f} | {max(loss[p]):.2f} |" for p in POLICIES]
+             "images per class)", ""]
+    lines += policy_loss_table(loss, run_of)
     return "\n".join(lines) + "\n"
 
 
