@@ -14,9 +14,10 @@ import yaml
 from PIL import Image
 
 from genssl import list_methods
-from genssl.cli import demo_grid
+from genssl.cli import demo_grid, main
 from genssl.compare.runner import load_grid, run_grid
 from genssl.config import ConfigError
+from genssl.runs.run_dir import RunDir
 
 from datafiles import write_idx_dataset
 
@@ -172,6 +173,26 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
     assert samples["wall_time_s"] > sgan["wall_time_s"]  # the samples cost the GAN's training too
     row = next(r for r in table if r["method"] == "sgan+samples")
     assert row["test_acc_mean"] == pytest.approx(100 * samples["test_acc"])
+    # The samples run is a run like the others: TensorBoard events, a best.pt that predict and export read.
+    samples_dir = out_dir / "runs" / "sgan+samples-n20-s0"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(samples_dir / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/kept_fraction", "val/acc"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/acc")] == [2, 4]
+    best = RunDir(samples_dir).load_checkpoint("best.pt")
+    assert best["method"] == "supervised" and best["step"] == samples["best_step"]
+    assert best["val_acc"] == samples["best_val_acc"] and best["sample_classifier"]["source_method"] == "sgan"
+    (tmp_path / "imgs").mkdir()
+    for k in range(3):
+        Image.fromarray((torch.rand(28, 28) * 255).to(torch.uint8).numpy()).save(tmp_path / "imgs" / f"{k}.png")
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(samples_dir), str(tmp_path / "imgs"), "--out", str(preds), "--no-progress"]) == 0
+    rows = list(csv.reader(preds.read_text().splitlines()))
+    assert len(rows) == 4 and "typicality" in rows[0]  # its gate too
+    assert main(["export", str(samples_dir), "--out", str(tmp_path / "exported")]) == 0
+    assert {"encoder.yaml", "feature_density.pt"} <= {f.name for f in (tmp_path / "exported").iterdir()}
     # M1+M2's cost in the table includes its M1's training.
     walls = {n: json.loads((out_dir / "runs" / f"{n}-n20-s0" / "results.json").read_text())["wall_time_s"]
              for n in ("m1", "m1+m2")}

@@ -10,7 +10,10 @@ Two labelers (`label_source`):
                class-conditional samples of M2 (Kingma et al. 2014), filtered by its own classifier's agreement
                (tau = 0 keeps every sample).
 Any Method with `sample(n, y=None)` and `predict(x)` works. Fresh samples every step (no pool to store), drawn
-with the model in eval mode. The classifier is chosen on the validation split when one is given.
+with the model in eval mode. The classifier is chosen on the validation split when one is given. With a
+`monitor` (genssl.training.monitor.Monitor, or anything with `scalars(values, step)`), each evaluation logs the
+mean training losses since the last one (train/loss, train/sup_loss, train/gen_loss, train/kept_fraction) and
+val/acc, the same tags as a Trainer's run.
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ def labeled_samples(model, n: int, num_classes: int, label_source: str = "predic
 
 def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_classes: int,
                             cfg: SampleClassifierConfig | None = None, x_val: torch.Tensor | None = None,
-                            y_val: torch.Tensor | None = None):
+                            y_val: torch.Tensor | None = None, monitor=None):
     """Train a fresh classifier on (x_l, y_l) plus confident generated samples of `model`.
-    Images are float in [0, 1], (N, C, H, W). Returns (classifier in eval mode, stats dict)."""
+    Images are float in [0, 1], (N, C, H, W). Returns (classifier in eval mode, stats dict). `monitor`: see the
+    module docstring (the losses are summed on the device and read once per evaluation)."""
     cfg = cfg or SampleClassifierConfig()
     device = x_l.device
     torch.manual_seed(cfg.seed)
@@ -87,6 +91,8 @@ def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_cla
     model.eval()
     kept = torch.zeros((), device=device)
     best_val, best_state, best_step = -1.0, None, cfg.steps
+    since = torch.zeros(4, device=device)  # sums since the last log: loss, sup_loss, gen_loss, kept
+    last_log = 0
     net.train()
     for step in range(1, cfg.steps + 1):
         li = torch.randint(len(x_l), (cfg.labeled_batch_size,), generator=gen, device=device)
@@ -96,11 +102,24 @@ def train_sample_classifier(model, x_l: torch.Tensor, y_l: torch.Tensor, num_cla
         sup = F.cross_entropy(logits[:cfg.labeled_batch_size], y_l[li])
         gen_loss = (F.cross_entropy(logits[cfg.labeled_batch_size:], y_g, reduction="none") * mask).mean()
         opt.zero_grad(set_to_none=True)
-        (sup + cfg.generated_weight * gen_loss).backward()
+        loss = sup + cfg.generated_weight * gen_loss
+        loss.backward()
         opt.step()
         kept += mask.mean()
-        if x_val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if monitor is not None:
+            since += torch.stack([loss.detach(), sup.detach(), gen_loss.detach(), mask.mean()]).float()
+        if step % cfg.eval_every != 0 and step != cfg.steps:
+            continue
+        if monitor is not None:
+            means = (since / (step - last_log)).tolist()
+            monitor.scalars(dict(zip(("train/loss", "train/sup_loss", "train/gen_loss", "train/kept_fraction"),
+                                     means)), step)
+            since.zero_()
+            last_log = step
+        if x_val is not None:
             acc = accuracy(net, x_val, y_val)
+            if monitor is not None:
+                monitor.scalars({"val/acc": acc}, step)
             if acc > best_val:
                 best_val, best_state, best_step = acc, copy.deepcopy(net.state_dict()), step
     model.train(was_training)
