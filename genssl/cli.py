@@ -65,7 +65,7 @@ def _cmd_compare(args, overrides: list[str]) -> int:
         return 0
     try:
         run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
-                 pack_seeds=args.pack_seeds, reference=args.reference)
+                 pack_seeds=args.pack_seeds, reference=args.reference, max_in_flight=args.max_in_flight)
     except GridFailed as e:  # the report of the other runs is written
         print(f"genssl compare: {len(e.failures)} of {e.total} runs failed; the report above shows the rest. "
               f"Fix the cause and run the same command again: finished runs are reused.", file=sys.stderr)
@@ -149,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: 1 on this machine, in separate "
                    "processes when > 1; every run at once on Slurm)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="what runs the runs: local processes (default), slurm (one submitit job per run, with the "
-                        "grid's `resources`; run it on a login node), or submitit-local (the same jobs on this "
+                   help="what runs the runs: local processes (default), slurm (submitit job arrays, one per set of "
+                        "the grid's `resources`; run it on a login node), or submitit-local (the same jobs on this "
                         "machine)")
+    p.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="--executor slurm: at most N tasks of each job array running at once (Slurm's %%N array "
+                        "throttle; default: as many as the cluster allows)")
     p.add_argument("--pack-seeds", choices=PACK_CHOICES, default="auto",
                    help="train the seeds of an entry and label count in one process with stacked parameters, each "
                         "still in its own run folder (on), one process per run (off), or auto: packed where the runs "

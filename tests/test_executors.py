@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,14 +205,17 @@ def test_slurm_jobs_ask_for_each_runs_resources_and_a_resubmitted_grid_waits_for
         pool.check(runs)
         assert pool.threads(sgan) == 4
         pool.submit(sgan, print, "never run here")
+        assert pool.where(sgan) == ""  # queued for the next array
+        pool.flush()
         assert pool.where(sgan).startswith("slurm job 4242, log ")
     script = fake_slurm.read_text()
     for flag in ("--cpus-per-task=4", "--gpus-per-node=1", "--mem=8GB", "--time=90", "--partition=gpu",
-                 "--account=lab", "--job-name=genssl-sgan-n20-s0", "--signal=USR2@90"):
+                 "--account=lab", "--job-name=genssl-out", "--signal=USR2@90"):
         assert f"#SBATCH {flag}\n" in script, flag
     assert "keep running (4242)" in capsys.readouterr().err
     record = json.loads((out_dir / "jobs" / "sgan-n20-s0" / "job.json").read_text())
-    assert record["job_id"] == "4242" and record["cluster"] == "slurm"
+    assert record["job_id"] == "4242" and record["cluster"] == "slurm" and record["folder"] == str(out_dir / "jobs"
+                                                                                                  / "slurm")
     # The driver was stopped; run again, it waits for the job that sacct still reports RUNNING.
     with SubmititJobs("slurm", out_dir / "jobs", slots=10) as pool:
         assert pool.attach(sgan) is not None and pool.attach(runs[0]) is None
@@ -266,3 +270,91 @@ def test_a_job_on_this_machine_ends_when_its_grid_process_does():
     finally:
         grid.kill()
         grid.wait()
+
+
+# ---------------------------------------------------------------------------------------------- fake Slurm
+@pytest.fixture
+def fake_cluster(tmp_path, monkeypatch):
+    """tests/fake_slurm.py's sbatch / squeue / sacct / scontrol / scancel / srun on PATH; returns its state folder."""
+    import fake_slurm
+
+    state = tmp_path / "slurm_state"
+    fake_slurm.install(tmp_path / "slurm_bin", state)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'slurm_bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+    return state
+
+
+def _wait(futures, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not all(f.done() for f in futures):
+        assert time.monotonic() < deadline, f"{sum(not f.done() for f in futures)} futures left"
+        time.sleep(0.05)
+
+
+def test_a_50_run_grid_goes_out_as_throttled_arrays_within_the_submit_limit(tmp_path, fake_cluster, monkeypatch,
+                                                                            capsys):
+    """MaxSubmitJobs = 20 (every pending or running array task counts, as in Slurm): the 50 ready runs are offered
+    as one array of 50, refused, split until an array fits, and the rest go out as the grid's jobs end. No
+    submission ever passes the limit, every array carries the --max-in-flight throttle, and every run ends."""
+    import fake_slurm
+
+    monkeypatch.setenv("FAKE_SLURM_LIMIT", "20")
+    _, runs = load_grid(write_grid(tmp_path, {"sup": synthetic("supervised")}, n_labels=[10, 20, 30, 40, 50],
+                                   seeds=list(range(10))))
+    assert len(runs) == 50
+    with SubmititJobs("slurm", tmp_path / "out" / "jobs", slots=50, poll_s=0.05, max_in_flight=4) as pool:
+        futures = {run.name: pool.submit(run, print, run.name) for run in runs}
+        _wait(futures.values())
+    st = fake_slurm.read_state(fake_cluster)
+    accepted = [s for s in st["submissions"] if s["accepted"]]
+    assert st["max_active"] <= 20 and any(not s["accepted"] for s in st["submissions"])
+    assert st["submissions"][0] == {"array": "0-49%4", "tasks": 50, "active_before": 0, "accepted": False}
+    assert sum(s["tasks"] for s in accepted) == 50  # an array of one is a plain job; submitit's %N is <= size
+    assert all(s["array"] is None or s["array"] == f"0-{s['tasks'] - 1}%{min(4, s['tasks'])}" for s in accepted)
+    assert all(s["active_before"] + s["tasks"] <= 20 for s in accepted) and len(accepted) < 50
+    assert max(st["max_running"].values()) <= 4
+    done = {name: f.result() for name, f in futures.items()}  # the fake's result for each array task
+    assert len(set(done.values())) == 50 and all(v.endswith(" done") for v in done.values())
+    record = json.loads((tmp_path / "out" / "jobs" / runs[0].name / "job.json").read_text())
+    assert f"{record['job_id']} done" == done[runs[0].name] and "_" in record["job_id"]
+    assert re.search(r"submitted 1\d run\(s\) as Slurm job \d+ \(an array of 1\d, at most 4 running\)",
+                     capsys.readouterr().err)
+
+
+def test_max_in_flight_is_for_slurm_only(tmp_path, capsys):
+    grid = write_grid(tmp_path, {"sup": synthetic("supervised")})
+    assert main(["compare", grid, "--max-in-flight", "2"]) == 2
+    assert "--max-in-flight is Slurm's array throttle" in capsys.readouterr().err
+    assert main(["compare", grid, "--executor", "slurm", "--max-in-flight", "0"]) == 2
+    assert "--max-in-flight must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_preempted_array_task_is_requeued_and_ends(tmp_path, fake_cluster, monkeypatch):
+    """The real submitit worker, run by the fake cluster as array task 4242_0: USR2 (what Slurm sends on a
+    preemption, or `signal_delay_s` before a time limit) makes submitit call the job's checkpoint() and
+    `scontrol requeue 4242_0`; the fake puts the task back to pending, runs it again, and the call ends."""
+    import fake_slurm
+
+    monkeypatch.setenv("FAKE_SLURM_RUN", "1")
+    _, runs = load_grid(write_grid(tmp_path, {"sup": synthetic("supervised")}, seeds=[0, 1]))
+    marker = tmp_path / "started"
+    with SubmititJobs("slurm", tmp_path / "out" / "jobs", slots=2, poll_s=0.05) as pool:
+        first = pool.submit(runs[0], fake_slurm.until_preempted, str(marker))
+        other = pool.submit(runs[1], print, "second task")
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # past submitit's signal handler setup, inside the call
+        os.kill(int(marker.read_text()), signal.SIGUSR2)
+        _wait([first, other])
+    assert first.result() == "finished after its requeue" and other.result() is None
+    deadline = time.monotonic() + 30
+    while (task := fake_slurm.read_state(fake_cluster)["tasks"]["4242_0"])["state"] == "RUNNING":
+        assert time.monotonic() < deadline  # its result is written before its process ends
+        subprocess.run(["squeue"], capture_output=True, check=True)  # a tick of the fake cluster
+        time.sleep(0.05)
+    assert task["state"] == "COMPLETED" and task["restarts"] == 1
+    log = (tmp_path / "out" / "jobs" / "slurm" / "4242_0_0_log.out").read_text()
+    assert "this job is preempted" in log and "Requeued job 4242_0 (3 remaining timeouts)" in log

@@ -4,8 +4,10 @@ pack of seeds) and says when it has ended.
 
     local           this machine: --jobs N runs at once, as processes (the default, N = 1, trains in this
                     process, as does a grid of one unit)
-    slurm           a Slurm cluster through submitit (https://github.com/facebookincubator/submitit): one
-                    job per run, with the run's `resources` from the grid (genssl/compare/grid.py)
+    slurm           a Slurm cluster through submitit (https://github.com/facebookincubator/submitit): the runs
+                    that are ready together go out as job arrays (submitit's batch submission), one array per
+                    set of `resources` (genssl/compare/grid.py), each throttled to --max-in-flight running tasks
+                    (Slurm's `%N`); within a cluster's submit limit (below)
     submitit-local  submitit's LocalExecutor: the same job interface as slurm on this machine (real
                     subprocesses, logs, time limits, requeue); how the slurm path is tested without a cluster
 
@@ -15,9 +17,17 @@ has one (runner.run_unit), and a process trains a run folder only while it holds
 (genssl.runs.lock), so two executors, or a requeued job beside its predecessor, never train one run together.
 A submitit job is checkpointable: when Slurm preempts it, or its time limit is near (USR2, `signal_delay_s`
 before), submitit requeues the same call and the run resumes from last.pt. Each run's job folder (submission
-pickle, log, result) is <out>/jobs/<run name>/; a failed run is reported with its log there. A Slurm job id is
-recorded in <out>/jobs/<run name>/job.json, so a grid resubmitted while its earlier jobs are still queued or
-running waits for those instead of starting a second job on the same run folder.
+pickle, log, result) is <out>/jobs/<run name>/ on this machine, and <out>/jobs/slurm/ (logs <array>_<task>_0_log.out)
+on Slurm; a failed run is reported with its log. A Slurm job id is recorded in <out>/jobs/<run name>/job.json, so a
+grid resubmitted while its earlier jobs are still queued or running waits for those instead of starting a second job
+on the same run folder.
+
+Arrays on Slurm: `submit` only queues a run; once no run has been submitted for `batch_window_s` (the scheduler hands
+over all ready runs at once), the poller thread submits the queue, one array per set of job parameters. Runs that
+need another run are handed over by the scheduler only once that run has finished, so they go out in a later array.
+Submit limit: Slurm's MaxSubmitJobs counts every pending or running job and array task, and sbatch refuses a whole
+array that would pass it. On that refusal the array is split in halves and tried again; when even one task is
+refused, the rest wait until one of this grid's jobs has ended, then are tried again. Other refusals fail their runs.
 
 An executor has `slots` (runs at once), `in_process` (whether fn runs in this process), `threads(run)` (torch
 threads for the run's process; 0: leave them), `check(runs)` (fail before any run starts on what it cannot run),
@@ -55,16 +65,21 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def make_executor(name: str, jobs: int | None, jobs_dir: Path, n_units: int):
-    """The executor called `name`; jobs: units at once (default: 1 on this machine, every unit on Slurm)."""
+def make_executor(name: str, jobs: int | None, jobs_dir: Path, n_units: int, max_in_flight: int | None = None):
+    """The executor called `name`; jobs: units at once (default: 1 on this machine, every unit on Slurm);
+    max_in_flight: on Slurm, the running tasks of each array (its `%N` throttle; default: no throttle)."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ConfigError(f"--max-in-flight must be >= 1, got {max_in_flight}")
+    if max_in_flight is not None and name != "slurm":
+        raise ConfigError("--max-in-flight is Slurm's array throttle: it needs --executor slurm (use --jobs here)")
     if name == "local":
         return InProcess() if (jobs or 1) == 1 or n_units <= 1 else LocalProcesses(jobs)
     return SubmititJobs("slurm" if name == "slurm" else "local", jobs_dir,
-                        jobs or (max(1, n_units) if name == "slurm" else 1))
+                        jobs or (max(1, n_units) if name == "slurm" else 1), max_in_flight=max_in_flight)
 
 
 def exit_when_gone(pid: int, on_gone=None, poll_s: float = 1.0) -> None:
@@ -184,12 +199,16 @@ class _Cell:
         return submitit.helpers.DelayedSubmission(self, *args)
 
 
+SUBMIT_LIMIT = ("submit limit", "maxsubmitjob", "maxsubmitjobs")  # sbatch's words when MaxSubmitJobs refuses
+
+
 class SubmititJobs:
-    """Each run a submitit job (cluster "slurm" or "local") with the run's resources; at most `slots` at once.
-    A thread polls the jobs and completes their Futures."""
+    """Each run a submitit job (cluster "slurm" or "local") with the run's resources; at most `slots` at once. On
+    Slurm the runs go out as arrays (the module's docstring). A thread polls the jobs and completes their Futures."""
     in_process = False
 
-    def __init__(self, cluster: str, jobs_dir: Path, slots: int, poll_s: float | None = None):
+    def __init__(self, cluster: str, jobs_dir: Path, slots: int, poll_s: float | None = None,
+                 max_in_flight: int | None = None, batch_window_s: float = 0.2):
         try:
             import submitit  # optional dependency (the cluster extra); only the submitit executors need it
         except ImportError as e:
@@ -203,6 +222,11 @@ class SubmititJobs:
         self.jobs_dir = Path(jobs_dir)
         self.slots = slots
         self.poll_s = poll_s if poll_s is not None else (0.1 if cluster == "local" else 5.0)
+        self.max_in_flight = max_in_flight
+        self.batch_window_s = batch_window_s
+        self._queued: list[tuple[GridRun, object, tuple, Future]] = []  # Slurm: runs not submitted yet
+        self._queued_at = 0.0
+        self._held = False  # the queue waits for one of our jobs to end (the submit limit refused even one)
         self._jobs: dict[str, object] = {}        # run name -> its current submitit job
         self._watch: dict[Future, object] = {}    # futures not completed yet -> their job
         self._lock = threading.Lock()
@@ -232,6 +256,13 @@ class SubmititJobs:
                 raise ConfigError(f"resources of {run.name} (method entry {run.label!r}): {e}") from e
 
     def submit(self, run: GridRun, fn, *args) -> Future:
+        """fn(*args) as a job; on Slurm the run is queued for the next array (`flush`)."""
+        if self.cluster == "slurm":
+            fut: Future = Future()
+            with self._lock:
+                self._queued.append((run, fn, args, fut))
+                self._queued_at = time.monotonic()
+            return fut
         folder = self.jobs_dir / run.name
         if self.cluster == "local":  # local job ids are process ids, which repeat: drop an old attempt's result
             for stale in folder.glob("*_result.pkl"):
@@ -251,6 +282,58 @@ class SubmititJobs:
                               folder / JOB_RECORD)
         return self._track(run, job, fut)
 
+    def flush(self) -> None:
+        """Submit the queued runs as arrays, one per set of job parameters, within the submit limit (the module's
+        docstring); what the limit holds back stays queued."""
+        with self._lock:
+            queued, self._queued, self._held = self._queued, [], False
+        groups: dict[str, list] = {}
+        for item in queued:
+            params = {k: v for k, v in self.parameters(item[0]).items() if k != "name"}
+            groups.setdefault(json.dumps(params, sort_keys=True, default=str), []).append((params, item))
+        held = []
+        for members in groups.values():
+            held += self._submit_arrays(members[0][0], [item for _, item in members])
+        if held:
+            with self._lock:
+                self._queued[:0] = held
+                self._held = True
+
+    def _submit_arrays(self, params: dict, items: list) -> list:
+        """Submit `items` (runs with the same job parameters) as arrays; returns those the submit limit held back."""
+        folder = self.jobs_dir / "slurm"
+        size = len(items)
+        while items:
+            chunk = items[:size]
+            executor = self.submitit.AutoExecutor(folder, cluster="slurm")
+            executor.update_parameters(name=f"genssl-{self.jobs_dir.parent.name}", **params)
+            if self.max_in_flight is not None:
+                executor.update_parameters(slurm_array_parallelism=self.max_in_flight)
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(_Cell(fn), *args) for _, fn, args, _ in chunk]
+            except Exception as e:
+                if any(w in str(e).lower() for w in SUBMIT_LIMIT):
+                    if size == 1:
+                        return items  # wait for one of our jobs to end
+                    size = max(1, size // 2)
+                    continue
+                for run, _, _, fut in chunk:  # refused for another reason (partition, ...): these runs fail
+                    fut.set_exception(CellFailed(f"submitting {run.name} to slurm failed: {e}"))
+            else:
+                for (run, _, _, fut), job in zip(chunk, jobs):
+                    atomic_write_json({"cluster": self.cluster, "job_id": job.job_id, "folder": str(folder),
+                                       "submitted": time.time()}, self.jobs_dir / run.name / JOB_RECORD)
+                    self._track(run, job, fut)
+                array = jobs[0].job_id.split("_")[0]
+                throttle = f", at most {self.max_in_flight} running" if self.max_in_flight else ""
+                print(f"  submitted {len(chunk)} run(s) as Slurm job {array}" +
+                      (f" (an array of {len(chunk)}{throttle})" if len(chunk) > 1 else "") +
+                      f": {', '.join(r.name for r, *_ in chunk)}; logs under {folder}", file=sys.stderr)
+            items = items[len(chunk):]
+            size = min(size, len(items)) if items else size
+        return []
+
     def attach(self, run: GridRun) -> Future | None:
         """A Slurm job of an earlier submission of this run that is still queued or running (its driver was
         stopped): wait for it rather than start a second job on the same run folder."""
@@ -260,7 +343,7 @@ class SubmititJobs:
         saved = json.loads(record.read_text())
         if saved.get("cluster") != self.cluster:
             return None
-        job = self.submitit.SlurmJob(folder=record.parent, job_id=str(saved["job_id"]))
+        job = self.submitit.SlurmJob(folder=saved.get("folder", record.parent), job_id=str(saved["job_id"]))
         if job.done(force_check=True):
             return None
         return self._track(run, job, Future())
@@ -281,13 +364,20 @@ class SubmititJobs:
     def _poll(self) -> None:
         while not self._stop.is_set():
             with self._lock:
+                due = self._queued and not self._held and time.monotonic() - self._queued_at >= self.batch_window_s
+            if due:
+                self.flush()
+            with self._lock:
                 watched = list(self._watch.items())
+            if self.cluster == "slurm" and watched:  # one sacct for all our jobs, then read its answer
+                self.submitit.SlurmJob.watcher.update()
             for fut, job in watched:
                 try:
                     if not job.done():
                         continue
                     with self._lock:
                         self._watch.pop(fut, None)
+                        self._held = False  # a job ended: what the submit limit held back may go now
                     self._resolve(fut, job)
                 except Exception as e:  # never leave the grid waiting on a Future nobody completes
                     with self._lock:
@@ -324,6 +414,9 @@ class SubmititJobs:
         with self._lock:
             left = list(self._watch.values())
             self._watch.clear()
+            unsent, self._queued = self._queued, []
+        for run, _, _, fut in unsent:  # the grid stopped before these were submitted
+            fut.cancel()
         if not left:
             return
         ids = ", ".join(str(j.job_id) for j in left)

@@ -357,7 +357,7 @@ def _record_failure(run: GridRun, message: str) -> Path | None:
 
 def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
              jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local",
-             pack_seeds: str = "auto", reference: str | None = None) -> list[dict]:
+             pack_seeds: str = "auto", reference: str | None = None, max_in_flight: int | None = None) -> list[dict]:
     """Run (or reuse) every run of the grid and write the report; returns the summary rows, or raises GridFailed
     (after writing the report) when runs failed.
 
@@ -384,7 +384,7 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     for note in notes:
         tqdm.write(f"seeds: {note}")
     if units:
-        with make_executor(executor, jobs, out_dir / "jobs", len(units)) as pool:
+        with make_executor(executor, jobs, out_dir / "jobs", len(units), max_in_flight) as pool:
             pool.check(todo)
             _schedule(units, pool, data, show, tally)
     tally.bar.close()
