@@ -102,6 +102,10 @@ def test_entries_that_cannot_stack_run_unpacked(tmp_path):
     assert "st n_labels=20, seeds 3, 7: unpacked, one process each (self_training does not support" in notes[0]
     assert pack_runs(runs, "auto")[0] == [[r] for r in runs]  # auto: no CUDA here, one process per run
     assert pack_runs(runs, "off")[0] == [[r] for r in runs]
+    # a cluster executor packs what can stack and lets the job decide on its own node
+    remote, remote_notes = pack_runs(runs, "auto", decide_in_job=True)
+    assert [[r.name for r in u] for u in remote] == [[r.name for r in u] for u in units]
+    assert "m1 n_labels=20, seeds 3, 7: one job; stacked if it finds CUDA, else one seed after another" in remote_notes
     with pytest.raises(ConfigError, match="--pack-seeds must be one of auto, on, off"):
         pack_runs(runs, "yes")
 
@@ -112,3 +116,15 @@ def test_cli_flag():
     assert build_parser().parse_args(["compare", "g.yaml"]).pack_seeds == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["compare", "g.yaml", "--pack-seeds", "maybe"])
+
+
+def test_an_auto_pack_trains_its_seeds_one_after_another_in_a_job_without_cuda(tmp_path, tiny_data, monkeypatch):
+    from genssl.compare import runner
+
+    _, runs = load_grid(_grid(tmp_path))
+    (unit,), _ = pack_runs(runs, "auto", decide_in_job=True)
+    stacked = []
+    monkeypatch.setattr(runner, "_train_pack", lambda *a, **k: stacked.append(a) or {})
+    outcomes = runner.run_unit(unit, tiny_data, stack="auto")  # this machine has no CUDA
+    assert not stacked and sorted(outcomes) == ["sup-n20-s3", "sup-n20-s7"]
+    assert all(not reused for _, reused in outcomes.values())

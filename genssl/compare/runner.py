@@ -134,15 +134,17 @@ class Busy:
 
 
 def run_unit(unit: list[GridRun], data=None, progress: bool = False, threads: int = 0,
-             wait: bool = False) -> dict[str, tuple[dict, bool]] | Busy:
+             wait: bool = False, stack: str = "on") -> dict[str, tuple[dict, bool]] | Busy:
     """{run name: (results, reused)} of one unit of work (a run, or a pack of seeds: `pack_runs`), under the locks of
     its run folders: each run reused if finished, else resumed or trained. Busy where another live process holds one
     of the folders; with `wait`, wait for that process instead, then reuse what it finished. An exception of any
-    type is written with its traceback to each run's error.txt, then raised."""
+    type is written with its traceback to each run's error.txt, then raised. `stack`: a pack's seeds train stacked
+    (on), or, with auto, stacked only where this process finds CUDA (a cluster job decides on its own node), else
+    one after another."""
     try:
         with hold_runs([r.run_dir for r in unit], wait=wait):
             try:
-                return _train_unit(unit, data, progress, threads)
+                return _train_unit(unit, data, progress, threads, stack)
             except Exception:
                 for run in unit:
                     RunDir(run.run_dir).write_error(traceback.format_exc())
@@ -151,7 +153,8 @@ def run_unit(unit: list[GridRun], data=None, progress: bool = False, threads: in
         return Busy(e.holder)
 
 
-def _train_unit(unit: list[GridRun], data, progress: bool, threads: int) -> dict[str, tuple[dict, bool]]:
+def _train_unit(unit: list[GridRun], data, progress: bool, threads: int, stack: str = "on"
+                ) -> dict[str, tuple[dict, bool]]:
     outcomes, left = {}, []
     for run in unit:
         res = finished_results(run)  # finished meanwhile by a process this one waited for
@@ -161,7 +164,7 @@ def _train_unit(unit: list[GridRun], data, progress: bool, threads: int) -> dict
             outcomes[run.name] = (res, True)
     for run in left:
         RunDir(run.run_dir).clear_error()  # error.txt describes the last attempt
-    if len(left) > 1 and len({_resume_step(r) for r in left}) == 1:
+    if len(left) > 1 and len({_resume_step(r) for r in left}) == 1 and (stack == "on" or _trains_on_cuda(left[0])):
         return outcomes | _train_pack(left, data, progress, threads)
     for run in left:
         outcomes[run.name] = (_train_one(run, data, progress, threads), False)
@@ -205,12 +208,22 @@ def _resume_step(run: GridRun) -> int | None:
     return int(RunDir(run.run_dir).load_resume_checkpoint(map_location="cpu")[0]["step"])
 
 
-def pack_runs(runs: list[GridRun], pack: str = "auto") -> tuple[list[list[GridRun]], list[str]]:
+def _trains_on_cuda(run: GridRun) -> bool:
+    try:
+        return resolve_device(build_run_config(run.raw).train.device).type == "cuda"
+    except ValueError:
+        return False
+
+
+def pack_runs(runs: list[GridRun], pack: str = "auto", decide_in_job: bool = False
+              ) -> tuple[list[list[GridRun]], list[str]]:
     """(units, notes): the runs to train, in grid order, as units of one process each: a single run, or a pack of
     the seeds of one entry and label count whose configs differ in train.seed only, stacked in one process
     (genssl.training.stacked). `pack`: on, off, or auto (on where the runs train on CUDA). A pack needs a method
     that can stack (Method.stacking_refusal), runs that need no other run, and seeds that all start fresh or all
-    resume from the same step; `notes` say which entries were packed and why others were not."""
+    resume from the same step; `notes` say which entries were packed and why others were not. `decide_in_job`
+    (a cluster executor): auto packs what can stack and leaves the CUDA test to the job (`run_unit`'s stack=auto),
+    since the machine that submits is not the one that trains."""
     if pack not in PACK_CHOICES:
         raise ConfigError(f"--pack-seeds must be one of {', '.join(PACK_CHOICES)}, got {pack!r}")
     groups: dict[str, list[GridRun]] = {}
@@ -227,13 +240,8 @@ def pack_runs(runs: list[GridRun], pack: str = "auto") -> tuple[list[list[GridRu
         where = f"{lead.label} n_labels={lead.n_labels}, seeds {', '.join(str(r.seed) for r in members)}"
         cfg = build_run_config(lead.raw)
         refusal = get_method_class(cfg.method_name).stacking_refusal(cfg.method)
-        if refusal is None and pack == "auto":
-            try:
-                on_cuda = resolve_device(cfg.train.device).type == "cuda"
-            except ValueError:
-                on_cuda = False
-            if not on_cuda:
-                continue  # auto on a CPU: stacked seeds measured no cheaper there (genssl.training.seeds)
+        if refusal is None and pack == "auto" and not decide_in_job and not _trains_on_cuda(lead):
+            continue  # auto on a CPU: stacked seeds measured no cheaper there (genssl.training.seeds)
         if refusal is None:
             steps = {r.name: _resume_step(r) for r in members}
             if len(set(steps.values())) > 1:
@@ -242,7 +250,8 @@ def pack_runs(runs: list[GridRun], pack: str = "auto") -> tuple[list[list[GridRu
         if refusal:
             notes.append(f"{where}: unpacked, one process each ({refusal})")
             continue
-        notes.append(f"{where}: packed in one process, parameters stacked")
+        notes.append(f"{where}: " + ("one job; stacked if it finds CUDA, else one seed after another"
+                                     if pack == "auto" and decide_in_job else "packed in one process, parameters stacked"))
         for r in members:
             packs[r.name] = members
     units, placed = [], set()
@@ -380,13 +389,13 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     tally.numbered = len(runs) - len(todo)
     if len(todo) < len(runs):
         tqdm.write(f"reusing {len(runs) - len(todo)} finished run(s) under {runs[0].run_dir.parent}")
-    units, notes = pack_runs(todo, pack_seeds)
+    units, notes = pack_runs(todo, pack_seeds, decide_in_job=executor in ("slurm", "submitit-local"))
     for note in notes:
         tqdm.write(f"seeds: {note}")
     if units:
         with make_executor(executor, jobs, out_dir / "jobs", len(units), max_in_flight) as pool:
             pool.check(todo)
-            _schedule(units, pool, data, show, tally)
+            _schedule(units, pool, data, show, tally, pack_seeds)
     tally.bar.close()
     return _report(out_dir, runs, tally.results, tally.failures, _reference(path, reference))
 
@@ -479,7 +488,7 @@ def _finish_unit(unit: list[GridRun], outcomes: dict[str, tuple[dict, bool]], ta
                                     f"train it"))
 
 
-def _schedule(units: list[list[GridRun]], pool, data, show: bool, tally: _Tally) -> None:
+def _schedule(units: list[list[GridRun]], pool, data, show: bool, tally: _Tally, stack: str = "on") -> None:
     """Start each unit (a run, or a pack of seeds: `pack_runs`) on `pool` once the runs it needs have finished, at
     most pool.slots at once, until every run has ended. A run whose dependency failed is reported, not started; a
     unit whose folder another live process holds is deferred behind the others, then started again to wait for
@@ -496,7 +505,7 @@ def _schedule(units: list[list[GridRun]], pool, data, show: bool, tally: _Tally)
         for item in [it for it in queue if tally.blocked(it[0][0])]:  # packs need no other run
             queue.remove(item)
             tally.fail(item[0][0], _Failed(tally.blocked(item[0][0])))
-        _start_ready(queue, running, pool, data, show, tally)
+        _start_ready(queue, running, pool, data, show, tally, stack)
         if not running:
             break  # only runs whose dependencies failed are left; they were reported above
         done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -504,7 +513,7 @@ def _schedule(units: list[list[GridRun]], pool, data, show: bool, tally: _Tally)
             _collect(fut, running.pop(fut), queue, tally)
 
 
-def _start_ready(queue, running: dict, pool, data, show: bool, tally: _Tally) -> None:
+def _start_ready(queue, running: dict, pool, data, show: bool, tally: _Tally, stack: str = "on") -> None:
     """Submit the units whose dependencies have finished, in queue order, while the pool has free slots."""
     ready = [it for it in queue if all(d in tally.results for r in it[0] for d in r.deps)]
     while ready and len(running) < pool.slots:
@@ -518,7 +527,7 @@ def _start_ready(queue, running: dict, pool, data, show: bool, tally: _Tally) ->
             for run in unit:
                 tally.announce(run, pending, pool.slots)
         progress = show and pool.in_process
-        running[pool.submit(unit[0], run_unit, unit, data, progress, pool.threads(unit[0]), wait_lock)] = unit
+        running[pool.submit(unit[0], run_unit, unit, data, progress, pool.threads(unit[0]), wait_lock, stack)] = unit
         if pool.where(unit[0]):
             tqdm.write(f"  submitted as {pool.where(unit[0])}")
 
