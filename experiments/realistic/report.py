@@ -46,6 +46,9 @@ STUDIES = (
 # Studies whose grid shares another study's run folders (its bf16 entries are that study's runs).
 RUNS_OF = {"precision_mlp": "default", "precision_conv": "matched_conv"}
 PAIR_SUFFIX = {"precision_mlp": "-fp32", "precision_conv": "-fp32"}  # entry X against X<suffix>, not the reference
+# Further references a study is also paired against (the question "over pseudo-labeling" is against FixMatch).
+ALSO_AGAINST = {"default": ("fixmatch",), "matched_conv": ("conv-fixmatch",), "long": ("fixmatch",),
+                "digits": ("fixmatch",)}
 COLUMNS = ["entry", "method", "seed", "n_labels", "budget", "select", "n_val", "test_acc", "val_acc", "step",
            "steps", "clock_s", "precision", "machine", "date"]
 
@@ -165,7 +168,11 @@ def render_study(study: str, title: str, here: Path = HERE) -> str:
     precisions = sorted({f"{r['method']}: {r['precision']}" for r in rows})
     head += ["", f"Selection: {'; '.join(selects)}. Precision: {', '.join(precisions)}. Machine: "
                  f"{' | '.join(machines)}. Run {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "."]
-    return "\n".join(head + [""] + table(rows, reference_of(study, here), PAIR_SUFFIX.get(study))) + "\n"
+    lines = head + [""] + table(rows, reference_of(study, here), PAIR_SUFFIX.get(study))
+    for other in ALSO_AGAINST.get(study, ()):
+        if any(r["entry"] == other for r in rows):
+            lines += [f"The same runs paired against {other}:", ""] + table(rows, other)
+    return "\n".join(lines) + "\n"
 
 
 def render(here: Path = HERE) -> str:
