@@ -90,6 +90,34 @@ def test_run_export_load_is_bit_identical(trained_run, tiny_data, tmp_path):
         assert torch.equal(load_encoder(run_dir)(x), expected)
 
 
+@pytest.mark.parametrize("net", [
+    {"d_hidden": [32, 16]},
+    {"arch": "conv28", "conv_width": 4},
+    {"arch": "convnet", "conv_width": 4, "fake_logit": "explicit"},
+], ids=["mlp", "conv28", "convnet-explicit"])
+def test_sgan_export_gives_the_ema_discriminators_features(net, tiny_data, tmp_path):
+    """`genssl export` of an SSL-GAN run is its evaluation discriminator's feature layer: the EMA weights, as
+    method.encode gives them, rebuilt from encoder.yaml alone."""
+    from conftest import tiny_run_config
+    from genssl.encoders.from_run import method_from_run
+
+    cfg = tiny_run_config("sgan", tmp_path / "runs", {"g_hidden": [16], "z_dim": 8, "n_samples": 4, **net},
+                          train={"steps": 2, "eval_every": 2, "ckpt_every": 2})
+    trainer = Trainer(cfg, data=tiny_data)
+    trainer.fit()
+    method = method_from_run(trainer.run_dir, data=tiny_data)[0]
+    x = tiny_data[1].images[:32].float() / 255
+    folder = export_run(trainer.run_dir, tmp_path / "enc", data=tiny_data)
+    enc = load_encoder(folder)
+    spec = yaml.safe_load((folder / "encoder.yaml").read_text())
+    assert spec["arch"] == "gan_discriminator_features" and spec["source"]["method"] == "sgan"
+    with torch.no_grad():
+        expected = method.encode(x)
+        assert enc.out_dim == expected.shape[1] == spec["out_dim"]
+        torch.testing.assert_close(enc(x), expected)
+        assert not torch.allclose(method.disc.features(x), expected)  # the average, not the raw weights
+
+
 def test_encoder_is_frozen_and_checks_inputs(tmp_path):
     net = TinyGaussian()
     folder = export_encoder(net, tmp_path / "g", input_shape=(1, 28, 28), source_method="test")

@@ -20,7 +20,8 @@ Each step: one fused discriminator pass over [labeled; unlabeled; generated] (th
 batch-coupled layers, so fusing changes nothing but the speed), a discriminator update, an update of the
 EMA of its weights, then the generator update through the *updated* discriminator (its parameters frozen,
 so no gradient is computed for them). The same generated batch serves both updates. Evaluation uses the
-EMA weights (the original's parameter averaging). The learning rate follows the original: Adam
+EMA weights (the original's parameter averaging), and so does the exported encoder (`genssl export`): the
+discriminator's feature layer f (`encoder_module`). The learning rate follows the original: Adam
 (lr 0.003, beta1 0.5) held constant, then decayed linearly to 0 from `lr_decay_start` of the run.
 
 Levers, all off by default (each term is a pure function of genssl.losses, logged under train/):
@@ -68,7 +69,7 @@ from genssl.losses import (
 )
 from genssl.methods.base import Method
 from genssl.nn.ema import EMA
-from genssl.nn.gan import GAN_ARCHS, make_gan
+from genssl.nn.gan import GAN_ARCHS, DiscriminatorFeatures, make_gan
 from genssl.nn.layers import data_dependent_init, noiseless
 from genssl.registry import register_method
 
@@ -80,6 +81,7 @@ LABELED_AUGMENT = ("same", "strong")
 @register_method("sgan")
 class SGAN(Method):
     can_sample = True
+    has_encoder = True  # the evaluation discriminator's features, every arch (encoder_module)
     supports_stacking = True
     capturable = True
     typicality_score = "log_d"
@@ -322,6 +324,13 @@ class SGAN(Method):
 
     def encode(self, x):
         return self._eval_net().features(x)  # (B, F)
+
+    def encoder_module(self):
+        """The evaluation discriminator's features, as `encode` gives them (the EMA weights where ema_decay > 0), as
+        an exportable net that shares its weights (genssl.encoders.format)."""
+        c = self.cfg
+        return DiscriminatorFeatures(c.arch, self.spec.image_shape, self.spec.num_classes + self.explicit, c.d_hidden,
+                                     c.input_noise, c.hidden_noise, c.conv_width, c.conv_dropout, net=self._eval_net())
 
     def typicality(self, x: torch.Tensor) -> torch.Tensor:
         """log D(x), the evaluation discriminator's log-probability that x is real (Sec. 5), (B,): with the fake logit

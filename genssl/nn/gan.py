@@ -1,6 +1,7 @@
 """Networks of the semi-supervised GAN (Salimans et al. 2016, "Improved Techniques for Training GANs", and its
 code, openai/improved-gan): the MNIST MLP pair, the 32x32 conv pair used for SVHN / CIFAR-10, our 28x28 conv
-pair, and `make_gan`. Their layers (weight norm, noise) are in genssl.nn.layers.
+pair, `make_gan` (`make_discriminator` alone), and `DiscriminatorFeatures`, a discriminator's feature layer as an
+exportable encoder. Their layers (weight norm, noise) are in genssl.nn.layers.
 
 Discriminators expose `features(x)` (the layer the generator's feature matching uses) and `head(f)`;
 `forward(x)` is `head(features(x))`.
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from genssl.nn.layers import BatchNorm1dFP32, ByteDropout, GaussianNoise, WNConv2d, WNConvTranspose2d, WNLinear
+from genssl.registry import register_encoder_arch
 
 
 # ---------------------------------------------------------------- MNIST (the paper's permutation-invariant model)
@@ -218,6 +220,26 @@ GAN_ARCHS = ("mlp", "conv", "conv28", "convnet")
 GENERATORS = ("auto", "mlp", "conv28")
 
 
+def make_discriminator(arch: str, image_shape: tuple[int, int, int], d_out: int,
+                       d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), input_noise: float = 0.3,
+                       hidden_noise: float = 0.5, conv_width: int = 96, conv_dropout: float = 0.3) -> nn.Module:
+    """The discriminator of `arch` (GAN_ARCHS) with `d_out` logits: K, or K+1 with an explicit fake logit."""
+    if arch == "conv28" and tuple(image_shape[1:]) != (28, 28):
+        raise ValueError(f"the conv28 networks take 28x28 images, but the data are "
+                         f"{image_shape[1]}x{image_shape[2]}; use arch='mlp' (any size) or 'conv' (32x32)")
+    if arch == "mlp":
+        return MLPDiscriminator(math.prod(image_shape), d_out, tuple(d_hidden), input_noise, hidden_noise)
+    if arch == "conv":
+        return ConvDiscriminator(image_shape[0], d_out, conv_width)
+    if arch == "conv28":
+        return Conv28Discriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
+    if arch == "convnet":
+        if min(image_shape[1:]) < 4:
+            raise ValueError(f"arch='convnet' takes images of 4x4 pixels or more, got {tuple(image_shape)}")
+        return MatchedConvDiscriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
+    raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+
+
 def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: int = 100,
              d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250), g_hidden: tuple[int, ...] = (500, 500),
              input_noise: float = 0.3, hidden_noise: float = 0.5, conv_width: int = 96,
@@ -226,22 +248,10 @@ def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: in
     the 32x32 conv one for conv); `mlp` or `conv28` (a 28x28 conv generator of `conv_width`) choose it."""
     if generator not in GENERATORS:
         raise ValueError(f"unknown sgan generator {generator!r}; choose one of {', '.join(GENERATORS)}")
-    if arch in ("conv28",) or generator == "conv28":
-        if tuple(image_shape[1:]) != (28, 28):
-            raise ValueError(f"the conv28 networks take 28x28 images, but the data are "
-                             f"{image_shape[1]}x{image_shape[2]}; use arch='mlp' (any size) or 'conv' (32x32)")
-    if arch == "mlp":
-        disc = MLPDiscriminator(math.prod(image_shape), d_out, tuple(d_hidden), input_noise, hidden_noise)
-    elif arch == "conv":
-        disc = ConvDiscriminator(image_shape[0], d_out, conv_width)
-    elif arch == "conv28":
-        disc = Conv28Discriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
-    elif arch == "convnet":
-        if min(image_shape[1:]) < 4:
-            raise ValueError(f"arch='convnet' takes images of 4x4 pixels or more, got {tuple(image_shape)}")
-        disc = MatchedConvDiscriminator(image_shape[0], d_out, conv_width, input_noise, hidden_noise, conv_dropout)
-    else:
-        raise ValueError(f"unknown sgan arch {arch!r}; choose one of {', '.join(GAN_ARCHS)}")
+    if generator == "conv28" and tuple(image_shape[1:]) != (28, 28):
+        raise ValueError(f"the conv28 networks take 28x28 images, but the data are "
+                         f"{image_shape[1]}x{image_shape[2]}; use arch='mlp' (any size) or 'conv' (32x32)")
+    disc = make_discriminator(arch, image_shape, d_out, d_hidden, input_noise, hidden_noise, conv_width, conv_dropout)
     if generator == "auto":
         generator = "conv" if arch == "conv" else "mlp"  # convnet too: the generator is not matched to anything
     if generator == "conv":
@@ -251,3 +261,29 @@ def make_gan(arch: str, image_shape: tuple[int, int, int], d_out: int, z_dim: in
     else:
         gen = MLPGenerator(image_shape, z_dim, tuple(g_hidden))
     return disc, gen
+
+
+@register_encoder_arch("gan_discriminator_features")
+class DiscriminatorFeatures(nn.Module):
+    """The feature layer of an SSL-GAN's discriminator (`features(x)`, the layer feature matching uses), rebuilt
+    from `make_discriminator`'s arguments. Its noise and dropout act only in training mode, so the frozen
+    (eval-mode) encoder gives the deterministic features that evaluation uses."""
+
+    def __init__(self, arch: str, image_shape, d_out: int, hidden=(1000, 500, 250, 250, 250),
+                 input_noise: float = 0.3, hidden_noise: float = 0.5, conv_width: int = 96,
+                 conv_dropout: float = 0.3, net: nn.Module | None = None):
+        super().__init__()
+        self.args = {"arch": arch, "image_shape": [int(d) for d in image_shape], "d_out": int(d_out),
+                     "hidden": [int(h) for h in hidden], "input_noise": float(input_noise),
+                     "hidden_noise": float(hidden_noise), "conv_width": int(conv_width),
+                     "conv_dropout": float(conv_dropout)}
+        # `net` lets a live method share its (EMA) discriminator instead of copying it
+        self.net = net if net is not None else make_discriminator(arch, tuple(image_shape), d_out, tuple(hidden),
+                                                                  input_noise, hidden_noise, conv_width, conv_dropout)
+        self.out_dim = self.net.feature_dim
+
+    def spec_args(self) -> dict:
+        return dict(self.args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, feature_dim)
+        return self.net.features(x)
