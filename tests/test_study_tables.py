@@ -1,13 +1,17 @@
 """The re-measured study's tables are data: experiments/realistic/results.md and the README's generated sections
 equal what experiments/realistic/report.py renders from the committed CSVs, and collecting a grid's runs writes
-one CSV row per run and point of comparison, with the paired verdicts rendered from them."""
+one CSV row per run and point of comparison, with the paired verdicts rendered from them. The main Fashion-MNIST
+table is generated the same way from experiments/fmnist_table.csv, whose per-seed figures are the ones the
+HISTORY.md section named on each row records."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from genssl.compare.runner import run_grid
@@ -48,3 +52,60 @@ def test_collect_writes_rows_per_run_and_budget_and_renders_verdicts(tmp_path, t
     text = report.render_study("toy", "Toy", here=tmp_path)
     assert "| vs sup (points, 95% BCa) |" in text and "| sup | 2 |" in text and "reference" in text
     assert "undecided (2 seeds cannot reach p < 0.05: at least 6 are needed)" in text
+
+
+def test_committed_fmnist_table_is_what_its_csv_generates():
+    report = _report()
+    readme = (ROOT / "experiments/README.md").read_text()
+    section = re.search(r"<!-- table:fmnist -->\n(.*?)<!-- /table:fmnist -->", readme, re.S)
+    assert section is not None
+    assert section.group(1) == report.render_fmnist_table()
+
+
+def _history_sections() -> dict[str, str]:
+    text = (ROOT / "experiments/HISTORY.md").read_text()
+    parts = re.split(r"^#+ (.+)$", text, flags=re.M)  # [preamble, heading, body, heading, body, ...]
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_fmnist_table_figures_are_those_history_records():
+    """Each measured cell's seeds 0 / 1 / 2 (and best validation steps, where the CSV has them) are written so in
+    the HISTORY.md section its rows name."""
+    sections = _history_sections()
+    for (row, n), runs in _report().fmnist_cells().items():
+        if not runs[0]["test_acc_pct"]:
+            continue
+        runs = sorted(runs, key=lambda r: int(r["seed"]))
+        assert [int(r["seed"]) for r in runs] == list(range(len(runs))), (row, n)
+        body = sections[runs[0]["history_section"]]
+        assert " / ".join(f"{float(r['test_acc_pct']):.2f}" for r in runs) in body, (row, n)
+        if runs[0]["best_val_step"]:
+            assert " / ".join(f"{int(r['best_val_step']):,}" for r in runs) in body, (row, n)
+        assert re.fullmatch(r"[0-9a-f]{7,40}", runs[0]["commit"]), (row, n)
+
+
+def test_fmnist_table_renders_cells_and_rejects_a_cell_that_disagrees(tmp_path):
+    report = _report()
+    cols = ["row", "entry", "n_labels", "seed", "test_acc_pct", "steps", "best_val_step", "precision", "machine",
+            "date", "wall_per_run", "measured_note", "note", "history_section", "commit"]
+    run = {"row": "a", "entry": "a", "n_labels": "100", "precision": "fp32", "machine": "M", "date": "2026-01-01",
+           "wall_per_run": "1 s", "history_section": "S", "commit": "abcdef0"}
+    rows = [{**run, "seed": s, "test_acc_pct": acc} for s, acc in ((0, "70.00"), (1, "72.00"))]
+    rows += [{"row": "b", "entry": "b", "n_labels": n, "note": "later"} for n in ("100", "1000")]
+    path = tmp_path / "t.csv"
+
+    def write(rows):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, cols, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write(rows)
+    text = report.render_fmnist_table(path)
+    assert "| a | 100 | 71.00 ± 1.41 | 1 s | 2026-01-01, M, fp32 | |" in text
+    assert "| b | 100, 1000 | not measured | | | later |" in text
+    assert "(2 runs in 1 measured cells, seeds 0, 1;" in text
+    rows[1]["machine"] = "N"
+    write(rows)
+    with pytest.raises(ValueError, match="disagree on 'machine'"):
+        report.render_fmnist_table(path)

@@ -10,6 +10,10 @@ runs' results.json, never from folder names) and writes <study>.csv: one row per
 Rendering reads only the committed CSVs, so tests/test_study_tables.py can check that the committed Markdown is
 what they generate. Every table pairs its entries with the grid's `reference:` seed by seed
 (genssl.compare.stats: BCa interval, exact sign-flip p, Holm across the table's entries, verdict).
+
+The same run also renders the README's main Fashion-MNIST table (`<!-- table:fmnist -->`, every method at 100 and
+1000 labels) from experiments/fmnist_table.csv: one row per run transcribed from the HISTORY.md section and the
+commit that record it (the run folders are not kept), or one per cell that was not measured.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from genssl.runs.run_dir import RunDir
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
+FMNIST_CSV = HERE.parent / "fmnist_table.csv"
 
 # (study name = grid file stem, title). Order = order in results.md.
 STUDIES = (
@@ -102,6 +107,13 @@ def reference_of(study: str, here: Path = HERE) -> str | None:
     return yaml.safe_load((here / f"{study}.yaml").read_text()).get("reference")
 
 
+def mean_sd(values: list[float]) -> str:
+    """'mean ± sample sd' to two decimals (the value alone for one run)."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def _budget_key(b: str) -> float:
     return float("inf") if b == "end" else float(b)
 
@@ -142,7 +154,7 @@ def table(rows: list[dict], reference: str | None, suffix: str | None = None) ->
                   "verdict |", "|---|---:|---:|---:|---:|---:|---|"]
         for entry in [e for e in order if e in per_entry]:
             accs = list(per_entry[entry].values())
-            acc = f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+            acc = mean_sd(accs)
             mean_steps = statistics.fmean(steps[(n, budget, entry)])
             v = verdicts.get(entry)
             if v is None:
@@ -183,13 +195,86 @@ def render(here: Path = HERE) -> str:
     return "\n".join(parts)
 
 
-MARK = re.compile(r"(<!-- study:(\w+) -->\n)(.*?)(<!-- /study:\2 -->)", re.S)
+# ------------------------------------------------------------------------------------- the main Fashion-MNIST table
+# What a cell (one method at one label count) states once, so every run of the cell must agree on it.
+FMNIST_CELL = ("entry", "precision", "machine", "date", "wall_per_run", "measured_note", "note", "history_section",
+               "commit")
+
+
+def fmnist_cells(path: Path = FMNIST_CSV) -> dict[tuple[str, str], list[dict]]:
+    """{(row, n_labels): its CSV rows} in the CSV's order; a cell's rows are its runs (a seed and a test accuracy
+    each) or one row with neither (not measured)."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["row"], r["n_labels"]), []).append(r)
+    for (row, n), runs in cells.items():
+        for col in FMNIST_CELL:
+            if len({r[col] for r in runs}) > 1:
+                raise ValueError(f"{path}: the runs of {row!r} at {n} labels disagree on {col!r}: "
+                                 f"{sorted({r[col] for r in runs})}")
+        if any(not r["test_acc_pct"] for r in runs) and len(runs) > 1:
+            raise ValueError(f"{path}: {row!r} at {n} labels mixes runs with a 'not measured' row")
+        if len({r["seed"] for r in runs}) < len(runs):
+            raise ValueError(f"{path}: {row!r} at {n} labels has a seed twice")
+    return cells
+
+
+def _md_row(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
+def render_fmnist_table(path: Path = FMNIST_CSV) -> str:
+    """The main Fashion-MNIST table: per method and label count the mean ± sd of its runs' test accuracies, their
+    wall time, where and when they ran, and how they differ from the config's default. Consecutive unmeasured
+    cells of one method with the same note share a line ("100, 1000")."""
+    cells = fmnist_cells(path)
+    lines: list[list[str]] = []
+    n_runs, n_measured = 0, 0
+    last_unmeasured = None
+    for (row, n), runs in cells.items():
+        c = runs[0]
+        if not c["test_acc_pct"]:
+            if last_unmeasured == (row, c["note"]):
+                lines[-1][1] += f", {n}"
+            else:
+                lines.append([row, n, "not measured", "", "", c["note"]])
+            last_unmeasured = (row, c["note"])
+            continue
+        last_unmeasured = None
+        n_runs, n_measured = n_runs + len(runs), n_measured + 1
+        measured = ", ".join((c["date"], c["machine"], c["precision"]))
+        if c["measured_note"]:
+            measured += " " + c["measured_note"]
+        lines.append([row, n, mean_sd([float(r["test_acc_pct"]) for r in runs]), c["wall_per_run"], measured,
+                      c["note"]])
+    seeds = sorted({int(r["seed"]) for runs in cells.values() for r in runs if r["seed"]})
+    head = [f"Generated by `python experiments/realistic/report.py` from [fmnist_table.csv](fmnist_table.csv) "
+            f"({n_runs} runs in {n_measured} measured cells, seeds {', '.join(map(str, seeds))}; do not edit by hand): "
+            "one CSV row per run with its seed, test accuracy, steps and best validation step where recorded, "
+            "precision, machine, date, and the HISTORY.md section and commit that record it. Each mean ± sd below "
+            "is computed from a cell's per-seed rows.", "",
+            "| method | labels | test accuracy (%) | wall time / run | measured | differs from the default / earlier "
+            "figures |", "|---|---:|---:|---:|---|---|"]
+    return "\n".join(head + [_md_row(line) for line in lines]) + "\n"
+
+
+TABLES = {"fmnist": render_fmnist_table}
+MARK = re.compile(r"(<!-- (study|table):(\w+) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
 
 
 def render_readme(text: str, here: Path = HERE) -> str:
-    """The README's generated sections (between <!-- study:NAME --> and <!-- /study:NAME -->) rewritten."""
+    """The README's generated sections rewritten: each study (between <!-- study:NAME --> and
+    <!-- /study:NAME -->) from here/NAME.csv, each table (<!-- table:NAME -->) by its TABLES renderer."""
     titles = dict(STUDIES)
-    return MARK.sub(lambda m: m.group(1) + render_study(m.group(2), titles[m.group(2)], here) + m.group(4), text)
+
+    def section(m: re.Match) -> str:
+        kind, name = m.group(2), m.group(3)
+        body = TABLES[name]() if kind == "table" else render_study(name, titles[name], here)
+        return m.group(1) + body + m.group(5)
+
+    return MARK.sub(section, text)
 
 
 def main(argv=None) -> None:
@@ -197,7 +282,8 @@ def main(argv=None) -> None:
     ap.add_argument("--collect", metavar="ROOT", help="first refresh the CSVs from ROOT/<study>/runs")
     ap.add_argument("--studies", nargs="*", default=[s for s, _ in STUDIES], help="studies to collect")
     ap.add_argument("--dir", type=Path, default=HERE, help="where the grids and CSVs are and results.md goes")
-    ap.add_argument("--readme", type=Path, default=README, help="the Markdown file with generated study sections")
+    ap.add_argument("--readme", type=Path, default=README, help="the Markdown file with generated study and table "
+                                                                  "sections")
     args = ap.parse_args(argv)
     if args.collect:
         for study in args.studies:
