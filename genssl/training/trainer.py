@@ -33,7 +33,7 @@ from genssl.encoders.density import write_gate
 from genssl.fileio import CheckpointError
 from genssl.methods import create_method
 from genssl.methods.base import Method
-from genssl.methods.detectors import fit_gate
+from genssl.methods.detectors import fit_gate, range_pool_draw
 from genssl.registry import get_method_class
 from genssl.runs.run_dir import RunDir, hold_runs
 from genssl.training.bookkeeper import Bookkeeper
@@ -462,6 +462,12 @@ class Trainer:
                     imgs, nrow = imgs if isinstance(imgs, tuple) else (imgs, None)
                     lane.monitor.images(tag, imgs, at_step, nrow)
 
+    @staticmethod
+    def _range_pool(lane: Lane) -> torch.Tensor:
+        """The unlabeled images the gate's input range reads (genssl.methods.detectors.range_images)."""
+        b = lane.batcher
+        return b.images[b.unlabeled_idx[range_pool_draw(len(b.unlabeled_idx)).to(b.device)]]
+
     def _finish(self, lane: Lane, method: Method, x_test, y_test, wall: float, device, final_step: int,
                 stopped_at_budget: bool) -> dict:
         """The final report: the weights the selection policy chose on validation, and those it chose within
@@ -477,7 +483,8 @@ class Trainer:
         budgets = lane.book.budget_rows(self.budget_clock_s, lambda b: score(RunDir.budget_checkpoint(b)))
         test_acc = score(RunDir.BEST)  # last, so `method` ends with the run's own pick
         if self.is_main and lane.val[0].shape[0]:  # the pick's atypical-input gate, for genssl predict
-            write_gate(lane.run.path, fit_gate(method, lane.lab, lane.val, t.eval_batch_size, lane.best_step))
+            write_gate(lane.run.path, fit_gate(method, lane.lab, lane.val, t.eval_batch_size, lane.best_step,
+                                               pool=self._range_pool(lane)))
         n = len(self.lanes)
         results = {
             "method": lane.cfg.method_name, "dataset": lane.cfg.data.dataset, "n_labels": lane.cfg.data.n_labels,
