@@ -53,7 +53,7 @@ CANDIDATES = (
     Candidate("conv-fixmatch", "fmnist_fixmatch_conv.yaml", conv=True),
 )
 POOL_M1 = Candidate(FILTER_ENTRY, "fmnist_vae_m1.yaml")
-"""The typicality model of the pool check and of the filters: M1 with a Gaussian decoder (experiments/typicality.md:
+"""The typicality model of the pool check and of the filters: M1 with a Gaussian decoder (experiments/typicality_v1.md:
 its ELBO, with the complexity correction, told other images from its data best)."""
 
 

@@ -1,7 +1,7 @@
 """The pool check of `genssl advise`: what share of the unlabeled images looks unlike the labeled classes?
 
 A Gaussian M1 (experiments/fmnist_vae_m1.yaml) is trained, as a normal run within a small budget, on repeat 0's
-split with half of the unlabeled pool (data.n_unlabeled). It scores, with the score experiments/typicality.md found
+split with half of the unlabeled pool (data.n_unlabeled). It scores, with the score experiments/typicality_v1.md found
 best for it (the ELBO plus the input-complexity correction of Serra et al. 2020: log2 p(x) + the image's zlib bits,
 `complexity_corrected`), two sets of images it never trained on: the labeled images held out of its training
 (repeat 0's validation and held-out parts: of the labeled classes by construction) and the other half of the pool

@@ -18,7 +18,7 @@ tables compare the generative scores against it.
 
 Known failure: a likelihood ranks images by how simple they are as well as by how typical: Nalisnick et al. 2019
 found Fashion-MNIST models giving MNIST digits higher likelihood than Fashion-MNIST's own test images.
-`complexity_bits` gives the input-complexity correction of Serra et al. 2020 (experiments/typicality.md measures
+`complexity_bits` gives the input-complexity correction of Serra et al. 2020 (experiments/typicality_v1.md measures
 it): S(x) = log2 p(x) + L(x) with L(x) the bits of a lossless compression of x.
 
 Scores are computed by `typicality_scores` / `confidence_scores`: in eval mode, without gradients, in fp32 (autocast
