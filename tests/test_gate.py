@@ -312,7 +312,7 @@ def test_predict_flags_noise_and_constant_images_by_default(case, tiny_data, odd
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(odd_images), "--out", str(out), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "atypical = " in err and "or an input statistic outside the range of the validation and unlabeled images" in err
+    assert "atypical = " in err and "or an input statistic outside its range (the min and max of" in err
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in _rows(out)}
     assert list(next(iter(rows.values())))[-3:] == ["typicality", "atypical", "atypical_by"]
     for name in ("noise.png", "black.png", "white.png"):

@@ -216,6 +216,35 @@ def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
     assert "| mm0-supervised | gate (feature_density) |" in text and "| noise |" not in text.split("## AUROC")[0]
 
 
+def tiny_export_fmnist(tmp_path, monkeypatch, capsys, request, **_):
+    monkeypatch.setenv("GENSSL_DATA", str(request.getfixturevalue("fmnist_root")))
+    run_script("experiments/export_fmnist.py", "--out", str(tmp_path / "f"), "--per-class", "2", "--unlabeled", "100",
+               monkeypatch=monkeypatch)
+    count = {part: len(list((tmp_path / "f" / part).rglob("*.png"))) for part in ("labeled", "unlabeled", "test")}
+    assert count == {"labeled": 20, "unlabeled": 100, "test": 60}
+    assert (tmp_path / "f" / "labeled" / "Ankle_boot").is_dir()
+
+
+def tiny_advise_check(tmp_path, monkeypatch, capsys, request, **_):
+    """advice.json as genssl advise writes it (the fields the check reads), its final run a finished tiny run."""
+    run = request.getfixturevalue("sgan_run")
+    monkeypatch.setenv("GENSSL_DATA", str(request.getfixturevalue("fmnist_root")))
+    run_script("experiments/export_fmnist.py", "--out", str(tmp_path / "f"), "--per-class", "1", "--unlabeled", "10",
+               monkeypatch=monkeypatch)
+    advice = {"final_run": {"path": str(run), "candidate": "sgan"}, "recommendation": {"sentence": "use sgan"},
+              "candidates": [{"candidate": "supervised", "heldout_acc_mean": 50.0, "per_repeat": {"0": 50.0}},
+                             {"candidate": "sgan", "heldout_acc_mean": 55.0, "diff_mean": 5.0, "ci_low": 1.0,
+                              "ci_high": 9.0, "verdict": "better", "per_repeat": {"0": 54.0, "1": 56.0}}],
+              "n_labeled": 20, "n_train": 15, "n_heldout": 5,
+              "time": {"budget_s": 600, "spent_s": 540, "within_budget_and_margin": True}}
+    (tmp_path / "advice.json").write_text(json.dumps(advice))
+    run_script("experiments/advise_check.py", str(tmp_path), str(tmp_path / "f" / "test"), "--json",
+               str(tmp_path / "c.json"), monkeypatch=monkeypatch)
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["test"]["n"] == 60 and 0 <= c["test"]["accuracy"] <= 100 and c["heldout_mean"] == 55.0
+    assert "| sgan | 55.0 | +5.0 [+1.0, +9.0] | better |" in capsys.readouterr().out
+
+
 def tiny_typicality_v1(tmp_path, monkeypatch, capsys, request, **_):
     run = request.getfixturevalue("sgan_run")
     run_script("experiments/typicality_v1.py", str(run), "--batch-size", "64", "--out", str(tmp_path / "auroc.json"),
@@ -279,6 +308,8 @@ TINY = {
     "experiments/realistic/filter_auroc.py": tiny_filter_auroc,
     "experiments/typicality.py": tiny_typicality,
     "experiments/typicality_v1.py": tiny_typicality_v1,
+    "experiments/export_fmnist.py": tiny_export_fmnist,
+    "experiments/advise_check.py": tiny_advise_check,
     "experiments/sgan_conv_ablation.py": tiny_sgan_conv_ablation,
     "experiments/export_digits.py": tiny_export_digits,
     "experiments/gpu_runs.sh": tiny_gpu_runs,

@@ -164,8 +164,7 @@ class AtypicalFlag:
         text = (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of {of} "
                 f"{self.n_val} validation images' scores")
         if self.input_range is not None:
-            text += (f", or an input statistic outside the range of the validation and unlabeled images "
-                     f"({self.input_range.describe()})")
+            text += f", or an input statistic outside its range ({self.input_range.describe()})"
         return text
 
     def check(self, images_u8: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:

@@ -288,35 +288,38 @@ def input_statistics(images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 @dataclass
 class InputRange:
-    """The validation images' range of each input statistic: `lo[name]`, `hi[name]`, the `tail` and 1 - `tail`
-    quantiles of their values; an image outside it is atypical whatever a model says."""
+    """The range of each input statistic over reference images (`source` says which): `lo[name]`, `hi[name]`, the
+    `tail` and 1 - `tail` quantiles of their values; an image outside it is atypical whatever a model says."""
     lo: dict[str, float]
     hi: dict[str, float]
     tail: float
+    source: str = "validation images"
 
     @classmethod
-    def from_validation(cls, stats: dict[str, torch.Tensor], tail: float = 0.0) -> InputRange:
+    def from_validation(cls, stats: dict[str, torch.Tensor], tail: float = 0.0,
+                        source: str = "validation images") -> InputRange:
         """The [tail, 1 - tail] quantile range of the images' statistics (tail 0: their min and max)."""
         if not 0.0 <= tail < 0.5:
             raise ValueError(f"the input statistics' tail must be in [0, 0.5), got {tail}")
         lo = {k: float(torch.quantile(stats[k].double(), tail)) for k in INPUT_STATISTICS}
         hi = {k: float(torch.quantile(stats[k].double(), 1 - tail)) for k in INPUT_STATISTICS}
-        return cls(lo, hi, tail)
+        n = int(stats[INPUT_STATISTICS[0]].numel())
+        return cls(lo, hi, tail, f"{n} {source}")
 
     @classmethod
-    def from_images(cls, images: torch.Tensor) -> InputRange:
+    def from_images(cls, images: torch.Tensor, source: str = "validation and unlabeled images") -> InputRange:
         """The range of uint8 images' statistics: their min and max, or the RANGE_TAIL quantiles from
         RANGE_TAIL_MIN_IMAGES images on, so that a few odd images among them (a pool holds what its user put
         there) do not widen it."""
         tail = RANGE_TAIL if images.shape[0] >= RANGE_TAIL_MIN_IMAGES else 0.0
-        return cls.from_validation(input_statistics(images), tail)
+        return cls.from_validation(input_statistics(images), tail, source)
 
     def state_dict(self) -> dict:
-        return {"lo": dict(self.lo), "hi": dict(self.hi), "tail": self.tail}
+        return {"lo": dict(self.lo), "hi": dict(self.hi), "tail": self.tail, "source": self.source}
 
     @classmethod
     def from_state(cls, state: dict) -> InputRange:
-        return cls(dict(state["lo"]), dict(state["hi"]), float(state["tail"]))
+        return cls(dict(state["lo"]), dict(state["hi"]), float(state["tail"]), str(state["source"]))
 
     def outside(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """{statistic: (N,) bool, the images below its lo or above its hi}."""
@@ -324,7 +327,9 @@ class InputRange:
         return {k: (stats[k] < self.lo[k]) | (stats[k] > self.hi[k]) for k in INPUT_STATISTICS}
 
     def describe(self) -> str:
-        return ", ".join(f"{k} in [{self.lo[k]:.4g}, {self.hi[k]:.4g}]" for k in INPUT_STATISTICS)
+        bounds = "min and max" if self.tail == 0 else f"{self.tail:g} and {1 - self.tail:g} quantiles"
+        return (f"the {bounds} of {self.source}: "
+                + ", ".join(f"{k} in [{self.lo[k]:.4g}, {self.hi[k]:.4g}]" for k in INPUT_STATISTICS))
 
 
 # ------------------------------------------------------------------ the gate of a run
