@@ -95,6 +95,30 @@ def test_a_live_lock_elsewhere_is_busy_and_a_stale_one_is_taken_over(tmp_path, c
     assert not path.exists()
 
 
+def test_a_lock_from_before_a_restart_or_of_a_reused_pid_is_taken_over_at_once(tmp_path, capsys):
+    """This host, a fresh heartbeat and a live pid (this process's parent) prove nothing after a reboot (another boot
+    id) or when the pid now names a later process (another start time): both are taken over without waiting for
+    staleness; the same lock with this boot's id and that process's own start time is busy."""
+    import socket
+
+    from genssl.runs.lock import _boot_id, _pid_namespace, process_start_ticks
+
+    path, live = tmp_path / "lock.json", os.getppid()
+    mine = {"host": socket.gethostname(), "pid": live, "pidns": _pid_namespace(), "started": time.time(),
+            "token": "theirs", "boot_id": _boot_id(), "start_ticks": process_start_ticks(live)}
+    for changed, why in [({}, None), ({"boot_id": "another-boot"}, "the machine has restarted"),
+                         ({"start_ticks": process_start_ticks(live) + 1}, "a later process")]:
+        path.write_text(json.dumps({**mine, **changed}))
+        lock = FileLock(path, stale_s=3600)
+        if why is None:
+            with pytest.raises(LockBusy):
+                lock.acquire()
+            continue
+        lock.acquire()
+        lock.release()
+        assert why in capsys.readouterr().err
+
+
 def test_a_holder_that_lost_its_lock_writes_nothing_more_and_leaves_the_new_lock(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GENSSL_LOCK_HEARTBEAT_S", "0.2")
     lock_path = tmp_path / RunDir.LOCK

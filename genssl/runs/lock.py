@@ -3,14 +3,17 @@ a filesystem (a local disk, NFS, Lustre, GPFS). A run folder's one writer holds 
 
     taken      os.open(O_CREAT | O_EXCL): atomic on local disks and on NFSv3 and later, so of two processes that
                race for it one creates the file and the other gets FileExistsError.
-    contents   JSON written once, at creation: host, pid, pid namespace, start time, command line and a random
-               token (which acquisition holds it). Never rewritten.
+    contents   JSON written once, at creation: host, pid, pid namespace, boot id, the process's start time
+               since boot, start time, command line and a random token (which acquisition holds it). Never
+               rewritten.
     heartbeat  the file's modification time, touched (os.utime) by a daemon thread every `heartbeat_s` (30 s).
                A thread, not a touch at each checkpoint: checkpoints are a config choice (minutes or hours apart,
                and the first comes after loading data, filtering and compiling), so a checkpoint heartbeat would
                need a staleness limit longer than any gap between them, which nobody knows. A touch never rewrites
                the contents, so a holder that has lost its lock cannot overwrite its successor's.
-    taken over when its holder is provably dead (same host and pid namespace, and that pid is gone or a zombie)
+    taken over when its holder is provably dead (same host and pid namespace, and the machine has rebooted since
+               (another boot id), or that pid is gone, a zombie, or a newer process that reuses the number (its start
+               time since boot differs))
                or its heartbeat is older than `stale_s` (300 s: ten missed beats, well beyond NFS's attribute
                caching of up to 60 s; from another host nothing else proves a process dead, so hosts' clocks must
                agree to well within it). The taker renames the file aside and checks that it moved the lock it
@@ -80,6 +83,22 @@ def _pid_namespace() -> int | None:
         return None
 
 
+def _boot_id() -> str | None:
+    try:  # a new value each boot: a pid written before a reboot names nobody now
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22), or None where unknown:
+    with the pid it names one process, as a pid reused by a later process has a later start."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` of this host (and pid namespace) is running."""
     try:
@@ -104,9 +123,23 @@ class Holder:
     started: float
     token: str | None
     age_s: float
+    boot_id: str | None = None
+    start_ticks: int | None = None
 
     def here(self) -> bool:
         return self.host == socket.gethostname() and self.pidns == _pid_namespace()
+
+    def dead_here(self) -> str | None:
+        """Why this host's holder is provably dead (it is on this host and pid namespace), or None."""
+        if self.token is None or not self.here():
+            return None
+        if self.boot_id is not None and _boot_id() is not None and self.boot_id != _boot_id():
+            return "the machine has restarted since it took the lock"
+        if not pid_alive(self.pid):
+            return "that process is gone"
+        if self.start_ticks is not None and process_start_ticks(self.pid) not in (None, self.start_ticks):
+            return "that process is gone (its pid now belongs to a later process)"
+        return None
 
     def describe(self) -> str:
         if self.token is None:
@@ -124,7 +157,8 @@ def read_holder(path: Path) -> Holder | None:
         return None
     try:
         info = json.loads(raw)
-        return Holder(info["host"], int(info["pid"]), info.get("pidns"), float(info["started"]), info["token"], age)
+        return Holder(info["host"], int(info["pid"]), info.get("pidns"), float(info["started"]), info["token"], age,
+                      info.get("boot_id"), info.get("start_ticks"))
     except (ValueError, KeyError, TypeError):
         return Holder("?", 0, None, 0.0, None, age)
 
@@ -164,8 +198,9 @@ class FileLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace(), "started": time.time(),
-                "token": self.token, "command": " ".join(sys.argv)[:500]}
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace(), "boot_id": _boot_id(),
+                "start_ticks": process_start_ticks(os.getpid()), "started": time.time(), "token": self.token,
+                "command": " ".join(sys.argv)[:500]}
         # Not fileio's atomic write: a rename would replace another holder's lock. A reader that comes between the
         # create and this write sees no contents yet, and judges the lock by its heartbeat alone (read_holder).
         try:
@@ -178,9 +213,7 @@ class FileLock:
     def _takeover_reason(self, holder: Holder) -> str | None:
         if holder.age_s > self.stale_s:
             return f"its heartbeat is {holder.age_s:.0f} s old (stale after {self.stale_s:g} s)"
-        if holder.token is not None and holder.here() and not pid_alive(holder.pid):
-            return "that process is gone"
-        return None
+        return holder.dead_here()
 
     def _take_over(self, holder: Holder, why: str, say: Callable[[str], None]) -> None:
         """Remove the lock `holder` held, unless another process has replaced it since it was judged."""
