@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from genssl.registry import get_method_class, list_methods
+from genssl.registry import detector_kinds, get_method_class, list_methods
 
 
 class ConfigError(ValueError):
@@ -64,15 +64,19 @@ class DataConfig:
     mismatch 0 draws for that seed) and round(mismatch * n_unlabeled / (1 - mismatch)) out-of-class images are
     added, so the share is `mismatch` of a larger pool and only the strays change; mismatch < 1 (genssl.data.split)."""
     filter_run: str | None = None
-    """A finished run of a generative method trained on this same split (same data config and seed; a run on
-    another split is refused): unlabeled images it scores as less typical than `filter_quantile` of the validation
+    """A finished run trained on this same split (same data config and seed; a run on another split is refused):
+    unlabeled images its `filter_score` detector scores as less typical than `filter_quantile` of the validation
     images (the labeled ones when n_val is 0) are dropped before training (genssl.training.pool_filter)."""
     filter_quantile: float = 0.05
     """The quantile of the validation images' scores below which an unlabeled image is dropped, in (0, 1)."""
     filter_score: str = "model"
-    """model (the filter run's generative score: ELBO, log D; low = atypical) | two_sided (its distance from the
-    validation images' median: far on either side = atypical) | confidence (its classifier's maximum softmax
-    probability: the non-generative baseline, for any method's run)."""
+    """The filter run's detector (genssl.methods.detectors; low = atypical): model (its generative score: ELBO,
+    log D; methods that declare one) | max_softmax (its classifier's maximum softmax probability, any method;
+    `confidence` is its older name) | energy (logsumexp of the logits, any method) | feature_density (the class-
+    conditional Gaussian of its features, from its gate.pt or fitted on its labeled and validation images; needs
+    n_val > 0) | elbo_complexity (the ELBO in bits plus the compressed bits, methods with an ELBO of the pixels) |
+    two_sided (the model score's distance from the validation images' median: far on either side = atypical). A
+    detector the filter run cannot have is refused, naming the run."""
     labeled_in_unlabeled: bool = True
     """Whether the labeled images are also part of the unlabeled pool (the papers' protocol)."""
     split_seed: int | None = None
@@ -119,7 +123,7 @@ class TrainConfig:
     (NHWC, what oneDNN and cuDNN prefer) for a method with any convolution and leaves MLPs as they are; off keeps
     NCHW. Converted once in Method.setup (genssl.nn.layout); the numbers differ from NCHW's only by rounding.
     YAML reads a bare on / off as true / false: those mean the same."""
-    cuda_graph: str = "off"
+    cuda_graph: str | bool = "off"
     """auto | on | off: capture the training step in a CUDA graph and replay it (genssl.training.captured; a GPU step
     of these small models is launch-bound). auto: captured on CUDA where the method declares a capturable step and
     the run allows it (fp32, no compile, one process, one seed), eager otherwise; on: the same, but an error on a
@@ -400,6 +404,8 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(t.channels_last, bool) and t.channels_last not in CHANNELS_LAST_CHOICES:
         raise ConfigError(f"train.channels_last: {t.channels_last!r} is not one of {', '.join(CHANNELS_LAST_CHOICES)} "
                           f"(auto: channels_last for a method with convolutions, NCHW otherwise)")
+    if isinstance(t.cuda_graph, bool):  # YAML 1.1 reads a bare on / off (in a file or --train.cuda_graph=off) as a bool
+        t.cuda_graph = "on" if t.cuda_graph else "off"
     if t.cuda_graph not in CUDA_GRAPH_CHOICES:
         raise ConfigError(f"train.cuda_graph: {t.cuda_graph!r} is not one of {', '.join(CUDA_GRAPH_CHOICES)} (auto: "
                           f"captured on CUDA where the method allows it, eager elsewhere)")
@@ -428,8 +434,8 @@ def validate(cfg: RunConfig) -> None:
     if d.classes is not None:
         if len(d.classes) < 2 or len(set(d.classes)) != len(d.classes) or min(d.classes) < 0:
             raise ConfigError(f"data.classes: need at least two distinct class indices >= 0, got {d.classes}")
-    if d.filter_score not in ("model", "two_sided", "confidence"):
-        raise ConfigError(f"data.filter_score: {d.filter_score!r} is not one of model, two_sided, confidence")
+    if d.filter_score not in filter_scores():
+        raise ConfigError(f"data.filter_score: {d.filter_score!r} is not one of {', '.join(filter_scores())}")
     if not 0.0 < d.filter_quantile < 1.0:
         raise ConfigError(f"data.filter_quantile must be in (0, 1), the share of validation images whose scores fall "
                           f"below the threshold, got {d.filter_quantile}")
@@ -447,6 +453,14 @@ def validate(cfg: RunConfig) -> None:
 
 
 SELECT_POLICIES = ("best", "last", "within_se", "smoothed")
+TWO_SIDED = "two_sided"
+"""data.filter_score's one value that is not a detector: the model score made two-sided (genssl.training.pool_filter)."""
+
+
+def filter_scores() -> list[str]:
+    """data.filter_score's values: every registered detector name (genssl.methods.detectors) and two_sided."""
+    return detector_kinds() + [TWO_SIDED]
+
 MISMATCH_MODES = ("replace", "add")
 """data.mismatch_mode values (DataConfig.mismatch_mode; genssl.data.split.make_split)."""
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from genssl import Trainer
-from genssl.config import ConfigError, build_run_config
+from genssl.config import ConfigError, build_run_config, parse_overrides
 from genssl.data.batching import SSLBatcher
 from genssl.data.spec import DataSpec
 from genssl.methods import create_method
@@ -133,6 +133,10 @@ def test_config_checks_cuda_graph(run_config_factory):
     assert run_config_factory("supervised").train.cuda_graph == "off"  # until measured on a GPU
     with pytest.raises(ConfigError, match="train.cuda_graph: 'yes' is not one of auto, on, off"):
         build_run_config({"method": {"name": "supervised"}, "train": {"cuda_graph": "yes"}})
+    # a bare off / on, as YAML and --train.cuda_graph=off give it (a bool), means "off" / "on"
+    overrides = parse_overrides(["--train.cuda_graph=off"])
+    assert build_run_config({"method": {"name": "supervised"}, **overrides}).train.cuda_graph == "off"
+    assert build_run_config({"method": {"name": "supervised"}, "train": {"cuda_graph": True}}).train.cuda_graph == "on"
 
 
 def test_trainer_records_the_choice(run_config_factory, tiny_data, tmp_path):
