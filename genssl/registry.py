@@ -1,4 +1,5 @@
-"""Name -> class registries: one generic `Registry`, used for methods and for exportable encoder architectures.
+"""Name -> class registries: one generic `Registry`, used for methods, exportable encoder architectures and
+atypical-input detectors.
 
 A leaf module: it imports nothing of genssl, so any layer may look a name up. Entries arrive when the module
 that defines them is imported; `import genssl` imports every built-in one (methods, VAE and foreign encoder
@@ -60,8 +61,15 @@ def _check_encoder_arch(name: str, cls: type) -> None:
 
 METHODS = Registry("method", "name", _check_method)
 ENCODER_ARCHS = Registry("encoder arch", "encoder_arch", _check_encoder_arch)
+DETECTORS = Registry("detector", "name")  # filled by genssl.methods.detectors; here so config can check a name
+DETECTOR_ALIASES = {"confidence": "max_softmax"}  # older names of registered detectors (--flag-atypical, filter_score)
 
 register_method = METHODS.register
 register_encoder_arch = ENCODER_ARCHS.register
 get_method_class = METHODS.get
 list_methods = METHODS.names
+
+
+def detector_kinds() -> list[str]:
+    """Every detector name a user may give before a run is known: the registered ones and their aliases."""
+    return DETECTORS.names() + sorted(DETECTOR_ALIASES)

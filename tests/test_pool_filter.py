@@ -1,16 +1,22 @@
 """data.filter_run: the unlabeled pool filtered by a finished run's typicality score keeps exactly the images it
-reports, no labeled, validation or test image is touched, and a filter run trained on another split is refused."""
+reports, no labeled, validation or test image is touched, and a filter run trained on another split is refused;
+data.filter_score takes every detector (the feature density from gate.pt or fitted now), and one the filter run
+cannot have is refused naming the run."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from conftest import tiny_run_config
 from genssl import Trainer
+from genssl import ConfigError
+from genssl.encoders.density import GATE_FILE, read_gate
 from genssl.encoders.from_run import method_from_run
+from genssl.methods.detectors import detector_kinds
 from genssl.methods.typicality import score_images, threshold_from_validation
 from genssl.runs.run_dir import RunDir
 
@@ -34,7 +40,7 @@ def test_the_filter_keeps_exactly_what_it_reports(tiny_data, tmp_path, filter_ru
     res = trainer.fit()
     report = res["filter"]
     assert report == json.loads((tmp_path / "r" / "filter.json").read_text())
-    assert report["same_pool"] and report["score"] == "elbo" and report["pool"] == 210
+    assert report["same_pool"] and report["score"] == "elbo" and report["detector"] == "model" and report["pool"] == 210
     assert report["scored"] == 200 and report["kept"] + report["dropped"] == 200
     split = RunDir(tmp_path / "r").read_split()
     assert len(split.unlabeled) == report["kept"] + report["labeled_kept"] == res["n_unlabeled"]
@@ -65,16 +71,64 @@ def test_a_resumed_filtered_run_keeps_its_saved_pool(tiny_data, tmp_path, filter
     assert again["filter"] == first["filter"] and again["n_unlabeled"] == first["n_unlabeled"]
 
 
-def test_a_classifier_run_filters_by_confidence_only(tiny_data, tmp_path):
-    src = tiny_run_config("supervised", tmp_path, {"hidden": [32]}, data=DATA)
-    Trainer(src, run_dir=tmp_path / "sup", data=tiny_data).fit()
-    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]}, data={**DATA, "filter_run": str(tmp_path / "sup")})
-    with pytest.raises(ValueError, match="cannot score how typical.*filter_score: confidence"):
-        Trainer(cfg, run_dir=tmp_path / "a", data=tiny_data).fit()
-    cfg = tiny_run_config("supervised", tmp_path, {"hidden": [32]},
-                          data={**DATA, "filter_run": str(tmp_path / "sup"), "filter_score": "confidence"})
-    res = Trainer(cfg, run_dir=tmp_path / "b", data=tiny_data).fit()
-    assert res["filter"]["score"] == "max_softmax" and res["filter"]["kept"] + res["filter"]["dropped"] == 200
+@pytest.fixture(scope="module")
+def classifier_run(tiny_data, tmp_path_factory):
+    """A small supervised MLP on the same split: a filter without a generative score."""
+    out = tmp_path_factory.mktemp("classifier")
+    Trainer(tiny_run_config("supervised", out, {"hidden": [32]}, data=DATA), run_dir=out / "sup", data=tiny_data).fit()
+    return out / "sup"
+
+
+def _filtered(tiny_data, root, run_name, filter_run, **data):
+    """(report, the kept pool images) of a tiny supervised run whose pool `filter_run` filters."""
+    cfg = tiny_run_config("supervised", root, {"hidden": [32]}, data={**DATA, "filter_run": str(filter_run), **data},
+                          train={"steps": 2})
+    res = Trainer(cfg, run_dir=root / run_name, data=tiny_data).fit()
+    split = RunDir(root / run_name).read_split()
+    return res["filter"], set(split.unlabeled.tolist()) - set(split.labeled.tolist())
+
+
+def test_a_classifier_run_filters_by_confidence_only(tiny_data, tmp_path, classifier_run):
+    with pytest.raises(ValueError, match=r"data.filter_run='.*sup', data.filter_score: model: supervised has no "
+                                         r"generative model.*this supervised run has \(energy, feature_density, "
+                                         r"max_softmax; confidence is max_softmax\)"):
+        _filtered(tiny_data, tmp_path, "a", classifier_run)
+    report, kept = _filtered(tiny_data, tmp_path, "b", classifier_run, filter_score="confidence")
+    assert report["score"] == report["detector"] == "max_softmax" and report["kept"] + report["dropped"] == 200
+    # confidence is max_softmax's older name: the same filter, image for image
+    again, kept_again = _filtered(tiny_data, tmp_path, "c", classifier_run, filter_score="max_softmax")
+    assert kept_again == kept and {**again, "cost_s": 0} == {**report, "cost_s": 0}
+
+
+def test_a_detector_the_filter_run_cannot_have_is_refused_naming_it(tiny_data, tmp_path, classifier_run):
+    with pytest.raises(ValueError, match=r"data.filter_run='.*sup', data.filter_score: elbo_complexity: supervised "
+                                         r"has no ELBO.*with a run of a method that has elbo_complexity"):
+        _filtered(tiny_data, tmp_path, "r", classifier_run, filter_score="elbo_complexity")
+    assert not (tmp_path / "r" / "filter.json").exists()
+    with pytest.raises(ConfigError, match=r"data.filter_score: 'mahalanobis' is not one of "
+                                          + ", ".join(detector_kinds() + ["two_sided"])):
+        tiny_run_config("supervised", tmp_path, data={**DATA, "filter_score": "mahalanobis"})
+
+
+def test_the_feature_density_filter_keeps_most_in_task_images(tiny_data, tmp_path, filter_run):
+    """M1's latent density, from its gate.pt (of best.pt's step) and refitted where there is none: the same
+    filter; its threshold is the gate's cross-fitted validation scores', so about 1 - quantile of the in-task
+    pool images pass."""
+    report, kept = _filtered(tiny_data, tmp_path, "r", filter_run, filter_score="feature_density",
+                             filter_quantile=0.2)
+    assert report["detector"] == report["score"] == "feature_density" and report["density"].startswith(GATE_FILE)
+    gate = read_gate(filter_run)
+    assert report["threshold"] == threshold_from_validation(gate["val_scores"]["feature_density"], 0.2)
+    in_task = report["scored"] - report["out_of_task_scored"]
+    share = (report["kept"] - report["out_of_task_kept"]) / in_task
+    assert 0.65 <= share <= 0.95, share  # 1 - 0.2, within the noise of 100 images and 40 validation ones
+    no_gate = tmp_path / "no_gate"
+    shutil.copytree(filter_run, no_gate)
+    (no_gate / GATE_FILE).unlink()
+    refit, kept_refit = _filtered(tiny_data, tmp_path, "refit", no_gate, filter_score="feature_density",
+                                  filter_quantile=0.2)
+    assert refit["density"].startswith("fitted on the labeled and validation images (no gate.pt")
+    assert kept_refit == kept and refit["threshold"] == pytest.approx(report["threshold"])
 
 
 def test_two_sided_keeps_the_band_around_the_validation_median(tiny_data, tmp_path, filter_run):

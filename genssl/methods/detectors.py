@@ -86,10 +86,9 @@ from genssl.methods.typicality import (
     typicality_refusal,
     typicality_scores,
 )
-from genssl.registry import Registry
+from genssl.registry import DETECTOR_ALIASES, DETECTORS, detector_kinds
 
-DETECTORS = Registry("detector", "name")
-ALIASES = {"confidence": CONFIDENCE_SCORE}  # --flag-atypical's older names; the method's own score's name -> model
+ALIASES = DETECTOR_ALIASES  # --flag-atypical's older names; the method's own score's name -> model (resolve_kind)
 DEFAULT_PREFERENCE = ("elbo_complexity", "feature_density", "max_softmax")  # the first that applies is the default
 INPUT_STATISTICS = ("mean", "std", "bits")
 RANGE_POOL_IMAGES = 5000  # at most this many unlabeled images (drawn with RANGE_SEED) join the input-range images
@@ -237,11 +236,6 @@ def resolve_kind(kind: str, method: Method) -> str:
     if kind is not None and kind == type(method).typicality_score:
         return "model"
     raise ValueError(f"unknown detector {kind!r}; choose one of {', '.join(detector_kinds())}")
-
-
-def detector_kinds() -> list[str]:
-    """Every name --flag-atypical accepts (before a run is known)."""
-    return DETECTORS.names() + sorted(ALIASES)
 
 
 def detector_refusal(kind: str, method: Method, density: FeatureDensity | None = None) -> str | None:
