@@ -454,7 +454,7 @@ def validate(cfg: RunConfig) -> None:
 
 SELECT_POLICIES = ("best", "last", "within_se", "smoothed")
 TWO_SIDED = "two_sided"
-"""data.filter_score's one value that is not a detector: the model score made two-sided (genssl.training.pool_filter)."""
+"""The one data.filter_score that is not a detector: the model score made two-sided (genssl.training.pool_filter)."""
 
 
 def filter_scores() -> list[str]:
