@@ -3,7 +3,8 @@ trained on Fashion-MNIST's six clean garments, against each kind of atypical ima
 seeds and intervals, and the paired question "does any generative detector beat the best discriminative one?".
 
     python experiments/typicality.py score RUN [RUN ...]   # adds (replaces) the runs' rows in experiments/typicality.csv
-    python experiments/typicality.py render                # experiments/typicality.md from the CSV
+    python experiments/typicality.py pools RUN [RUN ...]   # class-mismatch runs: each detector on the run's own pool
+    python experiments/typicality.py render                # experiments/typicality.md from the CSVs
 
 In-distribution: the run's test images (its data.classes). Atypical sets, each scored on its own:
 - near: the test images of the dataset's other classes (Sandal, Sneaker, Bag, Ankle boot for the six garments);
@@ -62,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_digits import mnist_5k  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CSV_PATH, MD_PATH = HERE / "typicality.csv", HERE / "typicality.md"
+CSV_PATH, MD_PATH, POOLS_CSV_PATH = HERE / "typicality.csv", HERE / "typicality.md", HERE / "typicality_pools.csv"
 SETS = ("near", "mnist", "digits8x8", "noise", "constant")
 DETECTOR_ORDER = ("max_softmax", "energy", "feature_density", "feature_density_pl", "model", "elbo_complexity")
 GENERATIVE_METHODS = {"vae_m1", "vae_m2", "adgm", "sdgm", "sgan"}
@@ -220,21 +221,51 @@ def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
     return rows
 
 
+POOL_COLUMNS = ["entry", "method", "seed", "mismatch", "mismatch_mode", "detector", "family", "n_in", "n_out", "auroc",
+                "machine", "date"]
+
+
+def score_pool(run_dir: Path, batch_size: int = 500) -> list[dict]:
+    """The rows (POOL_COLUMNS) of a class-mismatch run: how well each detector of the run tells the in-class images
+    of its own unlabeled pool from the out-of-class ones (the hidden labels: a task's classes come first, so an
+    out-of-class image's label is at least the number of task classes)."""
+    cfg = RunDir(run_dir).read_config()
+    method, cfg, split, (train, _) = load_run(run_dir, device="cpu")
+    pool, labels = train.images[split.unlabeled], train.labels[split.unlabeled]
+    out_of_class = labels >= method.spec.num_classes
+    if not bool(out_of_class.any()) or bool(out_of_class.all()):
+        raise SystemExit(f"{run_dir}: its pool holds {'no' if not out_of_class.any() else 'only'} out-of-class "
+                         f"images, so no AUROC (a class-mismatch run with 0 < mismatch < 1 in replace mode, or add mode)")
+    x_l, y_l = train.images[split.labeled], train.labels[split.labeled]
+    gate = fit_gate(method, (x_l, y_l), (train.images[split.val], train.labels[split.val]), batch_size)
+    density = gate_density(gate)
+    common = {"entry": entry_of(run_dir), "method": cfg.method_name, "seed": split.seed,
+              "mismatch": cfg.data.mismatch, "mismatch_mode": cfg.data.mismatch_mode, "machine": machine_of(run_dir),
+              "date": date.today().isoformat()}
+    rows = []
+    for det in available_detectors(method, density):
+        s = detector_scores(det, method, pool, density, batch_size)
+        rows.append({**common, "detector": det, "family": family(cfg.method_name, det),
+                     "n_in": int((~out_of_class).sum()), "n_out": int(out_of_class.sum()),
+                     "auroc": auroc(s[~out_of_class], s[out_of_class])})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ the CSV
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
     def fmt(v):
         return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)
-    rows = sorted(rows, key=lambda r: (r["entry"], int(r["seed"]), r["detector"], r["set"]))
+    rows = sorted(rows, key=lambda r: (r["entry"], int(r["seed"]), r["detector"], r.get("set", "")))
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(f, columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({c: fmt(r.get(c)) for c in COLUMNS})
+            w.writerow({c: fmt(r.get(c)) for c in columns})
 
 
 # ------------------------------------------------------------------------------------------------ the tables
@@ -351,7 +382,17 @@ def best_detector_per_entry(rows: list[dict], sets: list[str]) -> list[str]:
     return lines
 
 
-def render(rows: list[dict]) -> str:
+def _pool_table(pool_rows: list[dict]) -> list[str]:
+    values = defaultdict(list)
+    for r in pool_rows:
+        values[(r["entry"], r["detector"], r["family"])].append(float(r["auroc"]))
+    lines = ["| entry | detector | family | AUROC, in-class against out-of-class pool images |", "|---|---|---|---|"]
+    for k in sorted(values, key=lambda k: (k[0], DETECTOR_ORDER.index(k[1]))):
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {_cell(values[k])} |")
+    return lines
+
+
+def render(rows: list[dict], pool_rows: list[dict] | None = None) -> str:
     sets = [s for s in SETS if any(r["set"] == s for r in rows)]
     entries = sorted({r["entry"] for r in rows})
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -416,6 +457,14 @@ def render(rows: list[dict]) -> str:
         *best_detector_per_entry(rows, sets),
         "",
     ]
+    if pool_rows:
+        out += ["## On the mismatch pools", "",
+                "How well each run's detectors tell the in-class images of its own unlabeled pool from the "
+                "out-of-class ones (runs of experiments/realistic/mismatch_v2.yaml trained on those pools; "
+                "`python experiments/typicality.py pools RUN ...`, [typicality_pools.csv](typicality_pools.csv)). "
+                "FixMatch's accuracy on a pool filtered by a detector, against `openmatch`: the mismatch study's "
+                "table in [experiments/README.md](README.md#class-mismatch-six-garments-replace-and-add-mode-120-s).", "",
+                *_pool_table(pool_rows), ""]
     return "\n".join(out)
 
 
@@ -428,13 +477,30 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--csv", type=Path, default=CSV_PATH)
-    r = sub.add_parser("render", help="write the Markdown tables from the CSV")
+    q = sub.add_parser("pools", help="score class-mismatch runs' own pools, adding their rows to the pools CSV")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--batch-size", type=int, default=500)
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--csv", type=Path, default=POOLS_CSV_PATH)
+    r = sub.add_parser("render", help="write the Markdown tables from the CSVs")
     r.add_argument("--csv", type=Path, default=CSV_PATH)
+    r.add_argument("--pools-csv", type=Path, default=POOLS_CSV_PATH)
     r.add_argument("--md", type=Path, default=MD_PATH)
     args = p.parse_args(argv)
     if args.command == "render":
-        args.md.write_text(render(read_rows(args.csv)))
+        pools = read_rows(args.pools_csv) if args.pools_csv.is_file() else None
+        args.md.write_text(render(read_rows(args.csv), pools))
         print(f"typicality: wrote {args.md}")
+        return 0
+    if args.command == "pools":
+        torch.set_num_threads(args.threads)
+        rows = read_rows(args.csv) if args.csv.is_file() else []
+        for run in map(Path, args.runs):
+            new = score_pool(run, args.batch_size)
+            keys = {(r["entry"], str(r["seed"])) for r in new}
+            rows = [r for r in rows if (r["entry"], str(r["seed"])) not in keys] + new
+            write_rows(args.csv, rows, POOL_COLUMNS)
+            print(f"typicality: scored the pool of {run}", file=sys.stderr)
         return 0
     torch.set_num_threads(args.threads)
     if mnist_5k() is None or sklearn_digits_8x8() is None:

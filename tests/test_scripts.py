@@ -205,11 +205,16 @@ def tiny_typicality(tmp_path, monkeypatch, capsys, request, **_):
     for seed in (0, 1):
         _realistic_run(tmp_path / "runs", f"mm0-supervised-n20-s{seed}", root, **garments, split_seed=seed)
     runs = sorted(str(p) for p in (tmp_path / "runs").iterdir())
-    table, md = tmp_path / "t.csv", tmp_path / "t.md"
+    _realistic_run(tmp_path / "mismatch", "mm50-supervised-n20-s0", root, **garments, mismatch=0.5)
+    table, pools, md = tmp_path / "t.csv", tmp_path / "p.csv", tmp_path / "t.md"
     run_script("experiments/typicality.py", "score", *runs, "--batch-size", "64", "--csv", str(table),
                monkeypatch=monkeypatch)
-    run_script("experiments/typicality.py", "render", "--csv", str(table), "--md", str(md), monkeypatch=monkeypatch)
+    run_script("experiments/typicality.py", "pools", str(tmp_path / "mismatch" / "mm50-supervised-n20-s0"),
+               "--csv", str(pools), monkeypatch=monkeypatch)
+    run_script("experiments/typicality.py", "render", "--csv", str(table), "--pools-csv", str(pools), "--md", str(md),
+               monkeypatch=monkeypatch)
     text = md.read_text()
+    assert "| mm50-supervised | feature_density | discriminative | " in text.split("## On the mismatch pools")[1]
     row = next(line for line in text.splitlines() if line.startswith("| mm0-supervised | feature_density |"))
     near = row.split("|")[4]  # the held-out classes of the stand-in, two seeds
     assert near.strip().endswith("(2)") and 0.0 <= float(near.split()[0]) <= 1.0, row
