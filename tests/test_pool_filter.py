@@ -127,7 +127,7 @@ def test_the_feature_density_filter_keeps_most_in_task_images(tiny_data, tmp_pat
     (no_gate / GATE_FILE).unlink()
     refit, kept_refit = _filtered(tiny_data, tmp_path, "refit", no_gate, filter_score="feature_density",
                                   filter_quantile=0.2)
-    assert refit["density"].startswith("fitted on the labeled and validation images (no gate.pt")
+    assert refit["density"].startswith("fitted now on ") and "(no gate.pt" in refit["density"]
     assert kept_refit == kept and refit["threshold"] == pytest.approx(report["threshold"])
 
 

@@ -14,11 +14,11 @@ run cannot have (a classifier's ELBO) is refused with the detectors' own reason,
 The threshold is the `filter_quantile` of the scores of the validation images (the labeled ones when there are
 none; threshold_from_validation, which refuses NaN scores), which are of the task's classes by construction and
 unseen by the filter's training, so about (1 - quantile) of in-task images pass; unlabeled images scoring below it
-are dropped. The feature density is the exception to "unseen": it is fitted on the labeled and validation images,
-so its threshold is taken from its cross-fitted validation scores (each from a density fitted without that image,
-genssl.encoders.density.crossfit_scores), read with the density from the run's gate.pt where that gate is of the
-checkpoint the filter loads (best.pt), else fitted now (fit_gate) on the run's labeled and validation images,
-which are this run's. The labeled images always stay. What was kept, and, from the hidden labels (reporting only,
+are dropped. The feature density's threshold is its gate's validation scores (of images it was not fitted on:
+held out of a fit on the labeled and confidently pseudo-labeled pool images, or cross-fitted in a fit on the
+labeled and validation images; genssl.methods.detectors.fit_feature_density), read with the density from the run's
+gate.pt where that gate is of the checkpoint the filter loads (best.pt), else fitted now (fit_gate) on the run's
+labeled, validation and pool images, which are this run's. The labeled images always stay. What was kept, and, from the hidden labels (reporting only,
 as SSLBatch.y_u), how many out-of-task images were among the kept and the dropped, is written with the detector's
 name to filter.json and results.json.
 """
@@ -34,7 +34,15 @@ from genssl.data.split import Split
 from genssl.encoders.density import GATE_FILE, FeatureDensity, gate_density, read_gate
 from genssl.encoders.from_run import method_from_run
 from genssl.methods.base import Method
-from genssl.methods.detectors import DETECTORS, detector_scores, fit_gate, gate_threshold, resolve_kind, score_name
+from genssl.methods.detectors import (
+    DETECTORS,
+    detector_scores,
+    fit_gate,
+    gate_threshold,
+    range_pool_draw,
+    resolve_kind,
+    score_name,
+)
 from genssl.methods.typicality import threshold_from_validation
 from genssl.runs.run_dir import RunDir
 
@@ -96,12 +104,14 @@ def run_density(filter_run: str | Path, method: Method, step: int, split: Split,
     if split.val.numel() == 0:
         raise ValueError(f"data.filter_run={str(filter_run)!r}, data.filter_score: {DENSITY}: the run has {why} for "
                          f"its best.pt (step {step}), and without validation images (n_val: 0) none can be fitted: "
-                         f"the density's threshold is its cross-fitted validation images' scores")
+                         f"the density's threshold is its validation images' scores")
     def images(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return images_u8[idx.to(images_u8.device)], labels[idx.to(labels.device)]
 
-    state = fit_gate(method, images(split.labeled), images(split.val), SCORE_BATCH, step)
-    return gate_density(state), state, f"fitted on the labeled and validation images ({why}, best.pt is step {step})"
+    pool = split.unlabeled[range_pool_draw(len(split.unlabeled))]
+    state = fit_gate(method, images(split.labeled), images(split.val), SCORE_BATCH, step,
+                     pool=images_u8[pool.to(images_u8.device)])
+    return gate_density(state), state, f"fitted now on {state['density_fit']} ({why}, best.pt is step {step})"
 
 
 def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor, num_task_classes: int,
@@ -128,7 +138,7 @@ def filter_unlabeled(split: Split, images_u8: torch.Tensor, labels: torch.Tensor
     def scores(idx: torch.Tensor) -> torch.Tensor:
         return -(raw(idx) - center).abs() if kind == TWO_SIDED else raw(idx)
 
-    # the density saw the validation images: its threshold is their cross-fitted scores (module docstring)
+    # the density's threshold is its gate's validation scores, of images it was not fitted on (module docstring)
     threshold = (gate_threshold(gate, DENSITY, quantile) if name == DENSITY
                  else threshold_from_validation(scores(reference), quantile))
     is_labeled = torch.isin(split.unlabeled, split.labeled)
