@@ -10,8 +10,9 @@ predicted class, its probability, and the top-k classes with theirs, then the ga
     noise.png,Bag,0.9998,Sandal,0.0001,Shirt,0.0001,-1893.2,1,feature_density+bits
 
 The gate (on by default; genssl.methods.detectors): `typicality` is the run's best detector's score of how typical
-the image is of its training data (higher = more typical: the complexity-corrected ELBO for an M1 with a Gaussian
-decoder, else the log density of a class-conditional Gaussian on the classifier's features), and `atypical` is 1
+the image is of its training data (higher = more typical: the ELBO for an M1 with a Gaussian decoder, else the log
+density of a class-conditional Gaussian on the classifier's features, fitted on the labeled and the confidently
+pseudo-labeled unlabeled images; experiments/typicality.md), and `atypical` is 1
 where that score is below the `--atypical-quantile` quantile (0.01) of the run's validation images' scores, or
 where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the range of the
 validation images' and the unlabeled pool's (genssl.methods.detectors.range_images); `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
