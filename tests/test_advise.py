@@ -177,7 +177,9 @@ def advised(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
     data, out = write_folder(tmp / "data", val=1), tmp / "out"
-    kw = dict(budget="10m", out=out, jobs=1, candidates=["fixmatch"], repeats=2, min_steps=5, run_budget_s=RUN_BUDGET)
+    # --budget 1m: the per-run budget is fixed (RUN_BUDGET), so the budget sets only the pilot's length (0.3 s a
+    # candidate; 1.5 s at 10m) and what the advice must fit within (checked: within_budget_and_margin).
+    kw = dict(budget="1m", out=out, jobs=1, candidates=["fixmatch"], repeats=2, min_steps=5, run_budget_s=RUN_BUDGET)
     plan_lines, advice_lines = [], []
     state = advise(data, dry_run=True, echo=plan_lines.append, **kw)
     no_runs_after_dry_run = not (out / "runs").exists()
