@@ -42,7 +42,7 @@ def test_gpu_check_dry_run(tmp_path):
     # the table for benchmarks/README.md, from the smokes' JSON
     assert "## Summary" in text and "## For benchmarks/README.md" in text
     assert "| supervised step | " in text and "captured needs CUDA" in text
-    assert "| supervised x2 stacked seeds | " in text
+    assert "| supervised x2 stacked seeds | " in text and "x one seed) |" in text  # both throughput.py children ran
     assert not (tmp_path / "sgan_fmnist").exists()  # nothing trained in a dry run
 
 

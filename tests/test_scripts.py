@@ -4,7 +4,8 @@ neither fails `test_every_script_runs_here`: give it a tiny run in TINY, or a --
 
 Python scripts run in this process (runpy, as `__main__`, with their argv), so each costs its own work and not a
 fresh interpreter; what they start themselves (genssl commands, benchmark children) are subprocesses.
-benchmarks/gpu_check.sh has its dry run in tests/test_gpu_check.py.
+benchmarks/gpu_check.sh has its dry run in tests/test_gpu_check.py, and that dry run runs the benchmarks of
+IN_GPU_CHECK_DRY_RUN (each checked there), so they are not run a second time here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from method_recipes import recipe
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("experiments", "benchmarks")
 DRY_RUN_ELSEWHERE = {"benchmarks/gpu_check.sh": "tests/test_gpu_check.py"}
+# script: its command in a CPU-safe section of gpu_check.sh --dry-run; tests/test_gpu_check.py asserts that each
+# section ends ok and reads its output (the captured-step JSON, the table plan, the stacked-seeds rows with their
+# ratio to one seed)
+IN_GPU_CHECK_DRY_RUN = {
+    "benchmarks/captured_step.py": "benchmarks/captured_step.py --dry-run",
+    "benchmarks/table_time.py": "benchmarks/table_time.py --dry-run",
+    "benchmarks/throughput.py": "benchmarks/throughput.py --devices cpu --methods supervised",
+}
 
 
 def scripts() -> list[str]:
@@ -82,15 +91,6 @@ def tiny_profile_step(tmp_path, monkeypatch, capsys, **_):
     run_script("benchmarks/profile_step.py", "--method", "supervised", "--precision", "fp32", "--threads", "1",
                "--steps", "2", "--warmup", "1", "--batch-size", "8", "--rows", "5", monkeypatch=monkeypatch)
     assert "supervised" in capsys.readouterr().out
-
-
-def tiny_throughput(tmp_path, monkeypatch, capsys, **_):
-    out = tmp_path / "rows.json"
-    run_script("benchmarks/throughput.py", "--methods", "supervised", "--devices", "cpu", "--precisions", "fp32",
-               "--steps", "2", "--warmup", "1", "--batch-sizes", "8", "--labeled-batch-size", "8", "--threads", "1",
-               "--json", str(out), monkeypatch=monkeypatch)
-    rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1 and rows[0]["method"] == "supervised", rows
 
 
 def tiny_conv_step(tmp_path, monkeypatch, capsys, **_):
@@ -301,7 +301,6 @@ def tiny_gpu_runs(tmp_path, monkeypatch, capsys, **_):
 
 TINY = {
     "benchmarks/profile_step.py": tiny_profile_step,
-    "benchmarks/throughput.py": tiny_throughput,
     "benchmarks/soak.py": tiny_soak,
     "benchmarks/conv_step.py": tiny_conv_step,
     "experiments/realistic/report.py": tiny_study_report,
@@ -326,11 +325,16 @@ def _has_dry_run(script: str) -> bool:
 
 
 def test_every_script_runs_here(tmp_path):
-    """Each tracked script has a tiny run below, or is dry-run here (or in DRY_RUN_ELSEWHERE)."""
-    missing = [s for s in scripts() if s not in TINY and s not in DRY_RUN_ELSEWHERE and not _has_dry_run(s)]
+    """Each tracked script has a tiny run below, or is dry-run here (or in DRY_RUN_ELSEWHERE, or by gpu_check.sh's
+    dry run: IN_GPU_CHECK_DRY_RUN)."""
+    elsewhere = DRY_RUN_ELSEWHERE | IN_GPU_CHECK_DRY_RUN
+    missing = [s for s in scripts() if s not in TINY and s not in elsewhere and not _has_dry_run(s)]
     assert not missing, (f"scripts that no test runs: {missing}; add a tiny run of each to TINY in "
                          f"tests/test_scripts.py, or give it a --dry-run flag")
-    for script in [s for s in scripts() if s not in TINY and s not in DRY_RUN_ELSEWHERE]:
+    gpu_check = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    for script, command in IN_GPU_CHECK_DRY_RUN.items():
+        assert command in gpu_check, f"gpu_check.sh no longer runs {command!r}: give {script} a tiny run in TINY"
+    for script in [s for s in scripts() if s not in TINY and s not in elsewhere]:
         cmd = ["bash", str(ROOT / script)] if script.endswith(".sh") else [sys.executable, str(ROOT / script)]
         out = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"{script} --dry-run:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
