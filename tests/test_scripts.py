@@ -23,7 +23,7 @@ import torch
 from conftest import tiny_run_config
 from datafiles import write_idx_dataset
 from genssl import Trainer
-from genssl.cli import build_parser
+from genssl.cli import build_parser, main
 from genssl.config import load_run_config
 from method_recipes import recipe
 
@@ -147,7 +147,24 @@ def tiny_sample_classifier(tmp_path, monkeypatch, capsys, request, **_):
     assert json.loads((tmp_path / "rows.json").read_text())
 
 
+def genssl_in_process(monkeypatch) -> None:
+    """A script's `python -m genssl ARGS` subprocess runs genssl.cli.main(ARGS) in this process instead: the same
+    command, without an interpreter start (`python -m genssl` itself is tested in tests/test_cli.py)."""
+    real_run = subprocess.run
+
+    def run(cmd, *args, check=False, **kwargs):
+        if list(cmd[:3]) != [sys.executable, "-m", "genssl"]:
+            return real_run(cmd, *args, check=check, **kwargs)
+        rc = main([str(a) for a in cmd[3:]])
+        if check and rc:
+            raise subprocess.CalledProcessError(rc, cmd)
+        return subprocess.CompletedProcess(cmd, rc)
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
 def tiny_own_data(tmp_path, monkeypatch, capsys, request, **_):
+    genssl_in_process(monkeypatch)  # its `genssl train` and `genssl predict`
     monkeypatch.setenv("GENSSL_DATA", str(request.getfixturevalue("fmnist_root")))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the decoded-folder cache
     run_script("experiments/own_data.py", "--work", str(tmp_path / "work"), "--per-class", "3", "--unlabeled", "30",
