@@ -20,6 +20,7 @@ from genssl.config import ConfigError
 from genssl.runs.run_dir import RunDir
 
 from datafiles import write_idx_dataset
+from method_recipes import recipe
 
 TINY_TRAIN = {"steps": 4, "batch_size": 32, "labeled_batch_size": 16, "eval_every": 2, "log_every": 2,
               "ckpt_every": 2, "eval_batch_size": 128, "progress": False}
@@ -154,11 +155,12 @@ def test_runs_that_need_other_runs_m1_m2_and_generated_samples(tmp_path, monkeyp
     monkeypatch.setenv("GENSSL_DATA", str(tmp_path / "data"))
     mnist = {"data": {"dataset": "mnist", "n_val": 100, "download": False}}
     # m1+m2 is listed first but names the m1 run's folder, so it runs after it; sgan+samples trains a fresh
-    # classifier on the labels plus the finished sgan run's generated samples.
+    # classifier on the labels plus the finished sgan run's generated samples. Small networks (method_recipes):
+    # what is checked is the grid's dependencies, reuse and report, the same at any width.
     grid = write_grid(tmp_path, {
-        "m1+m2": {**synthetic("vae_m2", encoder="{runs}/m1-n{n_labels}-s{seed}"), **mnist},
-        "m1": {**synthetic("vae_m1"), **mnist},
-        "sgan": {**synthetic("sgan"), **mnist},
+        "m1+m2": {**synthetic("vae_m2", encoder="{runs}/m1-n{n_labels}-s{seed}", **recipe("vae_m2")), **mnist},
+        "m1": {**synthetic("vae_m1", **recipe("vae_m1")), **mnist},
+        "sgan": {**synthetic("sgan", **recipe("sgan")), **mnist},
         "sgan+samples": {"samples_from": "sgan", "classifier": {"steps": 4, "eval_every": 2, "batch_size": 16,
                                                                 "labeled_batch_size": 8, "threshold": 0.0}},
     }, seeds=[0])

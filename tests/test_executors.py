@@ -24,6 +24,7 @@ from genssl.compare.grid import Resources
 from genssl.compare.runner import load_grid, run_grid
 from genssl.config import ConfigError
 from genssl.runs.run_dir import RunDir
+from method_recipes import recipe
 
 TINY_TRAIN = {"steps": 4, "batch_size": 32, "labeled_batch_size": 16, "eval_every": 2, "log_every": 2,
               "ckpt_every": 2, "eval_batch_size": 128, "progress": False, "precision": "fp32"}
@@ -58,8 +59,9 @@ def test_a_grid_through_the_engine_gives_the_local_results_reports_a_failing_run
         tmp_path, tiny_data, monkeypatch, capsys):
     # sgan+samples needs the sgan run: the engine starts it once that run has finished. `bad` diverges (at lr
     # 1e30 the weights overflow by step 2): it is reported with its log, bad+samples (built on it) is not
-    # started, and the other runs finish and are tabulated.
-    grid = write_grid(tmp_path, {"sgan": synthetic("sgan"), "sgan+samples": SAMPLES,
+    # started, and the other runs finish and are tabulated. The sgan has the tests' small networks
+    # (method_recipes): the engine's path is the same at any width.
+    grid = write_grid(tmp_path, {"sgan": synthetic("sgan", **recipe("sgan")), "sgan+samples": SAMPLES,
                                  "bad": synthetic("supervised", lr=1e30, weight_decay=0.0),
                                  "bad+samples": {**SAMPLES, "samples_from": "bad"}})
     with pytest.raises(RuntimeError, match=r"2 of 4 runs failed"):
