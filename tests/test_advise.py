@@ -10,6 +10,7 @@ import json
 import math
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from genssl.advise import AdviseError, advise, parse_budget
 from genssl.advise.command import PLAN_FILE, SESSIONS_FILE, write_grid
 from genssl.advise.evidence import nadeau_bengio, recommend
 from genssl.advise.folder import read_user_data
-from genssl.advise.plan import min_detectable_effect, make_plan, run_wall
+from genssl.advise.plan import make_plan, min_detectable_effect, other_busy_cores, run_wall
 from genssl.cli import main
 from genssl.compare.grid import load_grid
 from imagefiles import save
@@ -258,3 +259,24 @@ def test_resume_continues_and_reuses_finished_runs(advised):
     assert again["recommendation"]["choice"] == advised["advice"]["recommendation"]["choice"]
     with pytest.raises(AdviseError, match="other arguments .*budget_s"):
         advise(advised["data"], **{**kw, "budget": "20m"})
+
+
+def test_other_busy_cores_counts_other_processes_not_this_one():
+    """The contention advise plans with is measured over a short window from /proc/stat, less this process's own
+    CPU time: a core this process keeps busy is not 'another process's load' (the load average would count it, and
+    a minute of processes that already ended)."""
+    def spin(stop: threading.Event) -> None:
+        while not stop.is_set():
+            pass
+
+    idle = other_busy_cores(0.5)
+    stop = threading.Event()
+    worker = threading.Thread(target=spin, args=(stop,))
+    worker.start()
+    try:
+        spinning = other_busy_cores(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert idle is not None and spinning is not None
+    assert spinning - idle < 0.5, (idle, spinning)  # our busy core left out (it would add ~1.0)

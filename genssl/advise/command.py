@@ -35,7 +35,7 @@ from genssl.advise.evidence import candidate_rows, recommend
 from genssl.advise.folder import AdviseError, UserData, read_user_data
 from genssl.advise.pilot import measure_step_costs
 from genssl.advise.plan import (EVAL_SHARE, FILTER_AT, REPORT_RESERVE_S, START_S, contention, make_plan, margin_s,
-                                parse_budget, run_wall, schedule)
+                                other_busy_cores, parse_budget, run_wall, schedule)
 from genssl.advise.pool_check import check_pool, pool_check_run, train_run
 from genssl.advise.report import advice_markdown, plan_text, table_markdown
 from genssl.advise.splits import ALL_FILE, HELDOUT_FILE, TRAIN_FILE, heldout_counts, write_splits
@@ -175,9 +175,13 @@ def _plan(user: UserData, out: Path, args: dict, budget_s: float, phases: dict, 
                 names.append(f.name)
     costs = {n: pilot[base_of.get(n, n)]["s_per_step"] for n in names}
     caps = {n: cands.template_steps(by_name[n]) for n in names}
-    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    measured = None if executor == "slurm" else other_busy_cores()
+    if measured is not None:  # the other processes' load now, this process left out
+        load_avg, own = measured, 0.0
+    else:
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        own = min(1.0, (time.perf_counter() - start) / 60)  # this process, busy since it began, is in the load average
     elapsed = before + time.perf_counter() - start
-    own = min(1.0, (time.perf_counter() - start) / 60)  # this process, busy since it began, is in the load average
     factor = 1.0 if executor == "slurm" else contention(load_avg, own, slots, cores)
     plan = make_plan(budget_s=budget_s, elapsed_s=elapsed, slots=slots, factor=factor, costs=costs, names=names,
                      caps=caps, reference=cands.REFERENCE, filter_budget_s=pool_budget, heldout=n_heldout,

@@ -26,7 +26,9 @@ reports the corrected interval of Nadeau & Bengio 2003 beside the paired one).
 from __future__ import annotations
 
 import math
+import os
 import re
+import time
 
 from genssl.advise.folder import AdviseError
 from genssl.compare.report import fmt_duration
@@ -67,6 +69,28 @@ def margin_s(budget_s: float) -> float:
 
 def run_wall(b: float, factor: float) -> float:
     return factor * (b * (1 + EVAL_SHARE) + START_S)
+
+
+def other_busy_cores(window_s: float = 2.0) -> float | None:
+    """How many cores other processes keep busy now: the machine's busy CPU time over `window_s` seconds
+    (/proc/stat) less this process's and its children's, per second; None where /proc/stat is missing. Measured,
+    not read from the load average, whose 1-minute decay still counts processes that ended a minute ago (a study's
+    runs just before advise starts made it plan for x1.7 contention on an idle machine, and leave 40% of its
+    budget unused)."""
+    def busy_and_own() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        t = os.times()
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + \
+            t.children_system
+    try:
+        busy0, own0 = busy_and_own()
+        time.sleep(window_s)
+        busy1, own1 = busy_and_own()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, ((busy1 - busy0) - (own1 - own0)) / window_s)
 
 
 def contention(load_avg: float, own_load: float, slots: int, cores: int) -> float:

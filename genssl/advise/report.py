@@ -34,8 +34,8 @@ def plan_text(state: dict) -> str:
              f"  budget: {fmt_duration(state['budget_s'])} of wall time (the whole command stays within it plus a "
              f"margin of {fmt_duration(margin_s(state['budget_s']))}); {state['executor']}, "
              f"{p['slots'] if p['slots'] < 10**6 else 'every'} run(s) at once, "
-             f"one thread each; CPU contention x{p['factor']:.2f} (wall seconds per CPU second, from the load "
-             f"average {state['load_avg']:.1f} on {state['cores']} cores)",
+             f"one thread each; CPU contention x{p['factor']:.2f} (wall seconds per CPU second, with other "
+             f"processes keeping {state['load_avg']:.1f} of {state['cores']} cores busy)",
              "  pilot, one thread, seconds of the budget clock per training step: "
              + ", ".join(f"{n} {1000 * c['s_per_step']:.1f} ms" for n, c in pilot.items())]
     if pool is not None:
