@@ -34,6 +34,16 @@ def test_committed_tables_are_what_the_committed_csvs_generate():
     assert readme == report.render_readme(readme)
 
 
+def test_committed_typicality_tables_are_what_the_committed_csv_generates():
+    spec = importlib.util.spec_from_file_location("typicality_study", ROOT / "experiments/typicality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.read_rows(ROOT / "experiments/typicality.csv")
+    pools = ROOT / "experiments/typicality_pools.csv"
+    expected = module.render(rows, module.read_rows(pools) if pools.is_file() else None)
+    assert (ROOT / "experiments/typicality.md").read_text() == expected
+
+
 def test_collect_writes_rows_per_run_and_budget_and_renders_verdicts(tmp_path, tiny_data):
     grid = {"reference": "sup", "overrides": {"train": {
                 "steps": 4, "batch_size": 32, "labeled_batch_size": 16, "eval_every": 2, "log_every": 2,
