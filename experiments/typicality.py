@@ -218,10 +218,12 @@ POOL_COLUMNS = ["entry", "method", "seed", "mismatch", "mismatch_mode", "detecto
 def score_pool(run_dir: Path, batch_size: int = 500) -> list[dict]:
     """The rows (POOL_COLUMNS) of a class-mismatch run: how well each detector of the run tells the in-class images
     of its own unlabeled pool from the out-of-class ones (the hidden labels: a task's classes come first, so an
-    out-of-class image's label is at least the number of task classes)."""
+    out-of-class image's label is at least the number of task classes). The labeled images, which the pool also
+    holds, are left out: the detectors were fitted on them. A 100% replace-mode pool then has no in-class image."""
     cfg = RunDir(run_dir).read_config()
     method, cfg, split, (train, _) = load_run(run_dir, device="cpu")
-    pool, labels = train.images[split.unlabeled], train.labels[split.unlabeled]
+    own = split.unlabeled[~torch.isin(split.unlabeled, split.labeled)]  # the labeled images, in the pool too, are
+    pool, labels = train.images[own], train.labels[own]                  # what the density was fitted on
     out_of_class = labels >= method.spec.num_classes
     if not bool(out_of_class.any()) or bool(out_of_class.all()):
         raise SystemExit(f"{run_dir}: its pool holds {'no' if not out_of_class.any() else 'only'} out-of-class "
