@@ -54,7 +54,9 @@ def scalar_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    # in step order: the event files of a run and of its resumption, written within one second, are read in the
+    # order of their names (which hold the pid), so the same events can come back in another order
+    return {tag: sorted((e.step, e.value) for e in acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
 
 
 def interrupt_at(monkeypatch, at: int) -> None:
