@@ -127,3 +127,15 @@ def test_fmnist_table_renders_cells_and_rejects_a_cell_that_disagrees(tmp_path):
     write(rows)
     with pytest.raises(ValueError, match="disagree on 'machine'"):
         report.render_fmnist_table(path)
+
+
+def test_readme_answer_is_short_and_quotes_only_generated_figures():
+    """The README's answer is at most 600 characters, and every figure in it (a difference, an interval end, an
+    accuracy) is one that experiments/realistic/results.md, generated from the CSVs, prints."""
+    readme = (ROOT / "README.md").read_text()
+    answer = next(p for p in readme.split("\n\n") if p.startswith("**The answer so far**"))
+    assert len(answer) <= 600, len(answer)
+    results = (ROOT / "experiments/realistic/results.md").read_text()
+    figures = re.findall(r"[+-]?\d+\.\d+", answer)
+    assert figures, "the answer quotes no figure"
+    assert [f for f in figures if f not in results] == []
