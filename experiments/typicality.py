@@ -22,8 +22,9 @@ labels with confidence >= 0.95 (of at most 5,000 pool images drawn with seed 0),
 Metrics:
 - AUROC of the in-distribution test images against the set (genssl.methods.typicality.auroc);
 - FPR95: the share of the set scoring at or above the score that keeps 95% of the test images;
-- flagged: the share below the run's gate threshold, the 0.01 quantile of its validation images' scores (the
-  density's cross-fitted; genssl.methods.detectors.fit_gate, as `genssl predict` uses);
+- flagged: the share below the run's gate threshold, the conformal 0.01 cut of its validation images' scores
+  (genssl.methods.typicality.conformal_threshold: with 60 of them their lowest, expected to flag 1/61 = 1.6% of
+  good images; the density's scores cross-fitted; genssl.methods.detectors.fit_gate, as `genssl predict` uses);
 - selective accuracy: the classifier's accuracy on the test images it keeps when it abstains on the lowest-scored,
   at 95% and 90% coverage (risk-coverage);
 - the default gate (what `genssl predict` does with no flag): the run's default detector below its threshold, or
@@ -56,7 +57,7 @@ from genssl.compare.stats import format_difference, holm, mean_halfwidth, paired
 from genssl.data.source import load_train_test
 from genssl.encoders.density import FeatureDensity, gate_density
 from genssl.methods.detectors import available_detectors, detector_scores, fit_gate, gate_input_range
-from genssl.methods.typicality import EVAL_SEED, auroc, batch_features, map_batches, threshold_from_validation
+from genssl.methods.typicality import EVAL_SEED, auroc, batch_features, conformal_threshold, map_batches
 from genssl.runs.run_dir import RunDir
 from genssl.training.evaluate import load_run
 
@@ -181,7 +182,7 @@ def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
               "machine": machine_of(run_dir), "date": date.today().isoformat()}
     rows = []
     for det, by_set in scores.items():
-        threshold = threshold_from_validation(val_scores[det], GATE_QUANTILE)
+        threshold, _ = conformal_threshold(val_scores[det], GATE_QUANTILE)
         test_s = by_set["test"]
         base = {**common, "detector": det, "family": family(cfg.method_name, det)}
         rows.append({**base, "set": "test", "n": test_s.numel(),
@@ -194,7 +195,7 @@ def score_run(run_dir: Path, batch_size: int = 500) -> list[dict]:
                 rows.append({**base, "set": name, "n": s.numel(), "auroc": auroc(test_s, s),
                              "fpr95": fpr_at_95(test_s, s), "flagged": float((s < threshold).double().mean())})
     default = gate["default"]  # as `genssl predict` gates: its feature density is the pseudo-labeled one
-    threshold = threshold_from_validation(gate["val_scores"][default], GATE_QUANTILE)
+    threshold, _ = conformal_threshold(gate["val_scores"][default], GATE_QUANTILE)
     ranges = gate_input_range(gate)
     gate_scores = scores["feature_density_pl" if default == "feature_density" else default]
     for name, x in sets.items():
@@ -418,9 +419,9 @@ def render(rows: list[dict], pool_rows: list[dict] | None = None) -> str:
         "",
         "## The default gate of `genssl predict`: share flagged (%)",
         "",
-        "The run's default detector below the 0.01 quantile of its validation images' scores, or its input "
-        "statistics outside their range (genssl.methods.detectors). On `test` this is the share of good images "
-        "refused.",
+        "The run's default detector below the conformal 0.01 cut of its validation images' scores (with 60 "
+        "of them their lowest, expected to flag 1/61 = 1.6% of good images), or its input statistics outside their "
+        "range (genssl.methods.detectors). On `test` this is the share of good images refused.",
         "",
         *_gate_table(rows, sets),
         "",

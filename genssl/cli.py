@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flag-atypical", nargs="?", const="model", default=None, metavar="KIND",
                    help="flag by one detector alone instead of the default gate: the columns typicality (its score, "
                         "higher = more typical of the training data) and atypical (1 below the --atypical-quantile "
-                        "of the run's validation images' scores). KIND model (the default: the method's own "
+                        "conformal cut of the run's validation images' scores). KIND model (the default: the method's own "
                         "generative score, the ELBO for the VAEs, log D(x) for sgan; methods without one refuse), "
                         f"or one of {', '.join(k for k in detector_kinds() if k != 'model')}; write it as "
                         "--flag-atypical=KIND")
@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no typicality columns (by default every row gets typicality, atypical and atypical_by: the "
                         "run's best detector, and input statistics outside the validation and unlabeled images' range)")
     p.add_argument("--atypical-quantile", type=float, default=0.01,
-                   help="the share of validation images the detector's threshold flags (default 0.01)")
+                   help="the share of in-distribution images the threshold is to flag (default 0.01): the conformal "
+                        "cut of the validation images' scores, which with n of them cannot go below 1/(n+1) (predict "
+                        "prints the expected rate)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_predict)
     return parser

@@ -25,6 +25,7 @@ from genssl.methods.typicality import (
     confidence_scores,
     flag_atypical,
     score_name,
+    conformal_threshold,
     threshold_from_validation,
     typicality_scores,
 )
@@ -75,6 +76,26 @@ def test_threshold_is_the_validation_quantile():
         assert t == pytest.approx(float(torch.quantile(scores, q)))
         share = float(flag_atypical(scores, t).double().mean())
         assert abs(share - q) <= 1 / len(scores), (q, share)
+
+
+def test_conformal_cut_flags_its_stated_rate_of_new_in_distribution_images():
+    """The gate's cut: the k-th lowest of n validation scores, k = max(1, floor(rate (n + 1))), flags k / (n + 1)
+    of new exchangeable images in expectation; the interpolated quantile it replaced flags more with few images."""
+    with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\)"):
+        conformal_threshold([1.0, 2.0], 1.0)
+    scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert conformal_threshold(scores, 0.01) == (1.0, 1 / 6)  # too few images for 1%: the lowest, 1/(n+1)
+    assert conformal_threshold(torch.arange(199.0), 0.01) == (1.0, 2 / 200)  # k = floor(0.01 * 200) = 2
+    g = torch.Generator().manual_seed(0)
+    conformal, interpolated = [], []
+    for _ in range(400):  # splits of 60 validation images, as 10 a class of 6 classes
+        val, new = torch.randn(60, generator=g), torch.randn(2000, generator=g)
+        threshold, rate = conformal_threshold(val, 0.01)
+        conformal.append(float((new < threshold).double().mean()))
+        interpolated.append(float((new < threshold_from_validation(val, 0.01)).double().mean()))
+    assert rate == pytest.approx(1 / 61)
+    assert abs(sum(conformal) / 400 - 1 / 61) < 0.003  # the stated rate, in expectation
+    assert sum(interpolated) / 400 > 0.022  # ~2.6%: between the lowest two scores
 
 
 # ------------------------------------------------------------------ the declared capability
@@ -204,13 +225,15 @@ def test_predict_flags_atypical_at_the_validation_quantile(folder_runs, tmp_path
     flag = atypical_flag(predictor, runs["vae_m1"], "model", 0.1)
     for r in rows:
         assert r["atypical"] == str(int(float(r["typicality"]) < flag.threshold))
-    # the threshold is the stated quantile of the run's validation images' scores
+    # the threshold is the conformal cut of the run's validation images' scores, at the stated rate
     cfg = RunDir(runs["vae_m1"]).read_config()
     train, _ = load_train_test(cfg.data, progress=False)
     val = train.images[RunDir(runs["vae_m1"]).read_split().val]
     scores = typicality_scores(predictor.method, val, cfg.train.eval_batch_size)
-    assert flag.n_val == len(val) and flag.threshold == pytest.approx(float(torch.quantile(scores, 0.1)))
-    assert abs(float((scores < flag.threshold).double().mean()) - 0.1) <= 1 / len(val)
+    assert flag.n_val == len(val) and (flag.threshold, flag.expected_rate) == conformal_threshold(scores, 0.1)
+    k = max(1, int(0.1 * (len(val) + 1)))
+    assert flag.threshold == pytest.approx(float(torch.sort(scores).values[k - 1]))
+    assert float((scores < flag.threshold).double().mean()) == pytest.approx((k - 1) / len(val))
 
 
 def test_predict_refuses_a_method_without_a_score_and_offers_confidence(folder_runs, tmp_path, capsys):

@@ -13,7 +13,9 @@ The gate (on by default; genssl.methods.detectors): `typicality` is the run's be
 the image is of its training data (higher = more typical: the ELBO for an M1 with a Gaussian decoder, else the log
 density of a class-conditional Gaussian on the classifier's features, fitted on the labeled and the confidently
 pseudo-labeled unlabeled images; experiments/typicality.md), and `atypical` is 1
-where that score is below the `--atypical-quantile` quantile (0.01) of the run's validation images' scores, or
+where that score is below the `--atypical-quantile` (0.01) conformal cut of the run's validation images' scores
+(genssl.methods.typicality.conformal_threshold: it flags that share of in-distribution images in expectation, or
+1 / (n_val + 1) where the validation images are fewer than 1 / 0.01 - 1; predict prints which), or
 where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the range of the
 validation images' and the unlabeled pool's (genssl.methods.detectors.range_images); `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
 written at the end of training, so no dataset is read; a run trained before gates says so and predicts without
@@ -56,7 +58,7 @@ from genssl.methods.detectors import (
     detector_scores,
     fit_gate,
     gate_input_range,
-    gate_threshold,
+    gate_cut,
     range_pool_draw,
     resolve_kind,
     score_name,
@@ -147,7 +149,9 @@ def _fallback_spec(run: RunDir, ckpt: dict) -> DataSpec:
 @dataclass
 class AtypicalFlag:
     """How predict flags an image: the score of detector `kind` (genssl.methods.detectors; named `score`) below
-    `threshold`, the `quantile` of the scores of the gate run's `n_val` validation images; with `input_range` (the
+    `threshold`, the conformal cut of the scores of the gate run's `n_val` validation images at `quantile`, which
+    flags an `expected_rate` share of in-distribution images (genssl.methods.typicality.conformal_threshold: at
+    least 1 / (n_val + 1)); with `input_range` (the
     default gate) also an input statistic outside the validation and pool images' range. `gate` is the run whose detector
     scores, when it is not the predicting run (--gate; `source` its folder); `density` its feature density."""
     kind: str
@@ -159,11 +163,16 @@ class AtypicalFlag:
     density: FeatureDensity | None = None
     gate: Predictor | None = None
     source: str | None = None
+    expected_rate: float | None = None
 
     def describe(self) -> str:
         of = f"run {self.source}'s" if self.source else "the run's"
-        text = (f"atypical = {self.score} below {self.threshold:.7g}, the {self.quantile:g} quantile of {of} "
-                f"{self.n_val} validation images' scores")
+        text = (f"atypical = {self.score} below {self.threshold:.7g}, the conformal {self.quantile:g} cut of {of} "
+                f"{self.n_val} validation images' scores (expected to flag {100 * self.expected_rate:.1f}% of "
+                "in-distribution images")
+        if self.expected_rate > self.quantile * (1 + 1e-9):
+            text += f": {self.n_val} images cannot cut lower than 1/{self.n_val + 1}"
+        text += ")"
         if self.input_range is not None:
             text += f", or an input statistic outside its range ({self.input_range.describe()})"
         return text
@@ -245,8 +254,9 @@ def gate_state(predictor: Predictor, run_dir: str | Path, data: tuple[ImageData,
 
 def atypical_flag(predictor: Predictor, run_dir: str | Path, kind: str = "model", quantile: float = 0.01,
                   batch_size: int | None = None, data: tuple[ImageData, ImageData] | None = None) -> AtypicalFlag:
-    """--flag-atypical=KIND: detector `kind` alone, its threshold the `quantile` of the run's validation images'
-    scores (genssl.methods.typicality.threshold_from_validation), from gate.pt or else the run's dataset."""
+    """--flag-atypical=KIND: detector `kind` alone, its threshold the conformal `quantile` cut of the run's
+    validation images' scores (genssl.methods.typicality.conformal_threshold), from gate.pt or else the run's
+    dataset."""
     refuse_flag(predictor, kind)
     _check_quantile(quantile)
     state, _ = gate_state(predictor, run_dir, data, True, batch_size)
@@ -255,8 +265,9 @@ def atypical_flag(predictor: Predictor, run_dir: str | Path, kind: str = "model"
     refusal = DETECTORS.get(name).refusal(predictor.method, density)
     if refusal is not None:
         raise ValueError(f"--flag-atypical: {refusal}")
-    return AtypicalFlag(name, score_name(name, predictor.method), gate_threshold(state, name, quantile), quantile,
-                        int(state["n_val"]), None, density, predictor)
+    threshold, rate = gate_cut(state, name, quantile)
+    return AtypicalFlag(name, score_name(name, predictor.method), threshold, quantile, int(state["n_val"]), None,
+                        density, predictor, expected_rate=rate)
 
 
 def default_gate(predictor: Predictor, run_dir: str | Path, quantile: float = 0.01, batch_size: int | None = None,
@@ -271,8 +282,9 @@ def default_gate(predictor: Predictor, run_dir: str | Path, quantile: float = 0.
         return None, why
     density = gate_density(state)
     name = default_detector(predictor.method, density)
-    return AtypicalFlag(name, score_name(name, predictor.method), gate_threshold(state, name, quantile), quantile,
-                        int(state["n_val"]), gate_input_range(state), density, predictor), None
+    threshold, rate = gate_cut(state, name, quantile)
+    return AtypicalFlag(name, score_name(name, predictor.method), threshold, quantile, int(state["n_val"]),
+                        gate_input_range(state), density, predictor, expected_rate=rate), None
 
 
 def _check_quantile(quantile: float) -> None:

@@ -27,7 +27,7 @@ test images fall outside it; with 5,000 pool images at the 0.001 quantiles 0.75%
 keep a few odd images a user's pool may hold from widening it; issue 39's study, 2026-12-07).
 
 The default gate (`default_detector`, and `InputRange` beside it): an image is atypical where the run's best
-detector scores it below the `quantile` (0.01) of the validation images' scores, or where its input statistics
+detector scores it below the conformal `quantile` (0.01) cut of the validation images' scores, or where its input statistics
 fall outside the range of the validation and pool images'. The best detector, chosen by the typicality study
 (experiments/typicality.md: runs of every method on Fashion-MNIST's six garments, 100 labels, 120 s, seeds 0-2,
 2026-12-07; AUROC of the test images against held-out garments / MNIST digits / upscaled 8x8 digits / noise /
@@ -50,8 +50,9 @@ undecided by the paired test over 3 seeds (the sign-flip p cannot go below 0.25)
 The input statistics catch what the learned scores miss for some runs (constant images: 0.88-0.97; an SSL-GAN's
 noise): on Fashion-MNIST every noise and constant image falls outside the range, and 0.8% of the test images.
 
-The threshold of a learned detector is the `quantile` of the validation images' scores
-(genssl.methods.typicality.threshold_from_validation), as for `--flag-atypical`. The feature density's validation
+The threshold of a learned detector is the conformal `quantile` cut of the validation images' scores (`gate_cut`,
+genssl.methods.typicality.conformal_threshold: its expected in-distribution flag rate is stated, at least 1 / (n_val
++ 1)), as for `--flag-atypical`; the pool filter cuts at their interpolated quantile (`gate_threshold`). The feature density's validation
 scores are of images it was not fitted on (held out of the pseudo-labeled fit; cross-fitted, each scored by a
 density fitted without it, in the labeled-only fit: genssl.encoders.density.crossfit_scores), so that its threshold
 flags new typical images at the stated rate.
@@ -77,6 +78,7 @@ from genssl.methods.typicality import (
     complexity_bits,
     complexity_corrected,
     confidence_scores,
+    conformal_threshold,
     map_batches,
     score_batches,
     threshold_from_validation,
@@ -427,9 +429,20 @@ def gate_input_range(state: dict) -> InputRange:
     return InputRange.from_validation(state["val_stats"])
 
 
-def gate_threshold(state: dict, kind: str, quantile: float) -> float:
-    """The `quantile` of the gate's validation scores of detector `kind` (a registered name)."""
+def gate_val_scores(state: dict, kind: str) -> torch.Tensor:
+    """The gate's validation scores of detector `kind` (a registered name)."""
     if kind not in state["val_scores"]:
         raise ValueError(f"the run's gate holds no validation scores of {kind!r} (it has "
                          f"{', '.join(sorted(state['val_scores']))})")
-    return threshold_from_validation(state["val_scores"][kind], quantile)
+    return state["val_scores"][kind]
+
+
+def gate_threshold(state: dict, kind: str, quantile: float) -> float:
+    """The `quantile` of the gate's validation scores of detector `kind` (the pool filter's cut)."""
+    return threshold_from_validation(gate_val_scores(state, kind), quantile)
+
+
+def gate_cut(state: dict, kind: str, rate: float) -> tuple[float, float]:
+    """(threshold, expected in-distribution flag rate) of `genssl predict`'s flag on detector `kind`: the conformal
+    cut of the gate's validation scores at `rate` (genssl.methods.typicality.conformal_threshold)."""
+    return conformal_threshold(gate_val_scores(state, kind), rate)
