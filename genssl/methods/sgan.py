@@ -85,7 +85,10 @@ class SGAN(Method):
     supports_stacking = True
     capturable = True
     typicality_score = "log_d"
-    auto_bf16 = True  # 20k steps, seeds 0-2: bf16 77.73 +- 2.72 vs fp32 77.47 +- 2.50 (AMX Xeon, experiments/README.md)
+    # MLP, paired over 10 seeds at equal CPU cost (experiments/realistic/results.md, precision_mlp; AVX-512 EPYC):
+    # bf16 - fp32 +1.26 [+0.54, +2.51] at 60 s (better, Holm p 0.039), +0.49 [-0.13, +1.72] at 240 s, 1.43x the
+    # steps; worse at no budget. The conv D keeps bf16 on the earlier unpaired check (experiments/README.md).
+    auto_bf16 = True
 
     @dataclass
     class Config:

@@ -60,8 +60,10 @@ class VAEM2(EnumeratedModel):
     """M2 and M1+M2 (module docstring). Exports its classifier and samples classes on pixels only
     (EnumeratedModel); trains stacked except with m1_active_threshold (stacking_refusal)."""
 
-    # 3,000 steps, AVX-512 EPYC, bf16 with the encoder head in fp32 (genssl.nn.vae): seeds 0-2 71.05 vs fp32
-    # 71.63 +- 1.41, seeds 0-4 71.09 +- 0.97 vs 71.73 +- 1.34 (experiments/README.md, 2026-12-06)
+    # bf16 with the encoder head in fp32 (genssl.nn.vae), MLP, paired over 10 seeds at equal CPU cost
+    # (experiments/realistic/results.md, precision_mlp; AVX-512 EPYC): bf16 - fp32 -0.06 [-0.62, +0.44] at 60 s
+    # (1.6x the steps), -0.02 [-0.46, +0.36] at the full 3,000 steps (240 s): equal accuracy within half a point,
+    # the schedule done in ~0.6x the time. The five unpaired seeds of 2026-12-06 (-1.09 +- 1.64) did not decide it.
     auto_bf16 = True
     typicality_score = "elbo"
 
