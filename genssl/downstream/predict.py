@@ -168,11 +168,12 @@ class AtypicalFlag:
     def describe(self) -> str:
         of = f"run {self.source}'s" if self.source else "the run's"
         text = (f"atypical = {self.score} below {self.threshold:.7g}, the conformal {self.quantile:g} cut of {of} "
-                f"{self.n_val} validation images' scores (expected to flag {100 * self.expected_rate:.1f}% of "
-                "in-distribution images")
-        if self.expected_rate > self.quantile * (1 + 1e-9):
-            text += f": {self.n_val} images cannot cut lower than 1/{self.n_val + 1}"
-        text += ")"
+                f"{self.n_val} validation images' scores")
+        if self.expected_rate is not None:
+            text += f" (expected to flag {100 * self.expected_rate:.1f}% of in-distribution images"
+            if self.expected_rate > self.quantile * (1 + 1e-9):
+                text += f": {self.n_val} images cannot cut lower than 1/{self.n_val + 1}"
+            text += ")"
         if self.input_range is not None:
             text += f", or an input statistic outside its range ({self.input_range.describe()})"
         return text
