@@ -63,13 +63,18 @@ def test_collect_writes_rows_per_run_and_budget_and_renders_verdicts(tmp_path, t
     assert "| vs sup (points, 95% BCa) |" in text and "| sup | 2 |" in text and "reference" in text
     assert "undecided (2 seeds cannot reach p < 0.05: at least 6 are needed)" in text
     # The headline quotes the study table's own cell (same pairs, same Holm family) and says what has not run.
-    report.HEADLINE = (("toy", "1000", "Toy point"), ("absent", "60", "Absent point"))
+    report.HEADLINE = (("toy", "1000", "Toy point", None, None, None),
+                       ("toy", "1000", "Toy, sup as FixMatch", ("pl",), "pl", "sup"),
+                       ("absent", "60", "Absent point", None, None, None))
     report.ALSO_AGAINST = {"toy": ("pl",)}
     headline = report.render_headline(here=tmp_path)
     pl_row = next(line for line in headline.splitlines() if line.startswith("| Toy point | pl | 2 |"))
     pl_cell = re.search(r"\| pl \| 2 \| [^|]+ \| [^|]+ \| ([+-][\d.]+ \[[^]]+\])", text.split("within 1000 s")[1])
     assert pl_cell is not None and pl_cell.group(1) in pl_row and pl_row.endswith("| reference |  |")
     assert "| Toy point | sup | 2 |" in headline and "Not run yet: Absent point." in headline
+    # A point may show some entries, each against references other than the grid's (the long budget's ConvNets).
+    swapped = [line for line in headline.splitlines() if line.startswith("| Toy, sup as FixMatch |")]
+    assert len(swapped) == 1 and swapped[0].endswith(f"| reference |  | {pl_cell.group(1)} | undecided |")
 
 
 def test_committed_fmnist_table_is_what_its_csv_generates():
