@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default=None, metavar="A,B", help="compare only these, besides supervised "
                    f"(default: all the images allow: {', '.join(c.name for c in CANDIDATES)})")
     p.add_argument("--repeats", type=int, default=None, help="held-out repeats (default: 10, 8 or 6 as the budget "
-                   "allows; fewer than 6 cannot call any difference)")
+                   "allows, never fewer than the candidates need to be decided: 6 for one, 7 for two or three, 8 for "
+                   "four to six, Holm across them; with fewer no difference can be called)")
     p.add_argument("--min-steps", type=int, default=200, help="a candidate that cannot train this many steps within "
                    "its share of the budget is left out (default 200)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size (default: their "

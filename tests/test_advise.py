@@ -20,6 +20,7 @@ from genssl.advise.command import PLAN_FILE, SESSIONS_FILE, write_grid
 from genssl.advise.evidence import nadeau_bengio, recommend
 from genssl.advise.folder import read_user_data
 from genssl.advise.plan import make_plan, min_detectable_effect, other_busy_cores, run_wall
+from genssl.compare.stats import seeds_to_decide
 from genssl.cli import main
 from genssl.compare.grid import load_grid
 from imagefiles import save
@@ -83,11 +84,32 @@ def test_plan_fits_the_budget_and_leaves_out_what_cannot_train():
         make_plan(budget_s=40, **kw)
 
 
+def test_plan_takes_the_repeats_its_candidates_need_to_be_decided():
+    """Four candidates against supervised share one Holm family, so 6 repeats could call none of them (smallest
+    p 4 x 2/2^6 = 0.125): the plan takes 8, or leaves candidates out, before it takes fewer."""
+    costs = {"supervised": 0.005, "a": 0.01, "b": 0.01, "c": 0.01, "d": 0.01}
+    kw = dict(elapsed_s=30, slots=2, factor=1.0, costs=costs, names=list(costs), reference="supervised",
+              caps={n: 10**6 for n in costs}, filter_budget_s=5, heldout=40, repeats=None, min_steps=200, base_of={})
+    plan = make_plan(budget_s=300, **kw)  # 6 repeats would give each 1,000+ steps; 8 give them ~840
+    assert plan["candidates"] == list(costs) and plan["repeats"] == plan["repeats_to_decide"] == 8
+    assert plan["min_detectable_effect"] is not None and plan["planned_wall_s"] <= 300
+    for budget in (80, 120, 200, 600, 3600):
+        plan = make_plan(budget_s=budget, **kw)
+        decidable = plan["repeats"] >= plan["repeats_to_decide"] == seeds_to_decide(max(1, len(plan["candidates"]) - 1))
+        assert decidable == (plan["min_detectable_effect"] is not None), budget
+        assert decidable or plan["candidates"] == ["supervised", "a"] or plan["repeats"] < 6, budget
+    # --repeats is the user's: taken as given, and the plan says it cannot decide.
+    plan = make_plan(budget_s=3600, **{**kw, "repeats": 6})
+    assert plan["repeats"] == 6 and plan["min_detectable_effect"] is None and plan["repeats_to_decide"] == 8
+
+
 def test_min_detectable_effect_formula():
     assert min_detectable_effect(40, 5) is None  # below 6 repeats no p < 0.05 exists
     mde = min_detectable_effect(50, 6)
     assert mde == pytest.approx(100 * 2.8016 * math.sqrt(2 * 0.8 * 0.2 / 50) / math.sqrt(6), rel=1e-3)
     assert min_detectable_effect(50, 10) < mde
+    # Bonferroni over 4 candidates: a larger effect, and none below the 8 repeats four need
+    assert min_detectable_effect(50, 8, 4) > min_detectable_effect(50, 8) and min_detectable_effect(50, 7, 4) is None
 
 
 def test_recommendation_rule():

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from genssl.compare.stats import (STATS_NOTE, PairedResult, compare_to_reference, format_difference, holm,
-                                  paired_comparison)
+                                  paired_comparison, seeds_to_decide)
 
 
 def brute_force_p(d) -> float:
@@ -174,3 +174,15 @@ def test_format_difference_and_note():
     for phrase in ("BCa", "percentile", "t interval", "sign-flip", "Holm", "excludes 0", "undecided"):
         assert phrase in STATS_NOTE
     assert isinstance(r, PairedResult)
+
+
+def test_seeds_to_decide_is_the_fewest_whose_smallest_holm_p_is_below_alpha():
+    assert [seeds_to_decide(m) for m in (1, 2, 3, 4, 6, 7, 20)] == [6, 7, 7, 8, 8, 9, 10]
+    for m in (1, 3, 4, 20):
+        n = seeds_to_decide(m)
+        assert m * 2 / 2**n < 0.05 <= m * 2 / 2 ** (n - 1)
+    # The real test agrees: four entries all +1 at every one of 8 seeds are decided, at 7 they are not.
+    for n, verdict in ((8, "better"), (7, "undecided")):
+        assert {r.verdict for r in holm([paired_comparison([1.0 + 0.01 * i for i in range(n)])] * 4)} == {verdict}
+    with pytest.raises(ValueError, match="positive int"):
+        seeds_to_decide(0)

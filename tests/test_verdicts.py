@@ -11,6 +11,7 @@ import pytest
 
 from genssl.compare.grid import GridRun
 from genssl.compare.report import write_report
+from genssl.compare.verdicts import undecidable_tables
 
 
 def _result(method: str, acc: float, budgets: dict[float, float | None] | None = None) -> dict:
@@ -69,3 +70,21 @@ def test_named_reference_and_three_seeds_decide_nothing(tmp_path):
     assert "at least 6 are needed" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(ValueError, match="'nope' is not an entry of this grid; entries: supervised, fixmatch"):
         write_report(tmp_path / "out", runs, results, reference="nope")
+
+
+def test_a_grid_too_small_to_decide_is_told_before_it_runs(tmp_path):
+    def runs(entries: dict[str, range], n_labels: int = 100) -> list[GridRun]:
+        return [GridRun(e, n_labels, s, {}, tmp_path / f"{e}-n{n_labels}-s{s}") for e, seeds in entries.items()
+                for s in seeds]
+
+    # Four entries against the reference at 6 seeds: the smallest Holm p is 4 x 2/64 = 0.125; 8 seeds would do.
+    grid = runs({"sup": range(6), "a": range(6), "b": range(6), "c": range(6), "d": range(6)})
+    (note,) = undecidable_tables(grid, "sup")
+    assert note.startswith("100 labels: 4 entries against sup over at most 6 paired seeds can reach no verdict")
+    assert "4 x 2/2^6 = 0.125" in note and note.endswith("8 seeds would allow one")
+    # One entry at 6 seeds can decide; so can four at 8; a label count is judged on its own; no reference, no note.
+    assert undecidable_tables(runs({"sup": range(6), "a": range(6)}), "sup") == []
+    assert undecidable_tables(runs({"sup": range(8), "a": range(8), "b": range(8), "c": range(8)}), "sup") == []
+    mixed = runs({"sup": range(6), "a": range(6)}) + runs({"sup": range(3), "a": range(3)}, n_labels=1000)
+    assert [n.split(":")[0] for n in undecidable_tables(mixed, "sup")] == ["1000 labels"]
+    assert undecidable_tables(grid, None) == []

@@ -19,7 +19,7 @@ import statistics
 
 from scipy import stats
 
-from genssl.compare.stats import ALPHA, MIN_SEEDS, compare_to_reference
+from genssl.compare.stats import ALPHA, compare_to_reference, seeds_to_decide
 
 
 def nadeau_bengio(diffs: list[float], n_heldout: int, n_train: int) -> tuple[float, float] | None:
@@ -88,8 +88,9 @@ def recommend(rows: list[dict], reference: str) -> dict:
                     + ("; the others are undecided" if len(worse) < len(rows) - 1 else "") + ")")
     else:
         sentence = f"no candidate is distinguishable from {reference} with these labels: use {reference}"
-    if ref["repeats"] < MIN_SEEDS and len(rows) > 1:
-        sentence += (f" ({ref['repeats']} repeats cannot reach p < 0.05 whatever the difference: at least {MIN_SEEDS} "
+    needed = seeds_to_decide(max(1, len(rows) - 1))  # Holm across the candidates
+    if ref["repeats"] < needed and len(rows) > 1:
+        sentence += (f" ({ref['repeats']} repeats cannot reach p < 0.05 whatever the difference: at least {needed} "
                      f"are needed, so give a larger budget)")
     return {"choice": reference, "better": False, "sentence": sentence, "more": _more(rows, reference)}
 

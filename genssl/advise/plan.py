@@ -11,12 +11,15 @@ N runs go in ceil(N / slots) waves; the final retrain is one more run afterwards
 is solved for b. A candidate whose step cost c gives it fewer than `min_steps` steps in b (b / c < min_steps) is
 left out, the most costly first, and b recomputed; the supervised reference is never left out.
 
-Repeats: 10 where every candidate still gets GOOD_STEPS steps, else 8, else 6 (the fewest with which a sign-flip
-test can reach p < 0.05: 2 / 2^6 = 0.031), unless --repeats says. Below 6 (a budget too small for 6) the plan says
-that no difference can be called.
+Repeats: 10 where every candidate still gets GOOD_STEPS steps, else 8, else 6, unless --repeats says; never fewer
+than can decide. Every candidate is compared with supervised in one Holm family, so with k of them a verdict needs
+the smallest sign-flip p, 2 / 2^R, times k below 0.05: R >= 6 for one candidate, 7 for two or three, 8 for four to
+six (genssl.compare.stats.seeds_to_decide). Where no such R gives the supervised reference its `min_steps`, the
+plan leaves out the costliest candidates first (which lowers the R needed); only where even that fails does it take
+fewer repeats, and then it says that no difference can be called.
 
-Smallest detectable effect (two-sided 5%, power 80%), in accuracy points:
-    MDE = (z_0.975 + z_0.8) * sqrt(2 p (1 - p) / m) / sqrt(R) * 100
+Smallest detectable effect (two-sided 5%, Bonferroni over the k candidates, power 80%), in accuracy points:
+    MDE = (z_{1 - 0.025 / k} + z_0.8) * sqrt(2 p (1 - p) / m) / sqrt(R) * 100
 with m held-out images per repeat, R repeats and p = ASSUMED_ACC: the binomial noise of two classifiers' accuracies
 on the same m images if their errors were independent (correlated errors, the usual case, make it smaller),
 averaged over R repeats. Repeats share images, so it is optimistic about the spread over new data (the advice
@@ -29,9 +32,11 @@ import math
 import os
 import re
 import time
+from statistics import NormalDist
 
 from genssl.advise.folder import AdviseError
 from genssl.compare.report import fmt_duration
+from genssl.compare.stats import seeds_to_decide
 
 EVAL_SHARE = 0.15
 START_S = 3.0
@@ -41,9 +46,7 @@ REPORT_RESERVE_S = 5.0
 GOOD_STEPS = 1000
 REPEAT_CHOICES = (10, 8, 6)
 MIN_REPEATS = 3
-MIN_SEEDS_FOR_P = 6
 ASSUMED_ACC = 0.8
-Z_SUM = 1.959964 + 0.841621  # z_0.975 + z_0.8
 FILTER_AT = 0.25
 """The pool check's estimated share of atypical unlabeled images from which the +filtered candidates are added."""
 
@@ -99,11 +102,19 @@ def contention(load_avg: float, own_load: float, slots: int, cores: int) -> floa
     return max(1.0, (others + min(slots, cores * 64)) / max(1, cores))
 
 
-def min_detectable_effect(heldout: int, repeats: int) -> float | None:
-    """MDE in accuracy points (module docstring); None where fewer than 6 repeats cannot reach p < 0.05."""
-    if repeats < MIN_SEEDS_FOR_P:
+def repeats_to_decide(candidates: list[str]) -> int:
+    """The fewest repeats with which any of the candidates (the reference among them) can be called better or
+    worse than the reference, Holm across them."""
+    return seeds_to_decide(max(1, len(candidates) - 1))
+
+
+def min_detectable_effect(heldout: int, repeats: int, n_compared: int = 1) -> float | None:
+    """MDE in accuracy points (module docstring) for n_compared candidates against the reference; None where the
+    repeats cannot reach a Holm p below 0.05 whatever the difference."""
+    if repeats < seeds_to_decide(n_compared):
         return None
-    return 100 * Z_SUM * math.sqrt(2 * ASSUMED_ACC * (1 - ASSUMED_ACC) / heldout) / math.sqrt(repeats)
+    z = NormalDist().inv_cdf(1 - 0.025 / n_compared) + NormalDist().inv_cdf(0.8)
+    return 100 * z * math.sqrt(2 * ASSUMED_ACC * (1 - ASSUMED_ACC) / heldout) / math.sqrt(repeats)
 
 
 def make_plan(*, budget_s: float, elapsed_s: float, slots: int, factor: float, costs: dict[str, float],
@@ -131,10 +142,22 @@ def make_plan(*, budget_s: float, elapsed_s: float, slots: int, factor: float, c
 
     kept, notes, chosen = list(names), [], None
     for r in ([repeats] if repeats else REPEAT_CHOICES):
-        if all(budget_for(r, kept) / costs[n] >= GOOD_STEPS for n in kept):
+        if (repeats or r >= repeats_to_decide(kept)) and all(budget_for(r, kept) / costs[n] >= GOOD_STEPS
+                                                             for n in kept):
             chosen = r
             break
-    if chosen is None:
+    if chosen is None and not repeats and len(names) > 1:
+        # Repeats that can decide: of those whose fit keeps the reference and a candidate it can call, the one that
+        # keeps the most candidates, then the most repeats.
+        fits = []
+        for r in {seeds_to_decide(k) for k in range(1, len(names))} | {REPEAT_CHOICES[-1]}:
+            fit_kept, fit_notes = _fit(names, r, budget_for, costs, reference, min_steps, base_of)
+            if (len(fit_kept) > 1 and r >= repeats_to_decide(fit_kept)
+                    and budget_for(r, fit_kept) / costs[reference] >= min_steps):
+                fits.append((len(fit_kept), r, fit_kept, fit_notes))
+        if fits:
+            _, chosen, kept, notes = max(fits, key=lambda f: f[:2])
+    if chosen is None:  # none can decide: fewer repeats, and the plan says that no difference can be called
         tries = [repeats] if repeats else list(range(REPEAT_CHOICES[-1], MIN_REPEATS - 1, -1))
         for r in tries:
             kept, notes = _fit(names, r, budget_for, costs, reference, min_steps, base_of)
@@ -147,19 +170,20 @@ def make_plan(*, budget_s: float, elapsed_s: float, slots: int, factor: float, c
             raise AdviseError(f"a budget of {fmt_duration(budget_s)} is too small: after the pilot and the pool check "
                               f"({fmt_duration(elapsed_s)}), {r} repeats of even the supervised baseline alone "
                               f"cannot get {min_steps} steps each. Give at least --budget {math.ceil(need / 60)}m")
-    b = budget_for(chosen, kept)
+    b = round(budget_for(chosen, kept), 2)  # the steps follow the budget the plan states
     for name in [n for n in names if n not in kept and n not in base_of and run_budget_s is None]:  # what keeps it
         need = fixed + other_wall(chosen, kept) + waves(chosen, [*kept, name]) * run_wall(min_steps * costs[name],
                                                                                          factor)
         notes = [f"{n} (a budget of about {fmt_duration(math.ceil(need / 60) * 60)} would keep it)"
                  if n.startswith(f"{name}: left out") else n for n in notes]
     return {
-        "repeats": chosen, "run_budget_s": round(b, 2), "candidates": kept, "left_out": notes,
+        "repeats": chosen, "run_budget_s": b, "candidates": kept, "left_out": notes,
         "steps": {n: max(1, min(caps[n], int(b / costs[n]))) for n in kept},
         "s_per_step": {n: costs[n] for n in names}, "slots": slots, "factor": round(factor, 2),
         "filter_budget_s": filter_budget_s if any(n in base_of for n in kept) else None,
         "min_steps": min_steps, "heldout_per_repeat": heldout,
-        "min_detectable_effect": min_detectable_effect(heldout, chosen),
+        "repeats_to_decide": repeats_to_decide(kept),
+        "min_detectable_effect": min_detectable_effect(heldout, chosen, max(1, len(kept) - 1)),
         "planned_wall_s": round(fixed + other_wall(chosen, kept) + waves(chosen, kept) * run_wall(b, factor), 1),
     }
 

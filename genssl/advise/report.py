@@ -52,12 +52,16 @@ def plan_text(state: dict) -> str:
         lines.append(f"    {n:<24} {p['steps'][n]:>7} steps{role}")
     for note in state.get("candidate_notes", []) + p["left_out"]:
         lines.append(f"    {note}")
-    mde = p["min_detectable_effect"]
+    mde, compared = p["min_detectable_effect"], len(p["candidates"]) - 1
+    needed = p.get("repeats_to_decide", 6)  # plans written before it was recorded: one candidate's 6
+    family = f" across {compared} candidates" if compared > 1 else ""
     lines.append("  smallest detectable effect: " + (
-        f"~{mde:.1f} accuracy points = 2.80 * sqrt(2 * 0.8 * 0.2 / {p['heldout_per_repeat']} held-out images) / "
-        f"sqrt({p['repeats']} repeats) (5% two-sided, 80% power, at 80% accuracy with independent errors)"
-        if mde is not None else f"none: {p['repeats']} repeats cannot reach p < 0.05 (6 are needed), so every "
-        f"difference will be 'undecided'"))
+        f"~{mde:.1f} accuracy points = (z + 0.84) * sqrt(2 * 0.8 * 0.2 / {p['heldout_per_repeat']} held-out images) "
+        f"/ sqrt({p['repeats']} repeats) (5% two-sided{', Bonferroni' + family if family else ''}, 80% power, at "
+        f"80% accuracy with independent errors)"
+        if mde is not None else f"none: {p['repeats']} repeats cannot reach p < 0.05"
+        f"{' (Holm' + family + ')' if family else ''} ({needed} are needed), so every difference will be "
+        f"'undecided'"))
     runs = p["repeats"] * len(p["candidates"])
     lines.append(f"  runs: {runs} in the grid" + (f" (+{p['repeats']} M1 filter runs)" if p.get("filter_budget_s")
                                                   else "") + f", then the recommended candidate retrained on all "

@@ -40,6 +40,7 @@ from genssl.compare import samples as compare_samples
 from genssl.compare.executors import make_executor
 from genssl.compare.grid import GridRun, grid_reference, load_grid
 from genssl.compare.report import fmt_duration, markdown_table, write_report
+from genssl.compare.verdicts import undecidable_tables
 from genssl.config import (REPORTING_KEYS, ConfigError, build_run_config, config_differences, flatten, load_yaml,
                            merge, method_defaults)
 from genssl.registry import get_method_class
@@ -377,6 +378,8 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     scheduler's job gets the run's resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets
     (tests). `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
     out_dir, runs = load_grid(path, overrides, out)
+    for note in undecidable_tables(runs, _reference(path, reference)[0]):
+        tqdm.write(f"verdicts: {note}")
     show = progress if progress is not None else sys.stderr.isatty()
     tally = _Tally(runs, show)
     todo = []  # reused runs first: they cost nothing and calibrate the time estimate of the rest

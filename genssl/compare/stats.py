@@ -108,6 +108,18 @@ def _sign_flip_p(d: np.ndarray, seed: int) -> float:
     return (1 + hits) / (1 + N_MONTE_CARLO)  # counting the observed pattern keeps the estimate a valid p
 
 
+def seeds_to_decide(n_tests: int = 1, alpha: float = ALPHA) -> int:
+    """Fewest paired seeds with which any verdict is reachable in a table of n_tests entries: the smallest exact
+    sign-flip p, 2 / 2^n, times n_tests (Holm's first and strictest step) below alpha. 6 for one entry, 7 for two
+    or three, 8 for four to six, 10 for twenty."""
+    if not isinstance(n_tests, int) or n_tests < 1:
+        raise ValueError(f"seeds_to_decide: n_tests must be a positive int, got {n_tests!r}")
+    n = 1
+    while n_tests * 2.0 / 2**n >= alpha:
+        n += 1
+    return n
+
+
 def _seeds_needed(mean: float, sd: float, n_tests: int, alpha: float) -> int | None:
     """Seeds for a two-sided paired t-test at level alpha / n_tests (Bonferroni) with 80% power, from the normal
     approximation n = ceil(((z_{1 - alpha / (2 n_tests)} + z_{0.8}) · sd / |mean|)^2); n_tests = 1 gives the
@@ -117,8 +129,7 @@ def _seeds_needed(mean: float, sd: float, n_tests: int, alpha: float) -> int | N
         return None
     level = alpha / n_tests
     z = stats.norm.ppf(1 - level / 2) + stats.norm.ppf(0.8)
-    floor = math.floor(1 - math.log2(level)) + 1  # smallest k with 2^(1-k) < level
-    return max(floor, math.ceil((z * sd / abs(mean)) ** 2))
+    return max(seeds_to_decide(n_tests, alpha), math.ceil((z * sd / abs(mean)) ** 2))
 
 
 def _decide(r: PairedResult, n_tests: int = 1, alpha: float = ALPHA) -> PairedResult:

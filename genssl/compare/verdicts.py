@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genssl.compare.stats import PairedResult, compare_to_reference
+from genssl.compare.stats import ALPHA, PairedResult, compare_to_reference, seeds_to_decide
 from genssl.registry import get_method_class
 
 END = None  # the point of comparison "end of run", beside the budgets in seconds
@@ -70,3 +70,29 @@ def paired_verdicts(runs: list, results: list[dict | None], reference: Reference
         for entry, result in compare_to_reference(per_entry, reference.name).items():
             out[(entry, n, budget)] = result
     return out
+
+
+def undecidable_tables(runs: list, reference: str | None, alpha: float = ALPHA) -> list[str]:
+    """A sentence per label count whose table can reach no verdict with the seeds the grid runs: m entries paired
+    with the reference over at most n seeds give a smallest Holm p of m · 2 / 2^n, so if that is not below alpha
+    every entry reads `undecided` whatever the accuracies. Said before the runs start, so a grid can be sized to
+    decide (genssl.compare.stats.seeds_to_decide) instead of learning it from the report."""
+    if reference is None:
+        return []
+    seeds: dict[int, dict[str, set[int]]] = {}
+    for run in runs:
+        seeds.setdefault(run.n_labels, {}).setdefault(run.label, set()).add(run.seed)
+    notes = []
+    for n_labels, per_entry in sorted(seeds.items()):
+        ref_seeds = per_entry.get(reference, set())
+        paired = {e: len(s & ref_seeds) for e, s in per_entry.items() if e != reference and s & ref_seeds}
+        if not paired:
+            continue
+        m, n = len(paired), max(paired.values())
+        needed = seeds_to_decide(m, alpha)
+        if n < needed:
+            notes.append(f"{n_labels} labels: {m} entr{'y' if m == 1 else 'ies'} against {reference} over at most "
+                         f"{n} paired seed{'s' * (n != 1)} can reach no verdict (smallest Holm p {m} x 2/2^{n} = "
+                         f"{m * 2 / 2 ** n:.3g}, not below {alpha:g}): every entry will read undecided; {needed} "
+                         f"seeds would allow one")
+    return notes
