@@ -59,13 +59,22 @@ def _cmd_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def seed_list(text: str) -> list[int]:
+    """parse_seeds for argparse: its message, not argparse's "invalid value"."""
+    try:
+        return parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _cmd_compare(args, overrides: list[str]) -> int:
     if args.collect:
         collect_grid(args.grid, overrides=overrides, out=args.out, reference=args.reference)
         return 0
     try:
         run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
-                 pack_seeds=args.pack_seeds, reference=args.reference, max_in_flight=args.max_in_flight)
+                 pack_seeds=args.pack_seeds, reference=args.reference, max_in_flight=args.max_in_flight,
+                 seeds=args.seeds)
     except GridFailed as e:  # the report of the other runs is written
         print(f"genssl compare: {len(e.failures)} of {e.total} runs failed; the report above shows the rest. "
               f"Fix the cause and run the same command again: finished runs are reused.", file=sys.stderr)
@@ -160,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "still in its own run folder (on), one process per run (off), or auto: packed where the runs "
                         "train on CUDA (a GPU step is launch-bound), not on a CPU; entries that cannot stack run "
                         "unpacked, with the reason printed")
+    p.add_argument("--seeds", type=seed_list, default=None, metavar="SPEC",
+                   help="run only these of the grid's seeds, e.g. 0-2 or 3,4,5 (a study run across sittings); the "
+                        "report also holds the runs of other seeds that finished earlier")
     p.add_argument("--collect", action="store_true", help="run nothing: rewrite the report from the run folders")
     p.add_argument("--reference", default=None, metavar="NAME",
                    help="the entry every other is compared with, paired by seed (default: the grid's `reference:`, "

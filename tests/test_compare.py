@@ -347,3 +347,28 @@ def test_grid_workers_end_when_the_grid_process_is_killed(tmp_path):
         owner.kill()
         owner.wait()
         owner.stdout.close()
+
+
+def test_seeds_runs_part_of_a_grid_and_reports_what_finished_before(tmp_path, tiny_data, capsys):
+    grid = write_grid(tmp_path, {"supervised": synthetic("supervised"), "pl": synthetic("pseudo_label")},
+                      seeds=[0, 1, 2], reference="supervised")
+    runs_dir = tmp_path / "out" / "runs"
+    table = run_grid(grid, data=tiny_data, progress=False, seeds=[0])
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["pl-n20-s0", "supervised-n20-s0"]
+    assert {row["seeds"] for row in table} == {1}
+    out = capsys.readouterr().out
+    assert "--seeds 0: 2 run(s); 0 finished run(s) of other seeds are reported beside them; 4 run(s) of other " \
+           "seeds are left for later" in out
+    # The grid as a whole (3 seeds, one entry against the reference) can decide nothing, and says so first.
+    assert "verdicts: 20 labels: 1 entry against supervised over at most 3 paired seeds can reach no verdict" in out
+    table = run_grid(grid, data=tiny_data, progress=False, seeds=[1, 2])
+    assert {row["seeds"] for row in table} == {3} and len(list(runs_dir.iterdir())) == 6
+    assert "2 finished run(s) of other seeds are reported beside them" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"--seeds: 7 not among the grid's seeds \(0, 1, 2\)"):
+        run_grid(grid, data=tiny_data, progress=False, seeds=[2, 7])
+
+
+def test_compare_seeds_flag_is_parsed_with_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path / "grid.yaml"), "--seeds", "a-b"])
+    assert "--seeds: expected a list like 0,1,2 or a range like 0-4, got 'a-b'" in capsys.readouterr().err

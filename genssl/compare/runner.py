@@ -367,7 +367,8 @@ def _record_failure(run: GridRun, message: str) -> Path | None:
 
 def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
              jobs: int | None = None, data=None, progress: bool | None = None, executor: str = "local",
-             pack_seeds: str = "auto", reference: str | None = None, max_in_flight: int | None = None) -> list[dict]:
+             pack_seeds: str = "auto", reference: str | None = None, max_in_flight: int | None = None,
+             seeds: list[int] | None = None) -> list[dict]:
     """Run (or reuse) every run of the grid and write the report; returns the summary rows, or raises GridFailed
     (after writing the report) when runs failed.
 
@@ -376,15 +377,20 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     (`pack_runs`; auto: on CUDA). jobs: runs at once (default 1 here, all of them on Slurm); locally, jobs > 1
     trains in separate processes, each with cores // jobs threads unless the config sets train.threads; a
     scheduler's job gets the run's resources.cpus. `data` = (train, test) ImageData replaces the configs' datasets
-    (tests). `progress`: True/False forces the bars on/off; None shows them on a terminal only."""
+    (tests). `progress`: True/False forces the bars on/off; None shows them on a terminal only. `seeds`: run
+    only these of the grid's seeds (a study sized across sittings); the report also holds the other seeds' runs
+    that finished earlier."""
     out_dir, runs = load_grid(path, overrides, out)
-    for note in undecidable_tables(runs, _reference(path, reference)[0]):
+    for note in undecidable_tables(runs, _reference(path, reference)[0]):  # the whole grid's, whatever --seeds
         tqdm.write(f"verdicts: {note}")
+    finished = {run.name: finished_results(run) for run in runs}
+    if seeds is not None:
+        runs = _of_seeds(runs, seeds, finished)
     show = progress if progress is not None else sys.stderr.isatty()
     tally = _Tally(runs, show)
     todo = []  # reused runs first: they cost nothing and calibrate the time estimate of the rest
     for run in runs:
-        res = finished_results(run)
+        res = finished[run.name]
         if res is None:
             todo.append(run)
         else:
@@ -401,6 +407,22 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
             _schedule(units, pool, data, show, tally, pack_seeds)
     tally.bar.close()
     return _report(out_dir, runs, tally.results, tally.failures, _reference(path, reference))
+
+
+def _of_seeds(runs: list[GridRun], seeds: list[int], finished: dict[str, dict | None]) -> list[GridRun]:
+    """The runs of the given seeds, and those of other seeds that finished earlier (reported, not run); a seed
+    the grid does not have is refused."""
+    have = sorted({run.seed for run in runs})
+    absent = sorted(set(seeds) - set(have))
+    if absent:
+        raise ConfigError(f"--seeds: {', '.join(map(str, absent))} not among the grid's seeds "
+                          f"({', '.join(map(str, have))})")
+    kept = [run for run in runs if run.seed in seeds or finished[run.name] is not None]
+    later = len(runs) - len(kept)
+    tqdm.write(f"--seeds {', '.join(map(str, sorted(set(seeds))))}: {sum(r.seed in seeds for r in runs)} run(s); "
+               f"{len(kept) - sum(r.seed in seeds for r in runs)} finished run(s) of other seeds are reported "
+               f"beside them" + (f"; {later} run(s) of other seeds are left for later" if later else ""))
+    return kept
 
 
 def _reference(path, named: str | None) -> tuple[str | None, str]:
