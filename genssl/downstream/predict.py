@@ -17,9 +17,9 @@ where that score is below the `--atypical-quantile` (0.01) conformal cut of the 
 (genssl.methods.typicality.conformal_threshold: it flags that share of in-distribution images in expectation, or
 1 / (n_val + 1) where the validation images are fewer than 1 / 0.01 - 1; predict prints which), or
 where the image's input statistics (pixel mean, pixel std, compressed size) fall outside the range of the
-validation images' and the unlabeled pool's (genssl.methods.detectors.range_images); `atypical_by` names what flagged it. The validation scores and statistics come from the run's gate.pt,
-written at the end of training, so no dataset is read; a run trained before gates says so and predicts without
-the columns.
+validation images' and the unlabeled pool's (genssl.methods.detectors.range_images); `atypical_by` names what
+flagged it. The validation scores and statistics come from the run's gate.pt, written at the end of training, so
+no dataset is read; a run trained before gates says so and predicts without the columns.
 
 - `--flag-atypical[=KIND]` flags by one detector alone (columns `typicality` and `atypical`): `model` (the
   default: the method's own generative score, the ELBO for the VAE family, log D(x) for the SSL-GAN; methods

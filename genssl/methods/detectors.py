@@ -27,8 +27,8 @@ test images fall outside it; with 5,000 pool images at the 0.001 quantiles 0.75%
 keep a few odd images a user's pool may hold from widening it; issue 39's study, 2026-12-07).
 
 The default gate (`default_detector`, and `InputRange` beside it): an image is atypical where the run's best
-detector scores it below the conformal `quantile` (0.01) cut of the validation images' scores, or where its input statistics
-fall outside the range of the validation and pool images'. The best detector, chosen by the typicality study
+detector scores it below the conformal `quantile` (0.01) cut of the validation images' scores, or where its input
+statistics fall outside the range of the validation and pool images'. The best detector, chosen by the typicality study
 (experiments/typicality.md: runs of every method on Fashion-MNIST's six garments, 100 labels, 120 s, seeds 0-2,
 2026-12-07; AUROC of the test images against held-out garments / MNIST digits / upscaled 8x8 digits / noise /
 constant images, mean over seeds; each choice also made leaving each set out, so no set picks what it reports):
@@ -51,9 +51,9 @@ The input statistics catch what the learned scores miss for some runs (constant 
 noise): on Fashion-MNIST every noise and constant image falls outside the range, and 0.8% of the test images.
 
 The threshold of a learned detector is the conformal `quantile` cut of the validation images' scores (`gate_cut`,
-genssl.methods.typicality.conformal_threshold: its expected in-distribution flag rate is stated, at least 1 / (n_val
-+ 1)), as for `--flag-atypical`; the pool filter cuts at their interpolated quantile (`gate_threshold`). The feature density's validation
-scores are of images it was not fitted on (held out of the pseudo-labeled fit; cross-fitted, each scored by a
+genssl.methods.typicality.conformal_threshold: its expected in-distribution flag rate is stated, at least
+1 / (n_val + 1)), as for `--flag-atypical`; the pool filter cuts at their interpolated quantile (`gate_threshold`).
+The feature density's validation scores are of images it was not fitted on (held out of the pseudo-labeled fit; cross-fitted, each scored by a
 density fitted without it, in the labeled-only fit: genssl.encoders.density.crossfit_scores), so that its threshold
 flags new typical images at the stated rate.
 
