@@ -184,5 +184,8 @@ def test_seeds_to_decide_is_the_fewest_whose_smallest_holm_p_is_below_alpha():
     # The real test agrees: four entries all +1 at every one of 8 seeds are decided, at 7 they are not.
     for n, verdict in ((8, "better"), (7, "undecided")):
         assert {r.verdict for r in holm([paired_comparison([1.0 + 0.01 * i for i in range(n)])] * 4)} == {verdict}
+    # ...and an undecided entry says what its table needs, not what one entry alone would.
+    r = holm([paired_comparison([1.0 + 0.01 * i for i in range(6)])] * 4)[0]
+    assert r.note == "6 seeds cannot reach p < 0.05 across 4 entries (Holm): at least 8 are needed"
     with pytest.raises(ValueError, match="positive int"):
         seeds_to_decide(0)

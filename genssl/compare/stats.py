@@ -139,8 +139,10 @@ def _decide(r: PairedResult, n_tests: int = 1, alpha: float = ALPHA) -> PairedRe
     decided = r.n >= MIN_SEEDS and p < alpha and (r.ci_low > 0 or r.ci_high < 0)
     verdict = ("better" if r.mean > 0 else "worse") if decided else "undecided"
     seeds_needed = _seeds_needed(r.mean, r.sd, n_tests, alpha) if verdict == "undecided" else None
-    if r.n < MIN_SEEDS:
-        note = f"{r.n} seeds cannot reach p < 0.05: at least {MIN_SEEDS} are needed"
+    floor = seeds_to_decide(n_tests, alpha)
+    if r.n < floor:  # MIN_SEEDS for one entry; Holm across n_tests raises it
+        across = f" across {n_tests} entries (Holm)" if n_tests > 1 else ""
+        note = f"{r.n} seeds cannot reach p < {alpha:g}{across}: at least {floor} are needed"
     elif seeds_needed is not None:
         note = f"about {seeds_needed} seeds would decide it at this effect and spread"
     else:
