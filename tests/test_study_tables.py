@@ -62,6 +62,12 @@ def test_collect_writes_rows_per_run_and_budget_and_renders_verdicts(tmp_path, t
     text = report.render_study("toy", "Toy", here=tmp_path)
     assert "| vs sup (points, 95% BCa) |" in text and "| sup | 2 |" in text and "reference" in text
     assert "undecided (2 seeds cannot reach p < 0.05: at least 6 are needed)" in text
+    # A study split into questions renders one table (one Holm family) per question, each with the reference.
+    report.FAMILIES = {"toy": lambda entry: f"question {entry}"}
+    split = report.render_study("toy", "Toy", here=tmp_path)
+    block = split.split("**20 labels, within 1000 s of the budget clock, question pl**")[1].split("**")[0]
+    assert "| sup | 2 |" in block and "| pl | 2 |" in block and "question sup" not in split
+    assert report.FAMILY_NOTE in split and report.FAMILY_NOTE not in text
     # The headline quotes the study table's own cell (same pairs, same Holm family) and says what has not run.
     report.HEADLINE = (("toy", "1000", "Toy point", None, None, None),
                        ("toy", "1000", "Toy, sup as FixMatch", ("pl",), "pl", "sup"),
