@@ -13,7 +13,7 @@ from genssl.advise import advise
 from genssl.advise.candidates import CANDIDATES
 from genssl.advise.command import FILTERED_CHOICES
 from genssl.compare.executors import EXECUTORS, available_cpus
-from genssl.compare.runner import PACK_CHOICES, GridFailed, collect_grid, run_grid
+from genssl.compare.runner import PACK_CHOICES, GridFailed, collect_grid, run_grid, size_grid
 from genssl.compare.report import beside_reference
 from genssl.config import ConfigError, load_run_config, load_yaml
 from genssl.downstream.encoder_scores import run_downstream_command
@@ -70,6 +70,10 @@ def seed_list(text: str) -> list[int]:
 def _cmd_compare(args, overrides: list[str]) -> int:
     if args.collect:
         collect_grid(args.grid, overrides=overrides, out=args.out, reference=args.reference)
+        return 0
+    if args.dry_run:
+        print("\n".join(size_grid(args.grid, overrides=overrides, out=args.out, reference=args.reference,
+                                   seeds=args.seeds)))
         return 0
     try:
         run_grid(args.grid, overrides=overrides, out=args.out, jobs=args.jobs, executor=args.executor,
@@ -173,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these of the grid's seeds, e.g. 0-2 or 3,4,5 (a study run across sittings); the "
                         "report also holds the runs of other seeds that finished earlier")
     p.add_argument("--collect", action="store_true", help="run nothing: rewrite the report from the run folders")
+    p.add_argument("--dry-run", action="store_true", help="run nothing: print the runs per entry, how many "
+                   "finished, the budget-clock time the rest may take, and whether the tables can reach a verdict")
     p.add_argument("--reference", default=None, metavar="NAME",
                    help="the entry every other is compared with, paired by seed (default: the grid's `reference:`, "
                         "else the first entry that uses no unlabeled data)")

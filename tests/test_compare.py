@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -372,3 +373,20 @@ def test_compare_seeds_flag_is_parsed_with_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", str(tmp_path / "grid.yaml"), "--seeds", "a-b"])
     assert "--seeds: expected a list like 0,1,2 or a range like 0-4, got 'a-b'" in capsys.readouterr().err
+
+
+def test_dry_run_sizes_a_grid_from_its_budgets_and_finished_runs(tmp_path, tiny_data, capsys):
+    budget = {"train": {**TINY_TRAIN, "budgets_s": [30], "stop_at_budget": True}}
+    grid = write_grid(tmp_path, {"supervised": {**synthetic("supervised"), **budget},
+                                 "pl": synthetic("pseudo_label")}, seeds=[0, 1, 2], reference="supervised")
+    run_grid(grid, data=tiny_data, progress=False, seeds=[0])
+    capsys.readouterr()
+    assert main(["compare", grid, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spent = json.loads((tmp_path / "out/runs/supervised-n20-s0/results.json").read_text())["budget_clock_s"]
+    # supervised: its finished run's clock; pl: 4 steps and no budget, bounded by nothing but its finished run
+    assert re.search(r"supervised +3 run\(s\), +1 finished; stops at 30 s on the budget clock; its finished runs "
+                     r"took \d+ s", out)
+    assert "4 of 6 run(s) to go" in out and "verdicts: 20 labels: 1 entry against supervised" in out
+    assert not (tmp_path / "out/runs/supervised-n20-s1").exists()  # ran nothing
+    assert spent > 0

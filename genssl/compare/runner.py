@@ -409,7 +409,46 @@ def run_grid(path: str | Path, overrides: list[str] | None = None, out: str | No
     return _report(out_dir, runs, tally.results, tally.failures, _reference(path, reference))
 
 
-def _of_seeds(runs: list[GridRun], seeds: list[int], finished: dict[str, dict | None]) -> list[GridRun]:
+def size_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None,
+              reference: str | None = None, seeds: list[int] | None = None) -> list[str]:
+    """What running the grid (or its `seeds`) would cost, run nothing: the runs per entry, how many finished, the
+    budget-clock seconds the rest may take (the mean of the entry's finished runs, else the budget its config
+    stops at, train.stop_at_budget; CPU seconds of one thread locally), and whether its tables can reach a
+    verdict. Lines to print."""
+    _, runs = load_grid(path, overrides, out)
+    notes = [f"verdicts: {n}" for n in undecidable_tables(runs, _reference(path, reference)[0])]
+    finished = {run.name: finished_results(run) for run in runs}
+    every = runs
+    if seeds is not None:
+        runs = [r for r in _of_seeds(runs, seeds, finished, announce=False) if r.seed in seeds]
+    lines, to_run, budget_s, unbounded = [], 0, 0.0, []
+    for label in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == label]
+        left = [r for r in mine if finished[r.name] is None]
+        cap = None
+        if mine[0].samples is None:
+            train = build_run_config(mine[0].raw).train
+            cap = max(train.budgets_s) if train.stop_at_budget else None
+        spent = [finished[r.name]["budget_clock_s"] for r in every  # any seed's finished runs of the entry
+                 if r.label == label and finished[r.name] is not None and finished[r.name].get("budget_clock_s")]
+        each = f"stops at {cap:g} s on the budget clock" if cap else f"{mine[0].steps} steps, no budget to stop at"
+        if spent:
+            each += f"; its finished runs took {sum(spent) / len(spent):.0f} s"
+        lines.append(f"  {label:<28} {len(mine):>3} run(s), {len(mine) - len(left):>3} finished; {each}")
+        to_run += len(left)
+        if spent or cap:
+            budget_s += (sum(spent) / len(spent) if spent else cap) * len(left)
+        elif left:
+            unbounded.append(label)
+    total = (f"{to_run} of {len(runs)} run(s) to go: about {budget_s / 60:.0f} CPU-minutes of training on the "
+             f"budget clock" + (f", plus {', '.join(unbounded)} (no finished run or budget to bound them)"
+                                if unbounded else "")
+             + "; evaluation, checkpoints and start-up come on top (~15% and seconds a run)")
+    return [total, *lines, *notes]
+
+
+def _of_seeds(runs: list[GridRun], seeds: list[int], finished: dict[str, dict | None], announce: bool = True
+              ) -> list[GridRun]:
     """The runs of the given seeds, and those of other seeds that finished earlier (reported, not run); a seed
     the grid does not have is refused."""
     have = sorted({run.seed for run in runs})
@@ -419,9 +458,11 @@ def _of_seeds(runs: list[GridRun], seeds: list[int], finished: dict[str, dict | 
                           f"({', '.join(map(str, have))})")
     kept = [run for run in runs if run.seed in seeds or finished[run.name] is not None]
     later = len(runs) - len(kept)
-    tqdm.write(f"--seeds {', '.join(map(str, sorted(set(seeds))))}: {sum(r.seed in seeds for r in runs)} run(s); "
-               f"{len(kept) - sum(r.seed in seeds for r in runs)} finished run(s) of other seeds are reported "
-               f"beside them" + (f"; {later} run(s) of other seeds are left for later" if later else ""))
+    if announce:
+        chosen = sum(r.seed in seeds for r in runs)
+        tqdm.write(f"--seeds {', '.join(map(str, sorted(set(seeds))))}: {chosen} run(s); {len(kept) - chosen} "
+                   f"finished run(s) of other seeds are reported beside them"
+                   + (f"; {later} run(s) of other seeds are left for later" if later else ""))
     return kept
 
 
