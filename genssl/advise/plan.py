@@ -151,6 +151,8 @@ def make_plan(*, budget_s: float, elapsed_s: float, slots: int, factor: float, c
         # keeps the most candidates, then the most repeats.
         fits = []
         for r in {seeds_to_decide(k) for k in range(1, len(names))} | {REPEAT_CHOICES[-1]}:
+            if r > REPEAT_CHOICES[0]:  # the splits hold that many repeats
+                continue
             fit_kept, fit_notes = _fit(names, r, budget_for, costs, reference, min_steps, base_of)
             if (len(fit_kept) > 1 and r >= repeats_to_decide(fit_kept)
                     and budget_for(r, fit_kept) / costs[reference] >= min_steps):
