@@ -88,3 +88,34 @@ def test_a_grid_too_small_to_decide_is_told_before_it_runs(tmp_path):
     mixed = runs({"sup": range(6), "a": range(6)}) + runs({"sup": range(3), "a": range(3)}, n_labels=1000)
     assert [n.split(":")[0] for n in undecidable_tables(mixed, "sup")] == ["1000 labels"]
     assert undecidable_tables(grid, None) == []
+
+
+def test_reports_written_at_once_by_two_processes_leave_one_whole_tensorboard_folder(tmp_path):
+    """Two `genssl compare` processes on one grid both write its report at the end; each builds its HParams
+    folder apart and swaps it in, so neither deletes what the other is writing (it once failed with
+    FileNotFoundError inside TensorBoard's writer thread)."""
+    import threading
+
+    from genssl.compare.report import write_hparams
+
+    runs, results = _grid(tmp_path, {"supervised": ("supervised", [70.0, 71.0], [70.0, 71.0]),
+                                     "fixmatch": ("fixmatch", [72.0, 73.0], [72.0, 73.0])})
+    for r in results:
+        r["best_val_acc"], r["steps"] = 0.5, 10
+    errors = []
+
+    def write():
+        try:
+            write_hparams(tmp_path / "tb", runs, results)
+        except Exception as e:  # noqa: BLE001 - the test reports any failure of a writer
+            errors.append(e)
+
+    writers = [threading.Thread(target=write) for _ in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert errors == []
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == sorted(r.name for r in runs)
+    assert all(any(p.iterdir()) for p in (tmp_path / "tb").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tb")) == []  # nothing left behind

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import statistics
+import uuid
 from pathlib import Path
 
 from genssl.compare import plots
@@ -217,11 +219,30 @@ def _run_rows(runs: list, results: list[dict | None]) -> list[dict]:
 
 def write_hparams(tb_dir: Path, runs: list, results: list[dict | None]) -> None:
     """One HParams session per run under tb_dir/<run name>: the grid's axes as hparams, test and validation
-    accuracy and wall time as metrics. Rewritten on every report, so reused runs never appear twice."""
+    accuracy and wall time as metrics. Rewritten on every report, so reused runs never appear twice: written
+    into a folder of its own, then swapped in, because two `genssl compare` processes sharing a grid both write
+    its report, and one must not delete the folder the other is writing."""
     from torch.utils.tensorboard import SummaryWriter
 
-    if tb_dir.exists():
-        shutil.rmtree(tb_dir)
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    fresh, stale = tb_dir.with_name(f".{tb_dir.name}.new.{tag}"), tb_dir.with_name(f".{tb_dir.name}.old.{tag}")
+    try:
+        _write_hparams_into(fresh, runs, results, SummaryWriter)
+        try:
+            os.rename(tb_dir, stale)
+        except FileNotFoundError:
+            pass
+        try:
+            os.rename(fresh, tb_dir)
+        except OSError:  # another report swapped its own in between our renames: as new as ours, keep it
+            pass
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write_hparams_into(tb_dir: Path, runs: list, results: list[dict | None], SummaryWriter) -> None:
+    tb_dir.mkdir(parents=True)
     for run, res in zip(runs, results):
         if res is None:
             continue
