@@ -199,8 +199,11 @@ def render_study(study: str, title: str, here: Path = HERE) -> str:
     machines = sorted({r["machine"] for r in rows})
     dates = sorted({r["date"] for r in rows})
     selects = sorted({f"{r['select']} on {r['n_val']} validation images" for r in rows})
-    precisions = sorted({f"{r['method']}: {r['precision']}" for r in rows})
-    head += ["", f"Selection: {'; '.join(selects)}. Precision: {', '.join(precisions)}. Machine: "
+    by_precision: dict[str, set[str]] = defaultdict(set)  # by entry: a method may run both (MLP fp32, conv bf16)
+    for r in rows:
+        by_precision[r["precision"]].add(r["entry"])
+    precisions = [f"{prec} for {', '.join(sorted(entries))}" for prec, entries in sorted(by_precision.items())]
+    head += ["", f"Selection: {'; '.join(selects)}. Precision: {'; '.join(precisions)}. Machine: "
                  f"{' | '.join(machines)}. Run {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + "."]
     family_of = FAMILIES.get(study)
     if family_of:
