@@ -431,13 +431,14 @@ def size_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             cap = max(train.budgets_s) if train.stop_at_budget else None
         spent = [finished[r.name]["budget_clock_s"] for r in every  # any seed's finished runs of the entry
                  if r.label == label and finished[r.name] is not None and finished[r.name].get("budget_clock_s")]
+        per_run = sum(spent) / len(spent) if spent else cap
         each = f"stops at {cap:g} s on the budget clock" if cap else f"{mine[0].steps} steps, no budget to stop at"
         if spent:
-            each += f"; its finished runs took {sum(spent) / len(spent):.0f} s"
+            each += f"; its finished runs took {per_run:.0f} s"
         lines.append(f"  {label:<28} {len(mine):>3} run(s), {len(mine) - len(left):>3} finished; {each}")
         to_run += len(left)
-        if spent or cap:
-            budget_s += (sum(spent) / len(spent) if spent else cap) * len(left)
+        if per_run:
+            budget_s += per_run * len(left)
         elif left:
             unbounded.append(label)
     total = (f"{to_run} of {len(runs)} run(s) to go: about {budget_s / 60:.0f} CPU-minutes of training on the "
